@@ -1,0 +1,78 @@
+"""Checks of the run config: every invalid field gets an error that names it and what is allowed.
+
+The config is an `ml_collections.ConfigDict`; the default lives in `experiments/configs/default.py`
+and documents every field.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ensembles import data as data_lib
+from ensembles import members as members_lib
+from ensembles import models as models_lib
+from ensembles import train as train_lib
+
+
+class ConfigError(ValueError):
+  """A config field has a value that is not allowed."""
+
+
+def _require(ok: bool, field: str, allowed: str, value: Any) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field} must be {allowed}, got {value!r}.")
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def validate(config: Any) -> None:
+  """Raises ConfigError for the first invalid field of the common config blocks."""
+  from ensembles import methods  # pylint: disable=g-import-not-at-top  (methods import this module)
+
+  _require(config.method in methods.METHODS, "method", f"one of {sorted(methods.METHODS)}", config.method)
+  _require(_is_int(config.num_members) and config.num_members >= 1, "num_members", "an integer >= 1",
+           config.num_members)
+  _require(_is_int(config.seed), "seed", "an integer", config.seed)
+  _require(config.member_execution in members_lib.EXECUTION_MODES, "member_execution",
+           f"one of {members_lib.EXECUTION_MODES}", config.member_execution)
+
+  d = config.dataset
+  _require(d.name in data_lib.DATASETS, "dataset.name", f"one of {list(data_lib.DATASETS)}", d.name)
+  for field in ("val_size", "train_subset", "test_subset"):
+    _require(_is_int(d[field]) and d[field] >= 0, f"dataset.{field}", "an integer >= 0", d[field])
+
+  m = config.model
+  _require(m.name in models_lib.MODELS, "model.name", f"one of {sorted(models_lib.MODELS)}", m.name)
+
+  a = config.augment
+  _require(_is_int(a.crop_padding) and a.crop_padding >= 0, "augment.crop_padding", "an integer >= 0",
+           a.crop_padding)
+  _require(isinstance(a.flip, bool), "augment.flip", "True or False", a.flip)
+
+  t = config.training
+  _require(_is_int(t.epochs) and t.epochs >= 1, "training.epochs", "an integer >= 1", t.epochs)
+  _require(_is_int(t.batch_size) and t.batch_size >= 1, "training.batch_size", "an integer >= 1", t.batch_size)
+  _require(_is_number(t.lr) and t.lr > 0, "training.lr", "a number > 0", t.lr)
+  _require(t.optimizer in train_lib.OPTIMIZERS, "training.optimizer", f"one of {train_lib.OPTIMIZERS}", t.optimizer)
+  _require(t.lr_schedule in train_lib.LR_SCHEDULES, "training.lr_schedule", f"one of {train_lib.LR_SCHEDULES}",
+           t.lr_schedule)
+  _require(_is_number(t.momentum) and 0 <= t.momentum < 1, "training.momentum", "in [0, 1)", t.momentum)
+  _require(_is_number(t.weight_decay) and t.weight_decay >= 0, "training.weight_decay", "a number >= 0",
+           t.weight_decay)
+  _require(_is_number(t.warmup_epochs) and 0 <= t.warmup_epochs < t.epochs, "training.warmup_epochs",
+           f"in [0, training.epochs={t.epochs})", t.warmup_epochs)
+  _require(all(_is_number(f) and 0 < f < 1 for f in t.decay_milestones), "training.decay_milestones",
+           "fractions of training in (0, 1)", t.decay_milestones)
+  _require(_is_number(t.decay_factor) and 0 < t.decay_factor <= 1, "training.decay_factor", "in (0, 1]",
+           t.decay_factor)
+
+  for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
+                "eval_batch_size"):
+    _require(_is_int(config[field]) and config[field] >= 1, field, "an integer >= 1", config[field])
+
+  methods.METHODS[config.method].validate(config)

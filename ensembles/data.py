@@ -1,0 +1,188 @@
+"""Datasets as numpy arrays: offline Fashion-MNIST (IDX files) and named datasets through tfds.
+
+Small datasets are held whole in (device) memory as uint8 images [N, H, W, C] and int32 labels [N];
+normalisation and augmentation happen inside the jitted step (`ensembles.augment`).
+A validation split is carved from the training set with a fixed ``split_seed`` (independent of the
+run's seed, so every method sees the same split); checkpoint selection uses it, never the test set.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import struct
+from typing import Any
+
+import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+# Named datasets read through tensorflow-datasets: name -> (test split, number of classes).
+TFDS_DATASETS = {
+    "cifar10": ("test", 10),
+    "cifar100": ("test", 100),
+    "svhn_cropped": ("test", 10),
+    "mnist": ("test", 10),
+    "fashion_mnist": ("test", 10),
+}
+DATASETS = tuple(sorted(TFDS_DATASETS))
+
+MISSING_FASHION_MNIST = (
+    "Fashion-MNIST was not found in {dir!r} and tensorflow-datasets could not provide it ({err}).\n"
+    "Get it offline with Debian's package:  sudo apt-get install dataset-fashion-mnist\n"
+    "(installs the IDX .gz files into /usr/share/datasets/fashion-mnist/), or point "
+    "dataset.data_dir / $ENSEMBLES_FASHION_MNIST_DIR at a folder holding {files}."
+)
+
+
+class DataNotFoundError(FileNotFoundError):
+  """The requested dataset is not available locally; the message says how to get it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A dataset held in memory. Images uint8 [N, H, W, C]; labels int32 [N] in [0, num_classes)."""
+
+  name: str
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_val: np.ndarray
+  y_val: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+  mean: np.ndarray  # [C] per-channel mean of the training images, in [0, 1] units
+  std: np.ndarray  # [C] per-channel std of the training images
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return tuple(self.x_train.shape[1:])
+
+  def summary(self) -> str:
+    return (f"{self.name}: train {len(self.y_train)}, val {len(self.y_val)}, test {len(self.y_test)}, "
+            f"image {self.image_shape}, {self.num_classes} classes")
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an IDX file (optionally gzipped): uint8 arrays of any rank (MNIST's format)."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    data = f.read()
+  zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+  if zero != 0 or dtype_code != 0x08:
+    raise ValueError(f"{path} is not an unsigned-byte IDX file (header {data[:4]!r}).")
+  shape = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
+  array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+  if array.size != int(np.prod(shape)):
+    raise ValueError(f"{path} is truncated: header says {shape}, found {array.size} values.")
+  return array.reshape(shape)
+
+
+def load_fashion_mnist_idx(directory: str) -> dict[str, np.ndarray]:
+  """Fashion-MNIST from its four IDX .gz files: images [N, 28, 28, 1] uint8, labels int32."""
+  paths = {k: os.path.join(directory, f) for k, f in FASHION_MNIST_FILES.items()}
+  missing = [p for p in paths.values() if not os.path.exists(p)]
+  if missing:
+    raise FileNotFoundError(f"missing {missing}")
+  out = {k: read_idx(p) for k, p in paths.items()}
+  return {
+      "x_train": out["train_images"][..., None],
+      "y_train": out["train_labels"].astype(np.int32),
+      "x_test": out["test_images"][..., None],
+      "y_test": out["test_labels"].astype(np.int32),
+  }
+
+
+def _read_tfds_split(name: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  source = tfds.data_source(name, split=split, data_dir=data_dir)
+  images, labels = [], []
+  for i in range(len(source)):
+    example = source[i]
+    images.append(np.asarray(example["image"], dtype=np.uint8))
+    labels.append(int(example["label"]))
+  x = np.stack(images)
+  if x.ndim == 3:
+    x = x[..., None]
+  return x, np.asarray(labels, dtype=np.int32)
+
+
+def load_tfds(name: str, data_dir: str | None = None) -> dict[str, np.ndarray]:
+  """A named dataset through `tfds.data_source` (works without TensorFlow and under mock_data)."""
+  test_split, _ = TFDS_DATASETS[name]
+  x_train, y_train = _read_tfds_split(name, "train", data_dir)
+  x_test, y_test = _read_tfds_split(name, test_split, data_dir)
+  return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def _subset(x: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator):
+  if n <= 0 or n >= len(y):
+    return x, y
+  idx = np.sort(rng.permutation(len(y))[:n])
+  return x[idx], y[idx]
+
+
+def check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) -> None:
+  """Rejects mismatched shapes and labels outside [0, num_classes) at load time."""
+  if x.ndim != 4 or x.dtype != np.uint8:
+    raise ValueError(f"{where}: images must be uint8 [N, H, W, C], got {x.dtype} {x.shape}.")
+  if y.shape != (x.shape[0],):
+    raise ValueError(f"{where}: labels shape {y.shape} does not match {x.shape[0]} images.")
+  if y.size and (y.min() < 0 or y.max() >= num_classes):
+    raise ValueError(f"{where}: labels must lie in [0, {num_classes}), found [{y.min()}, {y.max()}].")
+
+
+def load_dataset(config: Any) -> Dataset:
+  """Loads ``config.name`` with the fields of the config's ``dataset`` block.
+
+  Fields: name, data_dir ('' = default), val_size (examples carved from train), split_seed,
+  train_subset / test_subset (0 = all; for quick runs and tests).
+  """
+  name = config.name
+  if name not in TFDS_DATASETS:
+    raise ValueError(f"dataset.name must be one of {list(DATASETS)}, got {name!r}.")
+  num_classes = TFDS_DATASETS[name][1]
+  data_dir = config.data_dir or None
+  if name == "fashion_mnist":
+    directory = data_dir or os.environ.get("ENSEMBLES_FASHION_MNIST_DIR", FASHION_MNIST_DIR)
+    try:
+      arrays = load_fashion_mnist_idx(directory)
+    except FileNotFoundError:
+      try:
+        arrays = load_tfds(name, data_dir)
+      except Exception as err:  # no network / not prepared: say how to get the files.
+        raise DataNotFoundError(MISSING_FASHION_MNIST.format(
+            dir=directory, err=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}",
+            files=list(FASHION_MNIST_FILES.values()))) from err
+  else:
+    try:
+      arrays = load_tfds(name, data_dir)
+    except Exception as err:
+      raise DataNotFoundError(
+          f"tensorflow-datasets could not provide {name!r} ({type(err).__name__}: {err}). "
+          f"Prepare it on a machine with network access (`tfds build {name}`) and point "
+          f"dataset.data_dir at the tfds data folder.") from err
+
+  rng = np.random.default_rng(config.split_seed)
+  x_train, y_train = arrays["x_train"], arrays["y_train"]
+  x_test, y_test = arrays["x_test"], arrays["y_test"]
+  check_arrays(x_train, y_train, num_classes, f"{name} train")
+  check_arrays(x_test, y_test, num_classes, f"{name} test")
+  if not 0 <= config.val_size < len(y_train):
+    raise ValueError(f"dataset.val_size must be in [0, {len(y_train)}), got {config.val_size}.")
+  perm = rng.permutation(len(y_train))
+  val_idx, train_idx = np.sort(perm[: config.val_size]), np.sort(perm[config.val_size:])
+  x_val, y_val = x_train[val_idx], y_train[val_idx]
+  x_train, y_train = x_train[train_idx], y_train[train_idx]
+  x_train, y_train = _subset(x_train, y_train, config.train_subset, rng)
+  x_test, y_test = _subset(x_test, y_test, config.test_subset, rng)
+  scaled = x_train.astype(np.float64) / 255.0
+  mean = scaled.mean(axis=(0, 1, 2)).astype(np.float32)
+  std = np.maximum(scaled.std(axis=(0, 1, 2)), 1e-3).astype(np.float32)
+  return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes, mean, std)

@@ -1,0 +1,19 @@
+"""Method registry: a method is a module with ``validate(config)`` and
+``train_and_evaluate(config, workdir) -> results dict``. Adding a method means adding a file here
+and a line to ``METHODS``."""
+from __future__ import annotations
+
+from types import ModuleType
+
+from ensembles.methods import deep_ensemble, single
+
+METHODS: dict[str, ModuleType] = {
+    "single": single,
+    "deep_ensemble": deep_ensemble,
+}
+
+
+def get_method(name: str) -> ModuleType:
+  if name not in METHODS:
+    raise ValueError(f"config.method must be one of {sorted(METHODS)}, got {name!r}.")
+  return METHODS[name]

@@ -1,0 +1,86 @@
+"""Pieces every method's recipe uses: building the run from the config, and the final evaluation."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+
+from ensembles import data as data_lib
+from ensembles import members as members_lib
+from ensembles import metrics as metrics_lib
+from ensembles import models as models_lib
+from ensembles import train as train_lib
+from ensembles import trainer
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a recipe needs, built once from the config."""
+
+  config: Any
+  workdir: str
+  data: data_lib.Dataset
+  model: Any
+  tx: optax.GradientTransformation
+  execution: str  # concrete member-execution mode
+  init_key: jax.Array
+  data_keys: jax.Array  # [M] per-member data-order keys
+  train_step: Callable
+  predict: Callable
+  log: trainer.MetricsLog
+
+
+def build_run(config: Any, workdir: str, num_members: int | None = None) -> Run:
+  """Loads data, builds model, optimizer and the jitted step/predict functions for M members."""
+  m = num_members or config.num_members
+  data = data_lib.load_dataset(config.dataset)
+  model_kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  model = models_lib.build_model(config.model.name, data.num_classes, model_kwargs)
+  t = config.training
+  steps_per_epoch = len(data.y_train) // t.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"config.training.batch_size ({t.batch_size}) exceeds the {len(data.y_train)} "
+                     "training examples.")
+  tx = train_lib.make_optimizer(t, t.epochs * steps_per_epoch, steps_per_epoch)
+  execution = members_lib.resolve_execution(config.member_execution, model.has_conv)
+  init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  train_step = train_lib.make_train_step(model, tx, execution=execution, mean=data.mean, std=data.std,
+                                         crop_padding=config.augment.crop_padding, flip=config.augment.flip)
+  predict = train_lib.make_predict(model, execution=execution, mean=data.mean, std=data.std)
+  os.makedirs(workdir, exist_ok=True)
+  return Run(config, workdir, data, model, tx, execution, init_key, jax.random.split(data_key, m),
+             train_step, predict, trainer.MetricsLog(os.path.join(workdir, "metrics.jsonl")))
+
+
+def evaluate(run: Run, state: train_lib.TrainState, weights=None) -> dict:
+  """Test (and validation) metrics of the members and their ensemble."""
+  out = {}
+  for split, x, y in (("test", run.data.x_test, run.data.y_test), ("val", run.data.x_val, run.data.y_val)):
+    if len(y):
+      probs = train_lib.predict_probs(run.predict, state, x, run.config.eval_batch_size)
+      out[split] = metrics_lib.evaluate_ensemble(probs, y, weights)
+  return out
+
+
+def results(run: Run, state: train_lib.TrainState, info: dict, evaluation: dict) -> dict:
+  """The summary a method returns: what ran, its cost and its metrics."""
+  per_member = train_lib.num_params(state.params)
+  m = members_lib.num_members(state.params)
+  return {
+      "method": run.config.method,
+      "dataset": run.data.name,
+      "model": run.config.model.name,
+      "num_members": m,
+      "seed": run.config.seed,
+      "member_execution": run.execution,
+      "backend": jax.default_backend(),
+      "params_per_member": per_member,
+      "params_total": per_member * m,
+      "train_time_s": info["train_time_s"],
+      "train_steps": info["steps"],
+      **evaluation,
+  }

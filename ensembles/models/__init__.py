@@ -1,0 +1,38 @@
+"""Model registry: models are found by name from the config (`build_model`)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+
+from ensembles.models.lenet import LeNet
+from ensembles.models.mlp import MLP
+from ensembles.models.resnet import ResNet
+from ensembles.models.wide_resnet import WideResNet
+
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "lenet": LeNet,
+    "resnet": ResNet,
+    "wide_resnet": WideResNet,
+}
+
+
+def build_model(name: str, num_classes: int, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+  """Instantiates the model called ``name`` with ``kwargs`` (the config's ``model`` fields)."""
+  if name not in MODELS:
+    raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {name!r}.")
+  cls = MODELS[name]
+  allowed = {f.name for f in dataclasses.fields(cls)} - {"num_classes", "parent", "name"}
+  kwargs = dict(kwargs or {})
+  unknown = sorted(set(kwargs) - allowed)
+  if unknown:
+    raise ValueError(f"Unknown field(s) {unknown} for model {name!r}; allowed: {sorted(allowed)}.")
+  rate = kwargs.get("dropout_rate", 0.0)
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"model.dropout_rate must be in [0, 1), got {rate}.")
+  return cls(num_classes=num_classes, **kwargs)
+
+
+__all__ = ["MODELS", "build_model", "MLP", "LeNet", "ResNet", "WideResNet"]

@@ -1,0 +1,30 @@
+"""Multi-layer perceptron."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+  """Flatten -> [Dense -> ReLU -> Dropout] * len(hidden) -> Dense(num_classes).
+
+  Input [B, ...] (flattened), output logits [B, num_classes].
+  """
+
+  num_classes: int
+  hidden: Sequence[int] = (512, 512)
+  dropout_rate: float = 0.0
+
+  has_conv = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    for width in self.hidden:
+      x = nn.relu(nn.Dense(width)(x))
+      if self.dropout_rate > 0:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)

@@ -1,0 +1,64 @@
+"""Wide ResNet (Zagoruyko & Komodakis, 2016): WRN-depth-width with pre-activation blocks."""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ensembles.models.layers import global_avg_pool
+
+
+class WideBlock(nn.Module):
+  """BN-ReLU-conv3x3-(dropout)-BN-ReLU-conv3x3, plus shortcut (1x1 conv when the shape changes)."""
+
+  features: int
+  stride: int
+  dropout_rate: float
+  norm: functools.partial
+  train: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", use_bias=False)
+    pre = nn.relu(self.norm()(x))
+    y = conv(self.features, strides=(self.stride, self.stride))(pre)
+    y = nn.relu(self.norm()(y))
+    if self.dropout_rate > 0:
+      y = nn.Dropout(self.dropout_rate, deterministic=not self.train)(y)
+    y = conv(self.features)(y)
+    if x.shape != y.shape:
+      x = nn.Conv(self.features, (1, 1), strides=(self.stride, self.stride), use_bias=False)(pre)
+    return x + y
+
+
+class WideResNet(nn.Module):
+  """WRN-d-k: conv3x3(16) -> 3 stages of (d-4)/6 WideBlocks with 16k, 32k, 64k channels
+  (stride 2 at stages 2 and 3) -> BN-ReLU -> global average pool -> Dense(num_classes).
+
+  depth must be 6n+4 (16, 22, 28, 40, ...); WRN-28-10 is depth=28, width=10 (36.5M params).
+  """
+
+  num_classes: int
+  depth: int = 28
+  width: int = 10
+  dropout_rate: float = 0.0
+  bn_momentum: float = 0.9
+
+  has_conv = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if self.depth < 10 or (self.depth - 4) % 6:
+      raise ValueError(f"model.depth for wide_resnet must be 6n+4 (16, 22, 28, 40, ...), got {self.depth}.")
+    n = (self.depth - 4) // 6
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum)
+    x = x.astype(jnp.float32)
+    x = nn.Conv(16, (3, 3), padding="SAME", use_bias=False)(x)
+    for stage, features in enumerate((16, 32, 64)):
+      for block in range(n):
+        stride = 2 if (stage > 0 and block == 0) else 1
+        x = WideBlock(features * self.width, stride, self.dropout_rate, norm, train)(x)
+    x = nn.relu(norm()(x))
+    return nn.Dense(self.num_classes)(global_avg_pool(x))

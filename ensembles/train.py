@@ -1,0 +1,218 @@
+"""Train state with a member axis, optimizers and schedules, and the all-members step factory.
+
+A `TrainState` holds M members: every leaf has a leading axis of size M. The per-member step is
+written for one member and lifted with `ensembles.members.member_map` into one jitted step.
+
+Extension points for later methods, so they need no rework of this file:
+  * ``TrainState.extra`` is a dict of per-member method state carried (and checkpointed) with the
+    members. If it holds ``sample_weights`` [M, N_train], the loss weights each example by it
+    (checkpoint boosting).
+  * Sparse training lives in the optimizer: an optax wrapper keeps masks in ``opt_state``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ensembles import augment as augment_lib
+from ensembles import members as members_lib
+
+PyTree = Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """State of M members; every leaf has a leading member axis [M, ...].
+
+  step: [M] int32 optimizer steps taken. params / model_state (e.g. ``batch_stats``) / opt_state:
+  the member's trees. rng: [M, 2] uint32 raw PRNG keys, one per member (dropout and augmentation
+  keys are ``fold_in(rng, step)``, so a resumed run draws the same randomness). extra: per-member
+  method state (see module docstring).
+  """
+
+  step: jax.Array
+  params: PyTree
+  model_state: PyTree
+  opt_state: PyTree
+  rng: jax.Array
+  extra: dict = flax.struct.field(default_factory=dict)
+
+
+def learning_rate_schedule(cfg: Any, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+  """lr(t) for t in optimizer steps. Fields of ``cfg`` (the config's ``training`` block):
+
+  lr, lr_schedule in {constant, cosine, step}, warmup_epochs (linear from 0), and for ``step``:
+  decay_milestones (fractions of training, e.g. (0.5, 0.75)) and decay_factor (e.g. 0.1).
+  cosine: lr · ½(1 + cos(π t / T)) after warmup.
+  """
+  if cfg.lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"training.lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}.")
+  warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+  decay_steps = max(total_steps - warmup, 1)
+  if cfg.lr_schedule == "constant":
+    main = optax.constant_schedule(cfg.lr)
+  elif cfg.lr_schedule == "cosine":
+    main = optax.cosine_decay_schedule(cfg.lr, decay_steps)
+  else:
+    boundaries = {int(round(f * total_steps)) - warmup: cfg.decay_factor for f in cfg.decay_milestones}
+    main = optax.piecewise_constant_schedule(cfg.lr, boundaries)
+  if warmup <= 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), main], [warmup])
+
+
+def make_optimizer(cfg: Any, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The optimizer of the config's ``training`` block.
+
+  sgd: L2 weight decay added to the gradient (g + λw), then momentum (optionally Nesterov);
+  adam: L2 decay added to the gradient; adamw: decoupled decay.
+  """
+  if cfg.optimizer not in OPTIMIZERS:
+    raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}.")
+  lr = learning_rate_schedule(cfg, total_steps, steps_per_epoch)
+  wd = float(cfg.weight_decay)
+  if cfg.optimizer == "adamw":
+    return optax.adamw(lr, weight_decay=wd)
+  base = (optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+          if cfg.optimizer == "sgd" else optax.adam(lr))
+  return optax.chain(optax.add_decayed_weights(wd), base) if wd > 0 else base
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
+               num_members: int, input_shape: tuple[int, ...]) -> TrainState:
+  """M members, each initialised from its own key: params, model_state, opt_state, rng."""
+
+  def init_one(member_key):
+    init_key, rng = jax.random.split(member_key)
+    variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    variables = dict(variables)
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                      opt_state=tx.init(params), rng=rng)
+
+  return jax.jit(jax.vmap(init_one))(jax.random.split(key, num_members))
+
+
+def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+  """mean_b w_b · CE(logits_b, y_b); equals the plain mean cross-entropy when w = 1.
+
+  logits [B, K], labels [B] int, weights [B] -> scalar.
+  """
+  return jnp.mean(weights * optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, execution: str,
+                    mean: np.ndarray, std: np.ndarray, crop_padding: int = 0,
+                    flip: bool = False) -> Callable:
+  """Returns ``train_step(state, images, labels, idx) -> (state, metrics)``, jitted.
+
+  images [N, H, W, C] uint8 and labels [N] are the whole training set (shared by members, kept on
+  device); idx [M, B] are each member's example indices for this step. metrics: {"loss",
+  "accuracy"}, each [M]. ``execution`` is a concrete member-execution mode.
+  """
+  mean, std = jnp.asarray(mean), jnp.asarray(std)
+
+  def member_step(state: TrainState, idx: jax.Array, images: jax.Array, labels: jax.Array):
+    x, y = images[idx], labels[idx]
+    weights = state.extra["sample_weights"][idx] if "sample_weights" in state.extra else jnp.ones(y.shape)
+    aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    x = augment_lib.normalize(augment_lib.augment(aug_key, x, crop_padding, flip), mean, std)
+    mutable = list(state.model_state)
+
+    def loss_fn(params):
+      logits, new_model_state = model.apply(
+          {"params": params, **state.model_state}, x, train=True,
+          rngs={"dropout": dropout_key}, mutable=mutable)
+      return weighted_cross_entropy(logits, y, weights), (logits, new_model_state)
+
+    (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              model_state=dict(new_model_state))
+    return new_state, metrics
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state, images, labels, idx):
+    step_fn = lambda s, i: member_step(s, i, images, labels)
+    return members_lib.member_map(step_fn, execution)(state, idx)
+
+  return train_step
+
+
+def make_predict(model: nn.Module, *, execution: str, mean: np.ndarray, std: np.ndarray) -> Callable:
+  """Returns ``predict(params, model_state, images) -> probs [M, B, K]`` (eval mode, jitted).
+
+  params / model_state are stacked [M, ...]; images [B, H, W, C] uint8 are shared by members.
+  """
+  mean, std = jnp.asarray(mean), jnp.asarray(std)
+
+  @jax.jit
+  def predict(params, model_state, images):
+    x = augment_lib.normalize(images, mean, std)
+
+    def one(p, ms):
+      return jax.nn.softmax(model.apply({"params": p, **ms}, x, train=False))
+
+    return members_lib.member_map(one, execution)(params, model_state)
+
+  return predict
+
+
+def predict_probs(predict: Callable, state: TrainState, images: np.ndarray,
+                  batch_size: int) -> np.ndarray:
+  """Member probabilities [M, N, K] over ``images`` in batches (the last one padded)."""
+  n = len(images)
+  out = []
+  for start in range(0, n, batch_size):
+    batch = images[start:start + batch_size]
+    pad = batch_size - len(batch)
+    if pad:
+      batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
+    probs = predict(state.params, state.model_state, batch)
+    out.append(np.asarray(probs)[:, : batch_size - pad])
+  return np.concatenate(out, axis=1)
+
+
+def epoch_indices(data_keys: jax.Array, epoch: int, num_examples: int, batch_size: int,
+                  shared_order: bool = False) -> jax.Array:
+  """Each member's example order for one epoch: [M, steps_per_epoch, B] int32.
+
+  Member m shuffles with fold_in(data_keys[m], epoch); the incomplete last batch is dropped.
+  With ``shared_order`` every member uses member 0's order.
+  """
+  steps = num_examples // batch_size
+  if steps < 1:
+    raise ValueError(f"training.batch_size ({batch_size}) exceeds the {num_examples} training examples.")
+  keys = data_keys[:1] if shared_order else data_keys
+  perms = _permutations(keys, epoch, num_examples)[:, : steps * batch_size]
+  perms = perms.reshape(len(keys), steps, batch_size)
+  return jnp.broadcast_to(perms, (len(data_keys), steps, batch_size)) if shared_order else perms
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _permutations(keys, epoch, n):
+  return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(keys).astype(jnp.int32)
+
+
+@jax.jit
+def all_finite(tree: PyTree) -> jax.Array:
+  """True iff every leaf of ``tree`` is finite (checked before a checkpoint is written)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def num_params(params: PyTree) -> int:
+  """Parameters of one member (leaves are stacked [M, ...])."""
+  return int(sum(np.prod(x.shape[1:]) for x in jax.tree.leaves(params)))

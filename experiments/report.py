@@ -1,0 +1,74 @@
+"""Results tables: one run's table (members and ensemble) and a comparison across runs.
+
+  python -m experiments.report runs/single runs/deep_ensemble    # prints a Markdown comparison
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+METRICS = ("accuracy", "nll", "ece", "brier")
+
+
+def _row(name: str, m: dict) -> str:
+  return (f"| {name} | {100 * m['accuracy']:.2f} | {m['nll']:.4f} | {m['ece']:.4f} | {m['brier']:.4f} |")
+
+
+def run_table(results: dict, split: str = "test") -> str:
+  """Markdown: each member, the members' mean ± std, and the ensemble, on ``split``."""
+  ev = results[split]
+  lines = [f"### {results['method']} on {results['dataset']} ({split}, M = {results['num_members']}, "
+           f"model {results['model']}, seed {results['seed']})", "",
+           "| predictor | accuracy (%) | NLL | ECE | Brier |", "|---|---|---|---|---|"]
+  for i, m in enumerate(ev["members"]):
+    lines.append(_row(f"member {i}", m))
+  if len(ev["members"]) > 1:
+    mean = {k: np.mean([m[k] for m in ev["members"]]) for k in METRICS}
+    std = {k: np.std([m[k] for m in ev["members"]]) for k in METRICS}
+    lines.append(f"| member mean ± std | {100 * mean['accuracy']:.2f} ± {100 * std['accuracy']:.2f} | "
+                 f"{mean['nll']:.4f} ± {std['nll']:.4f} | {mean['ece']:.4f} ± {std['ece']:.4f} | "
+                 f"{mean['brier']:.4f} ± {std['brier']:.4f} |")
+  lines.append(_row("**ensemble**", ev["ensemble"]))
+  lines.append("")
+  if "diversity" in ev:
+    lines.append(f"Diversity: disagreement {ev['diversity']['disagreement']:.4f}, "
+                 f"pairwise KL {ev['diversity']['kl']:.4f} nats.")
+  lines.append(f"Cost: {results['params_per_member']:,} parameters per member, {results['params_total']:,} "
+               f"in all; training {results['train_time_s']:.1f} s wall ({results['train_steps']} steps, "
+               f"{results['backend']}, member execution {results['member_execution']}).")
+  return "\n".join(lines) + "\n"
+
+
+def comparison_table(all_results: list[dict], split: str = "test") -> str:
+  """Markdown: one row per run (ensemble metrics, diversity, parameters, wall time)."""
+  lines = ["| method | M | accuracy (%) | NLL | ECE | Brier | disagreement | params | train time (s) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in all_results:
+    e = r[split]["ensemble"]
+    dis = r[split].get("diversity", {}).get("disagreement")
+    lines.append(f"| {r['method']} | {r['num_members']} | {100 * e['accuracy']:.2f} | {e['nll']:.4f} | "
+                 f"{e['ece']:.4f} | {e['brier']:.4f} | {'-' if dis is None else f'{dis:.4f}'} | "
+                 f"{r['params_total']:,} | {r['train_time_s']:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def load_results(workdir: str) -> dict:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: train first with "
+                            f"`python -m experiments.train --config ... --workdir {workdir}`.")
+  with open(path) as f:
+    return json.load(f)
+
+
+def main(argv: list[str]) -> None:
+  if not argv:
+    sys.exit("usage: python -m experiments.report WORKDIR [WORKDIR ...]")
+  print(comparison_table([load_results(w) for w in argv]))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
