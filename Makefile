@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine (Python 3.11): `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= runs/demo
+
+.PHONY: install data demo test test-slow benchmark clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+data: install
+	bash scripts/get_fashion_mnist.sh $(PY)
+
+# Single model vs deep ensemble (M = 4) on offline Fashion-MNIST; tables in $(DEMO_DIR)/*/results.md.
+demo: data
+	$(PY) -m experiments.train --config experiments/configs/single.py --workdir $(DEMO_DIR)/single
+	$(PY) -m experiments.train --config experiments/configs/deep_ensemble.py --workdir $(DEMO_DIR)/deep_ensemble
+	$(PY) -m experiments.report $(DEMO_DIR)/single $(DEMO_DIR)/deep_ensemble | tee $(DEMO_DIR)/comparison.md
+
+test: data
+	$(PY) -m pytest -n 2 -q
+
+test-slow: data
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny datasets and configs so every test runs in seconds on CPU."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from ensembles import data as data_lib  # noqa: E402  (after the platform is set)
+from experiments.configs import default  # noqa: E402
+
+HAS_FASHION_MNIST = all(
+    os.path.exists(os.path.join(data_lib.FASHION_MNIST_DIR, f)) for f in data_lib.FASHION_MNIST_FILES.values())
+requires_fashion_mnist = pytest.mark.skipif(
+    not HAS_FASHION_MNIST, reason="Fashion-MNIST IDX files missing: `make test` installs dataset-fashion-mnist")
+
+
+def make_dataset(n_train=64, n_val=16, n_test=32, shape=(8, 8, 1), num_classes=4, seed=0) -> data_lib.Dataset:
+  """Random uint8 images whose label is learnable from the mean brightness."""
+  rng = np.random.default_rng(seed)
+
+  def split(n):
+    y = rng.integers(0, num_classes, n).astype(np.int32)
+    x = rng.integers(0, 64, (n, *shape)) + (y * (191 // max(num_classes - 1, 1)))[:, None, None, None]
+    return np.clip(x, 0, 255).astype(np.uint8), y
+
+  (xt, yt), (xv, yv), (xs, ys) = split(n_train), split(n_val), split(n_test)
+  c = shape[-1]
+  return data_lib.Dataset("synthetic", xt, yt, xv, yv, xs, ys, num_classes,
+                          np.full(c, 0.5, np.float32), np.full(c, 0.25, np.float32))
+
+
+@pytest.fixture
+def tiny_dataset():
+  return make_dataset()
+
+
+def tiny_config(**overrides):
+  """The default config shrunk to a few steps on a small subset."""
+  c = default.get_config()
+  c.num_members = 2
+  c.model.hidden = (16,)
+  c.dataset.train_subset = 256
+  c.dataset.test_subset = 100
+  c.dataset.val_size = 100
+  c.training.epochs = 2
+  c.training.batch_size = 32
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 4
+  c.eval_batch_size = 50
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c

@@ -1,0 +1,45 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ensembles import members
+
+
+def test_stack_unstack_roundtrip():
+  trees = [{"w": jnp.full((2, 3), i), "b": jnp.array(i)} for i in range(3)]
+  stacked = members.stack(trees)
+  assert stacked["w"].shape == (3, 2, 3) and members.num_members(stacked) == 3
+  for i, tree in enumerate(members.unstack(stacked)):
+    np.testing.assert_array_equal(tree["w"], trees[i]["w"])
+
+
+def test_num_members_rejects_mismatch():
+  with pytest.raises(ValueError, match="disagree"):
+    members.num_members({"a": jnp.zeros((2, 1)), "b": jnp.zeros((3,))})
+
+
+@pytest.mark.parametrize("mode", ["vmap", "loop", "map"])
+def test_member_map_modes_agree(mode):
+  def fn(params, x):
+    return {"y": jnp.tanh(x @ params["w"]) + params["b"], "n": jnp.sum(params["w"])}
+
+  key = jax.random.PRNGKey(0)
+  params = {"w": jax.random.normal(key, (4, 3, 2)), "b": jnp.arange(4.0)}
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 5, 3))
+  expected = [fn(members.member(params, i), x[i]) for i in range(4)]
+  out = jax.jit(members.member_map(fn, mode))(params, x)
+  for i in range(4):
+    np.testing.assert_allclose(out["y"][i], expected[i]["y"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out["n"][i], expected[i]["n"], rtol=1e-6)
+
+
+def test_resolve_execution():
+  assert members.resolve_execution("auto", has_conv=True, backend="cpu") == "loop"
+  assert members.resolve_execution("auto", has_conv=False, backend="cpu") == "vmap"
+  assert members.resolve_execution("auto", has_conv=True, backend="gpu") == "vmap"
+  assert members.resolve_execution("map", has_conv=True, backend="gpu") == "map"
+  with pytest.raises(ValueError, match="member_execution must be one of"):
+    members.resolve_execution("pmap", has_conv=False)
+  with pytest.raises(ValueError, match="concrete mode"):
+    members.member_map(lambda x: x, "auto")

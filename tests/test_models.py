@@ -1,0 +1,70 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ensembles.models import MODELS, build_model
+from ensembles.models.layers import max_pool_2x2
+import flax.linen as nn
+
+
+def _count(params):
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("name,kwargs,shape", [
+    ("mlp", {"hidden": (32, 16)}, (3, 28, 28, 1)),
+    ("lenet", {}, (3, 28, 28, 1)),
+    ("resnet", {"depth": 8}, (3, 32, 32, 3)),
+    ("wide_resnet", {"depth": 10, "width": 1}, (3, 32, 32, 3)),
+])
+def test_forward_shapes(name, kwargs, shape):
+  model = build_model(name, 7, kwargs)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros(shape))
+  out = model.apply(variables, jnp.ones(shape))
+  assert out.shape == (shape[0], 7) and np.all(np.isfinite(out))
+
+
+def test_resnet20_parameter_count():
+  # He et al. (2016), Table 6: ResNet-20 has 0.27M parameters.
+  variables = build_model("resnet", 10, {"depth": 20}).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  assert _count(variables["params"]) == pytest.approx(0.27e6, rel=0.02)
+
+
+def test_wide_resnet_28_10_builds_and_runs():
+  model = build_model("wide_resnet", 10, {"depth": 28, "width": 10})
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  # Zagoruyko & Komodakis (2016): WRN-28-10 has 36.5M parameters.
+  assert _count(variables["params"]) == pytest.approx(36.5e6, rel=0.01)
+  out = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
+  assert out.shape == (1, 10)
+
+
+def test_dropout_is_active_only_in_training():
+  model = build_model("mlp", 3, {"hidden": (64,), "dropout_rate": 0.5})
+  x = jnp.ones((4, 10))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+  b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+
+
+def test_max_pool_matches_flax():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3))
+  np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+def test_bad_model_names_and_fields():
+  with pytest.raises(ValueError, match=r"model.name must be one of \['lenet', 'mlp', 'resnet', 'wide_resnet'\]"):
+    build_model("vgg", 10)
+  with pytest.raises(ValueError, match="Unknown field.*'widht'.*allowed"):
+    build_model("resnet", 10, {"widht": 2})
+  with pytest.raises(ValueError, match="dropout_rate"):
+    build_model("mlp", 10, {"dropout_rate": 1.0})
+  with pytest.raises(ValueError, match="6n\\+2"):
+    build_model("resnet", 10, {"depth": 21}).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+  with pytest.raises(ValueError, match="6n\\+4"):
+    build_model("wide_resnet", 10, {"depth": 27}).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+  assert set(MODELS) == {"mlp", "lenet", "resnet", "wide_resnet"}

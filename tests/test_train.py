@@ -1,0 +1,154 @@
+"""The member engine: M-member steps equal M single-member steps, for every execution mode."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from ensembles import augment, members, train
+from ensembles.models import build_model
+
+MODELS = {
+    "mlp_dropout": ("mlp", {"hidden": (16,), "dropout_rate": 0.3}),
+    "lenet": ("lenet", {"features": (4,), "hidden": (8,), "kernel_size": 3}),
+    "resnet_bn": ("resnet", {"depth": 8}),
+}
+
+
+def _setup(tiny_dataset, model_key, m=3, execution="vmap", crop=2, flip=True):
+  name, kwargs = MODELS[model_key]
+  model = build_model(name, tiny_dataset.num_classes, kwargs)
+  tx = optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.05, momentum=0.9))
+  state = train.init_state(model, tx, jax.random.PRNGKey(0), m, tiny_dataset.image_shape)
+  step = train.make_train_step(model, tx, execution=execution, mean=tiny_dataset.mean,
+                               std=tiny_dataset.std, crop_padding=crop, flip=flip)
+  idx = train.epoch_indices(jax.random.split(jax.random.PRNGKey(1), m), 0, len(tiny_dataset.y_train), 16)
+  return model, tx, state, step, idx
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.array, tree)
+
+
+@pytest.mark.parametrize("model_key", sorted(MODELS))
+def test_member_step_equals_single_member_steps(tiny_dataset, model_key):
+  _, _, state, step, idx = _setup(tiny_dataset, model_key)
+  images, labels = jnp.asarray(tiny_dataset.x_train), jnp.asarray(tiny_dataset.y_train)
+  singles = [members.stack([members.member(_copy(state), i)]) for i in range(3)]
+  for t in range(3):
+    state, metrics = step(state, images, labels, idx[:, t])
+    for i in range(3):
+      singles[i], single_metrics = step(singles[i], images, labels, idx[i:i + 1, t])
+      np.testing.assert_allclose(metrics["loss"][i], single_metrics["loss"][0], rtol=1e-5)
+  for i in range(3):
+    expected = members.member(singles[i], 0)
+    got = members.member(state, i)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), got, expected)
+
+
+@pytest.mark.parametrize("model_key", ["lenet", "resnet_bn"])
+def test_execution_modes_agree(tiny_dataset, model_key):
+  images, labels = jnp.asarray(tiny_dataset.x_train), jnp.asarray(tiny_dataset.y_train)
+  finals = {}
+  for mode in ("vmap", "loop", "map"):
+    _, _, state, step, idx = _setup(tiny_dataset, model_key, execution=mode)
+    for t in range(2):
+      state, _ = step(state, images, labels, idx[:, t])
+    finals[mode] = state.params
+  for mode in ("loop", "map"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), finals[mode], finals["vmap"])
+
+
+def test_members_differ_after_init_and_training(tiny_dataset):
+  _, _, state, step, idx = _setup(tiny_dataset, "mlp_dropout")
+  kernel = state.params["Dense_0"]["kernel"]
+  assert not np.allclose(kernel[0], kernel[1]) and not np.allclose(kernel[1], kernel[2])
+  assert len({tuple(np.asarray(k)) for k in state.rng}) == 3
+  state, _ = step(state, jnp.asarray(tiny_dataset.x_train), jnp.asarray(tiny_dataset.y_train), idx[:, 0])
+  assert np.all(np.asarray(state.step) == 1)
+
+
+def test_batchnorm_statistics_are_per_member(tiny_dataset):
+  _, _, state, step, idx = _setup(tiny_dataset, "resnet_bn")
+  state, _ = step(state, jnp.asarray(tiny_dataset.x_train), jnp.asarray(tiny_dataset.y_train), idx[:, 0])
+  mean = state.model_state["batch_stats"]["BatchNorm_0"]["mean"]
+  assert mean.shape[0] == 3 and not np.allclose(mean[0], mean[1])
+
+
+def test_sample_weights_scale_the_loss(tiny_dataset):
+  _, _, state, step, idx = _setup(tiny_dataset, "lenet", crop=0, flip=False)
+  images, labels = jnp.asarray(tiny_dataset.x_train), jnp.asarray(tiny_dataset.y_train)
+  _, plain = step(_copy(state), images, labels, idx[:, 0])
+  n = len(tiny_dataset.y_train)
+  weighted = state.replace(extra={"sample_weights": jnp.full((3, n), 2.0)})
+  _, doubled = step(weighted, images, labels, idx[:, 0])
+  np.testing.assert_allclose(doubled["loss"], 2 * plain["loss"], rtol=1e-5)
+
+
+def test_weighted_cross_entropy_equals_plain_with_unit_weights():
+  logits = jax.random.normal(jax.random.PRNGKey(0), (5, 4))
+  labels = jnp.array([0, 3, 1, 2, 2])
+  plain = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  np.testing.assert_allclose(train.weighted_cross_entropy(logits, labels, jnp.ones(5)), plain, rtol=1e-6)
+  w = jnp.array([0.0, 0.0, 0.0, 0.0, 5.0])
+  np.testing.assert_allclose(train.weighted_cross_entropy(logits, labels, w),
+                             optax.softmax_cross_entropy_with_integer_labels(logits, labels)[4], rtol=1e-6)
+
+
+def test_epoch_indices():
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  idx = np.asarray(train.epoch_indices(keys, 0, 100, 16))
+  assert idx.shape == (3, 6, 16) and idx.dtype == np.int32
+  for member in idx:
+    assert len(np.unique(member)) == 96 and member.min() >= 0 and member.max() < 100
+  assert not np.array_equal(idx[0], idx[1])
+  assert not np.array_equal(idx[0], np.asarray(train.epoch_indices(keys, 1, 100, 16))[0])
+  np.testing.assert_array_equal(idx, np.asarray(train.epoch_indices(keys, 0, 100, 16)))
+  shared = np.asarray(train.epoch_indices(keys, 0, 100, 16, shared_order=True))
+  np.testing.assert_array_equal(shared[0], shared[2])
+  with pytest.raises(ValueError, match="batch_size"):
+    train.epoch_indices(keys, 0, 10, 16)
+
+
+def test_augmentation_differs_by_key_and_keeps_shape():
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 255, (8, 10, 10, 3)), jnp.uint8)
+  a = augment.augment(jax.random.PRNGKey(0), x, 2, True)
+  b = augment.augment(jax.random.PRNGKey(1), x, 2, True)
+  assert a.shape == x.shape and a.dtype == x.dtype and not np.array_equal(a, b)
+  np.testing.assert_array_equal(augment.augment(jax.random.PRNGKey(0), x, 0, False), x)
+  # a crop is a shifted window: each crop is found in the zero-padded image
+  padded = np.pad(np.asarray(x), ((0, 0), (2, 2), (2, 2), (0, 0)))
+  crop = np.asarray(augment.random_crop(jax.random.PRNGKey(3), x, 2))
+  for i in range(8):
+    assert any(np.array_equal(crop[i], padded[i, r:r + 10, c:c + 10]) for r in range(5) for c in range(5))
+
+
+def _training_cfg(**kw):
+  c = ml_collections.ConfigDict(dict(lr=1.0, lr_schedule="step", warmup_epochs=0.0,
+                                     decay_milestones=(0.5, 0.75), decay_factor=0.1, optimizer="sgd",
+                                     momentum=0.0, nesterov=False, weight_decay=0.0))
+  c.update(kw)
+  return c
+
+
+def test_learning_rate_schedules():
+  step = train.learning_rate_schedule(_training_cfg(), 100, 10)
+  assert [float(step(t)) for t in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+  cos = train.learning_rate_schedule(_training_cfg(lr_schedule="cosine", warmup_epochs=1.0), 110, 10)
+  assert float(cos(0)) == 0.0 and float(cos(5)) == pytest.approx(0.5)
+  assert float(cos(10)) == pytest.approx(1.0) and float(cos(60)) == pytest.approx(0.5, abs=1e-6)
+  with pytest.raises(ValueError, match="lr_schedule"):
+    train.learning_rate_schedule(_training_cfg(lr_schedule="linear"), 100, 10)
+
+
+def test_sgd_weight_decay_is_l2_on_gradient():
+  tx = train.make_optimizer(_training_cfg(lr=0.1, lr_schedule="constant", weight_decay=0.5), 10, 1)
+  params = {"w": jnp.array([2.0])}
+  updates, _ = tx.update({"w": jnp.array([1.0])}, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], [-0.1 * (1.0 + 0.5 * 2.0)])
+
+
+def test_all_finite():
+  assert bool(train.all_finite({"a": jnp.ones(3), "i": jnp.arange(2)}))
+  assert not bool(train.all_finite({"a": jnp.array([1.0, jnp.nan])}))
