@@ -11,6 +11,7 @@ import dataclasses
 import gzip
 import os
 import struct
+import types
 from typing import Any
 
 import numpy as np
@@ -138,12 +139,22 @@ def check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) -> 
     raise ValueError(f"{where}: labels must lie in [0, {num_classes}), found [{y.min()}, {y.max()}].")
 
 
-def load_dataset(config: Any) -> Dataset:
-  """Loads ``config.name`` with the fields of the config's ``dataset`` block.
+DEFAULT_FIELDS = {"name": "fashion_mnist", "data_dir": "", "val_size": 5000, "split_seed": 0,
+                  "train_subset": 0, "test_subset": 0}
+
+
+def load_dataset(config: Any = None, **fields: Any) -> Dataset:
+  """Loads a dataset from the config's ``dataset`` block, or from keyword fields over the defaults.
 
   Fields: name, data_dir ('' = default), val_size (examples carved from train), split_seed,
   train_subset / test_subset (0 = all; for quick runs and tests).
+  ``load_dataset(name="fashion_mnist", val_size=1000)`` works without a config.
   """
+  if config is None:
+    unknown = sorted(set(fields) - set(DEFAULT_FIELDS))
+    if unknown:
+      raise ValueError(f"Unknown dataset field(s) {unknown}; allowed: {sorted(DEFAULT_FIELDS)}.")
+    config = types.SimpleNamespace(**{**DEFAULT_FIELDS, **fields})
   name = config.name
   if name not in TFDS_DATASETS:
     raise ValueError(f"dataset.name must be one of {list(DATASETS)}, got {name!r}.")
