@@ -121,6 +121,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, execu
   "accuracy"}, each [M]. ``execution`` is a concrete member-execution mode.
   """
   mean, std = jnp.asarray(mean), jnp.asarray(std)
+  has_conv = getattr(model, "has_conv", False)
 
   def member_step(state: TrainState, idx: jax.Array, images: jax.Array, labels: jax.Array):
     x, y = images[idx], labels[idx]
@@ -146,7 +147,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, execu
   @functools.partial(jax.jit, donate_argnums=0)
   def train_step(state, images, labels, idx):
     step_fn = lambda s, i: member_step(s, i, images, labels)
-    return members_lib.member_map(step_fn, execution)(state, idx)
+    return members_lib.member_map(step_fn, execution, has_conv=has_conv)(state, idx)
 
   return train_step
 
@@ -157,6 +158,7 @@ def make_predict(model: nn.Module, *, execution: str, mean: np.ndarray, std: np.
   params / model_state are stacked [M, ...]; images [B, H, W, C] uint8 are shared by members.
   """
   mean, std = jnp.asarray(mean), jnp.asarray(std)
+  has_conv = getattr(model, "has_conv", False)
 
   @jax.jit
   def predict(params, model_state, images):
@@ -165,7 +167,7 @@ def make_predict(model: nn.Module, *, execution: str, mean: np.ndarray, std: np.
     def one(p, ms):
       return jax.nn.softmax(model.apply({"params": p, **ms}, x, train=False))
 
-    return members_lib.member_map(one, execution)(params, model_state)
+    return members_lib.member_map(one, execution, has_conv=has_conv)(params, model_state)
 
   return predict
 

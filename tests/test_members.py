@@ -35,11 +35,15 @@ def test_member_map_modes_agree(mode):
 
 
 def test_resolve_execution():
-  assert members.resolve_execution("auto", has_conv=True, backend="cpu") == "loop"
-  assert members.resolve_execution("auto", has_conv=False, backend="cpu") == "vmap"
-  assert members.resolve_execution("auto", has_conv=True, backend="gpu") == "vmap"
+  assert members.resolve_execution("auto", has_conv=True, backend="cpu", num_devices=1) == "loop"
+  assert members.resolve_execution("auto", has_conv=False, backend="cpu", num_devices=1) == "vmap"
+  assert members.resolve_execution("auto", has_conv=True, backend="gpu", num_devices=1) == "vmap"
+  assert members.resolve_execution("auto", has_conv=True, backend="tpu", num_members=8, num_devices=4) == "sharded"
+  assert members.resolve_execution("auto", has_conv=True, backend="cpu", num_members=3, num_devices=2) == "loop"
   assert members.resolve_execution("map", has_conv=True, backend="gpu") == "map"
   with pytest.raises(ValueError, match="member_execution must be one of"):
     members.resolve_execution("pmap", has_conv=False)
+  with pytest.raises(ValueError, match=r"num_members \(3\) divisible by the 2 devices"):
+    members.resolve_execution("sharded", has_conv=False, num_members=3, num_devices=2)
   with pytest.raises(ValueError, match="concrete mode"):
     members.member_map(lambda x: x, "auto")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ensembles.models import MODELS, build_model
-from ensembles.models.layers import max_pool_2x2
+from ensembles.models.layers import Conv, max_pool_2x2, resolve_conv_impl
 import flax.linen as nn
 
 
@@ -49,6 +49,30 @@ def test_dropout_is_active_only_in_training():
   b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
   assert not np.allclose(a, b)
   np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+
+
+@pytest.mark.parametrize("impl", ["xla", "patches", "auto"])
+@pytest.mark.parametrize("shape,features,kernel,stride", [
+    ((2, 9, 9, 1), 4, 5, 1), ((2, 8, 8, 6), 5, 3, 2), ((2, 7, 7, 3), 4, 3, 2), ((2, 8, 8, 4), 6, 1, 2)])
+def test_conv_implementations_equal_flax_conv(impl, shape, features, kernel, stride):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  ref = nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME")
+  ours = Conv(features, (kernel, kernel), strides=(stride, stride), impl=impl)
+  variables = ref.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.structure(variables) == jax.tree.structure(ours.init(jax.random.PRNGKey(1), x))
+  np.testing.assert_allclose(ours.apply(variables, x), ref.apply(variables, x), rtol=1e-5, atol=1e-5)
+  grad = lambda m: jax.grad(lambda v: jnp.sum(m.apply(v, x) ** 2))(variables)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grad(ours), grad(ref))
+
+
+def test_conv_impl_choice_and_param_paths():
+  assert resolve_conv_impl("auto", 1, backend="cpu") == "patches"
+  assert resolve_conv_impl("auto", 32, backend="cpu") == "xla"
+  assert resolve_conv_impl("auto", 1, backend="gpu") == "xla"
+  with pytest.raises(ValueError, match="conv_impl must be one of"):
+    resolve_conv_impl("winograd", 3)
+  params = build_model("lenet", 10).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  assert {"Conv_0", "Conv_1", "Dense_0", "Dense_1"} == set(params)
 
 
 def test_max_pool_matches_flax():

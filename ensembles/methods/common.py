@@ -46,7 +46,7 @@ def build_run(config: Any, workdir: str, num_members: int | None = None) -> Run:
     raise ValueError(f"config.training.batch_size ({t.batch_size}) exceeds the {len(data.y_train)} "
                      "training examples.")
   tx = train_lib.make_optimizer(t, t.epochs * steps_per_epoch, steps_per_epoch)
-  execution = members_lib.resolve_execution(config.member_execution, model.has_conv)
+  execution = members_lib.resolve_execution(config.member_execution, model.has_conv, num_members=m)
   init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
   train_step = train_lib.make_train_step(model, tx, execution=execution, mean=data.mean, std=data.std,
                                          crop_padding=config.augment.crop_padding, flip=config.augment.flip)

@@ -1,13 +1,14 @@
 """LeNet-5-style convolutional network."""
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ensembles.models.layers import max_pool_2x2
+from ensembles.models.layers import Conv, max_pool_2x2
 
 
 class LeNet(nn.Module):
@@ -22,6 +23,7 @@ class LeNet(nn.Module):
   hidden: Sequence[int] = (128,)
   kernel_size: int = 5
   dropout_rate: float = 0.0
+  conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
 
   has_conv = True
 
@@ -29,8 +31,9 @@ class LeNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = x.astype(jnp.float32)
     k = self.kernel_size
+    conv = functools.partial(Conv, impl=self.conv_impl)
     for width in self.features:
-      x = max_pool_2x2(nn.relu(nn.Conv(width, (k, k), padding="SAME")(x)))
+      x = max_pool_2x2(nn.relu(conv(width, (k, k), padding="SAME")(x)))
     x = x.reshape(x.shape[0], -1)
     for width in self.hidden:
       x = nn.relu(nn.Dense(width)(x))

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ensembles.models.layers import global_avg_pool
+from ensembles.models.layers import Conv, global_avg_pool
 
 
 class BasicBlock(nn.Module):
@@ -16,14 +17,15 @@ class BasicBlock(nn.Module):
   features: int
   stride: int
   norm: functools.partial
+  conv_cls: Callable = Conv
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", use_bias=False)
+    conv = functools.partial(self.conv_cls, kernel_size=(3, 3), padding="SAME", use_bias=False)
     y = nn.relu(self.norm()(conv(self.features, strides=(self.stride, self.stride))(x)))
     y = self.norm(scale_init=nn.initializers.zeros)(conv(self.features)(y))
     if x.shape != y.shape:
-      x = nn.Conv(self.features, (1, 1), strides=(self.stride, self.stride), use_bias=False)(x)
+      x = self.conv_cls(self.features, (1, 1), strides=(self.stride, self.stride), use_bias=False)(x)
       x = self.norm()(x)
     return nn.relu(x + y)
 
@@ -41,6 +43,7 @@ class ResNet(nn.Module):
   width: int = 1
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
+  conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
 
   has_conv = True
 
@@ -50,13 +53,14 @@ class ResNet(nn.Module):
       raise ValueError(f"model.depth for resnet must be 6n+2 with n >= 1 (20, 32, 56, 110, ...), got {self.depth}.")
     n = (self.depth - 2) // 6
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum)
+    conv_cls = functools.partial(Conv, impl=self.conv_impl)
     x = x.astype(jnp.float32)
-    x = nn.Conv(16 * self.width, (3, 3), padding="SAME", use_bias=False)(x)
+    x = conv_cls(16 * self.width, (3, 3), padding="SAME", use_bias=False)(x)
     x = nn.relu(norm()(x))
     for stage, features in enumerate((16, 32, 64)):
       for block in range(n):
         stride = 2 if (stage > 0 and block == 0) else 1
-        x = BasicBlock(features * self.width, stride, norm)(x)
+        x = BasicBlock(features * self.width, stride, norm, conv_cls)(x)
     x = global_avg_pool(x)
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

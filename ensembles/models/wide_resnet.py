@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ensembles.models.layers import global_avg_pool
+from ensembles.models.layers import Conv, global_avg_pool
 
 
 class WideBlock(nn.Module):
@@ -18,10 +19,11 @@ class WideBlock(nn.Module):
   dropout_rate: float
   norm: functools.partial
   train: bool
+  conv_cls: Callable = Conv
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", use_bias=False)
+    conv = functools.partial(self.conv_cls, kernel_size=(3, 3), padding="SAME", use_bias=False)
     pre = nn.relu(self.norm()(x))
     y = conv(self.features, strides=(self.stride, self.stride))(pre)
     y = nn.relu(self.norm()(y))
@@ -29,7 +31,7 @@ class WideBlock(nn.Module):
       y = nn.Dropout(self.dropout_rate, deterministic=not self.train)(y)
     y = conv(self.features)(y)
     if x.shape != y.shape:
-      x = nn.Conv(self.features, (1, 1), strides=(self.stride, self.stride), use_bias=False)(pre)
+      x = self.conv_cls(self.features, (1, 1), strides=(self.stride, self.stride), use_bias=False)(pre)
     return x + y
 
 
@@ -45,6 +47,7 @@ class WideResNet(nn.Module):
   width: int = 10
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
+  conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
 
   has_conv = True
 
@@ -54,11 +57,12 @@ class WideResNet(nn.Module):
       raise ValueError(f"model.depth for wide_resnet must be 6n+4 (16, 22, 28, 40, ...), got {self.depth}.")
     n = (self.depth - 4) // 6
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum)
+    conv_cls = functools.partial(Conv, impl=self.conv_impl)
     x = x.astype(jnp.float32)
-    x = nn.Conv(16, (3, 3), padding="SAME", use_bias=False)(x)
+    x = conv_cls(16, (3, 3), padding="SAME", use_bias=False)(x)
     for stage, features in enumerate((16, 32, 64)):
       for block in range(n):
         stride = 2 if (stage > 0 and block == 0) else 1
-        x = WideBlock(features * self.width, stride, self.dropout_rate, norm, train)(x)
+        x = WideBlock(features * self.width, stride, self.dropout_rate, norm, train, conv_cls)(x)
     x = nn.relu(norm()(x))
     return nn.Dense(self.num_classes)(global_avg_pool(x))
