@@ -68,6 +68,7 @@ def test_conv_implementations_equal_flax_conv(impl, shape, features, kernel, str
 def test_conv_impl_choice_and_param_paths():
   assert resolve_conv_impl("auto", 1, backend="cpu") == "patches"
   assert resolve_conv_impl("auto", 32, backend="cpu") == "xla"
+  assert resolve_conv_impl("auto", 32, stride=2, backend="cpu") == "patches"
   assert resolve_conv_impl("auto", 1, backend="gpu") == "xla"
   with pytest.raises(ValueError, match="conv_impl must be one of"):
     resolve_conv_impl("winograd", 3)

@@ -58,9 +58,9 @@ class Conv(nn.Module):
 
   * ``xla``: `lax.conv_general_dilated` (what `flax.linen.Conv` runs);
   * ``patches``: `conv_via_patches`, one matmul over an explicit patch tensor;
-  * ``auto``: ``patches`` on CPU for layers with at most ``PATCHES_MAX_IN_CHANNELS`` input
-    channels (image inputs: the patch tensor is small and its filter gradient beat XLA's
-    convolution in our measurements), ``xla`` everywhere else.
+  * ``auto``: on CPU, ``patches`` for layers with at most ``PATCHES_MAX_IN_CHANNELS`` input
+    channels (image inputs: the patch tensor is small) and for strided layers, where it beat XLA's
+    convolution forward + backward in `benchmarks/conv_layers.py`; ``xla`` everywhere else.
   Parameters are named and shaped as flax's Conv (``kernel`` [kh, kw, C_in, C_out], ``bias``
   [C_out]) and the class is named ``Conv`` so parameter paths (``Conv_0/kernel``) are the same as
   with `flax.linen.Conv`: checkpoints, masks and FLOPs counts do not depend on the implementation.
@@ -82,7 +82,7 @@ class Conv(nn.Module):
     kh, kw = self.kernel_size
     c_in = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features), jnp.float32)
-    if resolve_conv_impl(self.impl, c_in) == "patches":
+    if resolve_conv_impl(self.impl, c_in, max(self.strides)) == "patches":
       y = conv_via_patches(x, kernel, tuple(self.strides))
     else:
       y = jax.lax.conv_general_dilated(x, kernel, tuple(self.strides), "SAME",
@@ -95,11 +95,11 @@ class Conv(nn.Module):
 PATCHES_MAX_IN_CHANNELS = 4
 
 
-def resolve_conv_impl(impl: str, in_channels: int, backend: str | None = None) -> str:
-  """'xla' or 'patches' for a layer with ``in_channels`` inputs (see `Conv`)."""
+def resolve_conv_impl(impl: str, in_channels: int, stride: int = 1, backend: str | None = None) -> str:
+  """'xla' or 'patches' for a layer with ``in_channels`` inputs and ``stride`` (see `Conv`)."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
   if impl != "auto":
     return impl
   on_cpu = (backend or jax.default_backend()) == "cpu"
-  return "patches" if (on_cpu and in_channels <= PATCHES_MAX_IN_CHANNELS) else "xla"
+  return "patches" if (on_cpu and (in_channels <= PATCHES_MAX_IN_CHANNELS or stride > 1)) else "xla"

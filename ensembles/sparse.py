@@ -1,0 +1,304 @@
+"""Sparse machinery (DESIGN.md §3.1): density allocation, exact masks, prune-and-grow, schedules,
+and an optax wrapper that keeps pruned weights at exactly zero.
+
+Everything is a pure per-member function of pytrees; `ensembles.members.member_map` lifts it to M
+members (each with its own key, so members get different masks). Masks are boolean trees with the
+structure of the params and no ``None`` leaves: non-prunable leaves (biases, norms) get all-True masks.
+
+Deliberate differences from the FreeTickets/RigL reference code (all documented in the README):
+(a) by default a position pruned in an update is not regrown in the same update, so every update
+    changes exactly k connections (``allow_regrow=True`` restores the reference behaviour);
+(b) masks have exact per-layer counts, not Bernoulli draws;
+(c) layers that the allocation makes dense (density 1) are never pruned.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+Path = tuple
+DENSITY_RULES = ("uniform", "erk")
+GROWTH_RULES = ("random", "gradient")
+INIT_RULES = ("random", "magnitude")
+
+
+def default_prunable(path: Path, leaf: Any) -> bool:
+  """Conv and dense kernels (leaves named ``kernel`` with ndim >= 2) are prunable; biases and
+  normalisation parameters stay dense."""
+  last = path[-1]
+  name = getattr(last, "key", getattr(last, "name", str(last)))
+  return name == "kernel" and len(np.shape(leaf)) >= 2
+
+
+def prunable_shapes(params: PyTree, prunable: Callable = default_prunable) -> dict[str, tuple[int, ...]]:
+  """{path string: shape} of the prunable leaves of one member's params (in tree order)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if prunable(path, leaf):
+      out[jax.tree_util.keystr(path)] = tuple(np.shape(leaf))
+  if not out:
+    raise ValueError("The model has no prunable leaves (the predicate selected none of its parameters); "
+                     "sparse training needs at least one conv or dense kernel.")
+  return out
+
+
+def layer_densities(shapes: dict[str, tuple[int, ...]], density: float, rule: str = "erk") -> dict[str, float]:
+  """Per-layer densities whose kept-weight total is density · Σ_l n_l.
+
+  uniform: every layer gets ``density``.
+  erk (Erdős–Rényi-Kernel): raw_l = Σ(shape_l) / Π(shape_l); density_l = ε · raw_l with ε solved so
+  Σ_l density_l · n_l = density · N; a layer whose density would exceed 1 is made dense and ε is
+  re-solved over the others until none does.
+  """
+  if rule not in DENSITY_RULES:
+    raise ValueError(f"sparse.density_rule must be one of {DENSITY_RULES}, got {rule!r}.")
+  if not 0.0 < density <= 1.0:
+    raise ValueError(f"density must be in (0, 1] (sparsity in [0, 1)), got {density}.")
+  if rule == "uniform" or density == 1.0:
+    return {k: float(density) for k in shapes}
+  sizes = {k: math.prod(s) for k, s in shapes.items()}
+  raw = {k: sum(s) / sizes[k] for k, s in shapes.items()}
+  target = density * sum(sizes.values())
+  dense: set[str] = set()
+  while True:
+    budget = target - sum(sizes[k] for k in dense)
+    eps = budget / sum(raw[k] * sizes[k] for k in shapes if k not in dense)
+    over = {k for k in shapes if k not in dense and eps * raw[k] > 1.0}
+    if not over:
+      return {k: 1.0 if k in dense else eps * raw[k] for k in shapes}
+    dense |= over
+
+
+def layer_counts(shapes: dict[str, tuple[int, ...]], densities: dict[str, float]) -> dict[str, int]:
+  """Exact number of kept weights per layer: largest-remainder rounding of density_l · n_l, so the
+  total equals round(Σ_l density_l · n_l) and each layer keeps at least one weight."""
+  sizes = {k: math.prod(s) for k, s in shapes.items()}
+  exact = {k: densities[k] * sizes[k] for k in shapes}
+  counts = {k: min(max(int(math.floor(v)), 1), sizes[k]) for k, v in exact.items()}
+  missing = int(round(sum(exact.values()))) - sum(counts.values())
+  order = sorted(shapes, key=lambda k: exact[k] - math.floor(exact[k]), reverse=True)
+  for k in order:
+    if missing <= 0:
+      break
+    if counts[k] < sizes[k]:
+      counts[k] += 1
+      missing -= 1
+  return counts
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityPlan:
+  """Static description of a sparse model: kept-weight count of every sparse layer.
+
+  counts: {path string: number of kept weights} for prunable layers with density < 1 (layers the
+  allocation made dense are absent and never pruned). sizes: {path string: n_l} of all prunable
+  layers. Build with `make_plan`.
+  """
+
+  counts: dict
+  sizes: dict
+
+  def is_sparse(self, path: Path) -> bool:
+    return jax.tree_util.keystr(path) in self.counts
+
+  @property
+  def density(self) -> float:
+    """Kept fraction of all prunable weights."""
+    kept = sum(self.counts.get(k, n) for k, n in self.sizes.items())
+    return kept / sum(self.sizes.values())
+
+
+def make_plan(params: PyTree, sparsity: float, rule: str = "erk",
+              prunable: Callable = default_prunable) -> SparsityPlan:
+  """Per-layer exact counts for a target ``sparsity`` S in [0, 1) over the prunable leaves."""
+  if not 0.0 <= sparsity < 1.0:
+    raise ValueError(f"sparse.sparsity must be in [0, 1), got {sparsity}.")
+  shapes = prunable_shapes(params, prunable)
+  counts = layer_counts(shapes, layer_densities(shapes, 1.0 - sparsity, rule))
+  sizes = {k: math.prod(s) for k, s in shapes.items()}
+  return SparsityPlan({k: c for k, c in counts.items() if c < sizes[k]}, sizes)
+
+
+def _top_k_mask(scores: jax.Array, k: int) -> jax.Array:
+  """Boolean mask of the k largest entries of ``scores`` (exactly k, ties broken by position)."""
+  flat = scores.ravel()
+  order = jnp.argsort(-flat, stable=True)
+  mask = jnp.zeros(flat.shape, bool).at[order[:k]].set(True)
+  return mask.reshape(scores.shape)
+
+
+def init_masks(key: jax.Array, params: PyTree, plan: SparsityPlan, rule: str = "random") -> PyTree:
+  """Masks with exactly plan.counts[layer] True entries per sparse layer (all True elsewhere).
+
+  random: uniformly random positions; magnitude: the largest |w|. Returns a bool tree shaped as params.
+  """
+  if rule not in INIT_RULES:
+    raise ValueError(f"sparse.init_rule must be one of {INIT_RULES}, got {rule!r}.")
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(key, len(leaves))
+  masks = []
+  for (path, leaf), k in zip(leaves, keys):
+    if plan.is_sparse(path):
+      scores = jax.random.uniform(k, leaf.shape) if rule == "random" else jnp.abs(leaf)
+      masks.append(_top_k_mask(scores, plan.counts[jax.tree_util.keystr(path)]))
+    else:
+      masks.append(jnp.ones(leaf.shape, bool))
+  return jax.tree_util.tree_unflatten(treedef, masks)
+
+
+def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
+  """params · mask (pruned weights set to exactly zero)."""
+  return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
+
+
+def density_of(masks: PyTree) -> dict[str, float]:
+  """Realised density of every leaf of a mask tree."""
+  return {jax.tree_util.keystr(p): float(jnp.mean(m)) for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
+
+
+def _rank(keys: tuple[jax.Array, ...]) -> jax.Array:
+  """Rank (0 = first) of each element under a lexicographic sort by keys (last key is primary)."""
+  order = jnp.lexsort(keys)
+  return jnp.zeros(order.shape, jnp.int32).at[order].set(jnp.arange(order.size, dtype=jnp.int32))
+
+
+def prune_and_grow_layer(key: jax.Array, weight: jax.Array, mask: jax.Array, grad: jax.Array | None,
+                         drop_fraction: jax.Array | float, growth: str = "random",
+                         allow_regrow: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """One topology update of one layer; returns (weight, mask, grown).
+
+  k = round(drop_fraction · n_active). Prune the k active weights of smallest |w|; grow k positions
+  among those inactive before the update (``random`` uniformly, or ``gradient`` by largest |grad|
+  of the effective weight). With fewer than k such positions, the rest are taken from the
+  just-pruned ones so the count stays constant; ``allow_regrow`` makes just-pruned positions
+  ordinary candidates (reference behaviour). Grown weights start at 0. ``drop_fraction`` may be traced.
+  """
+  shape = weight.shape
+  w, m = weight.ravel(), mask.ravel()
+  n_active = jnp.sum(m)
+  k = jnp.round(drop_fraction * n_active).astype(jnp.int32)
+  # prune: active positions by ascending |w|, inactive ones last
+  prune_rank = _rank((jnp.abs(w), (~m).astype(jnp.int32)))
+  pruned = m & (prune_rank < k)
+  # grow: candidates first (tier 0), then just-pruned (tier 1), never the kept active weights (tier 2)
+  if growth == "random":
+    score = jax.random.uniform(key, w.shape)
+  elif growth == "gradient":
+    if grad is None:
+      raise ValueError("growth='gradient' needs the gradient of the effective weights.")
+    score = jnp.abs(grad.ravel())
+  else:
+    raise ValueError(f"sparse.growth must be one of {GROWTH_RULES}, got {growth!r}.")
+  candidate = ~m | pruned if allow_regrow else ~m
+  tier = jnp.where(candidate, 0, jnp.where(pruned, 1, 2))
+  grow_rank = _rank((-score, tier))
+  grown = (grow_rank < k) & (tier < 2)
+  new_mask = (m & ~pruned) | grown
+  new_w = jnp.where(new_mask & ~grown, w, 0.0)
+  return new_w.reshape(shape), new_mask.reshape(shape), grown.reshape(shape)
+
+
+def prune_and_grow(key: jax.Array, params: PyTree, masks: PyTree, grads: PyTree | None,
+                   drop_fraction: jax.Array | float, plan: SparsityPlan, growth: str = "random",
+                   allow_regrow: bool = False) -> tuple[PyTree, PyTree, PyTree]:
+  """`prune_and_grow_layer` on every sparse layer of ``plan``; dense leaves are untouched.
+
+  Returns (params, masks, grown) trees; ``grown`` marks positions whose optimizer moments must be
+  reset (see `reset_moments`).
+  """
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  mask_leaves = treedef.flatten_up_to(masks)
+  grad_leaves = treedef.flatten_up_to(grads) if grads is not None else [None] * len(leaves)
+  keys = jax.random.split(key, len(leaves))
+  out_w, out_m, out_g = [], [], []
+  for k, (path, w), m, g in zip(keys, leaves, mask_leaves, grad_leaves):
+    if plan.is_sparse(path):
+      w, m, grown = prune_and_grow_layer(k, w, m, g, drop_fraction, growth, allow_regrow)
+    else:
+      grown = jnp.zeros(w.shape, bool)
+    out_w.append(w)
+    out_m.append(m)
+    out_g.append(grown)
+  unflat = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)
+  return unflat(out_w), unflat(out_m), unflat(out_g)
+
+
+def drop_fraction_schedule(initial: float, kind: str = "cosine", end_step: int = 1,
+                           minimum: float = 0.0) -> Callable[[jax.Array], jax.Array]:
+  """p(t): ``constant`` p_0, or ``cosine`` p_min + ½(p_0 − p_min)(1 + cos(π t / T_end)) for t ≤ T_end."""
+  if not 0.0 < initial < 1.0:
+    raise ValueError(f"sparse.drop_fraction must be in (0, 1), got {initial}.")
+  if kind == "constant":
+    return lambda t: jnp.asarray(initial, jnp.float32)
+  if kind != "cosine":
+    raise ValueError(f"sparse.drop_schedule must be 'constant' or 'cosine', got {kind!r}.")
+  end = max(int(end_step), 1)
+  return lambda t: minimum + 0.5 * (initial - minimum) * (1 + jnp.cos(jnp.pi * jnp.minimum(t, end) / end))
+
+
+def reset_moments(inner: optax.GradientTransformation, inner_state: optax.OptState, keep: PyTree) -> optax.OptState:
+  """Zeroes every params-shaped leaf of an optax state where ``keep`` is False (e.g. momentum of
+  pruned and newly grown connections). Generic over optimizers: uses optax's tree_map_params, no
+  isinstance checks on state classes."""
+  return optax.tree_utils.tree_map_params(
+      inner, lambda v, k: jnp.where(k, v, jnp.zeros_like(v)), inner_state, keep,
+      transform_non_params=lambda v: v)
+
+
+class SparseState(NamedTuple):
+  """State of `masked`: the masks (bool tree shaped as params) and the inner optimizer's state."""
+
+  masks: PyTree
+  inner_state: optax.OptState
+
+
+def masked(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Wraps any optax optimizer for sparse training; the masks live in its state.
+
+  update: gradients are masked before ``inner`` sees them, and the returned updates set every
+  masked weight to exactly zero (u = -w there), so momentum and weight decay cannot revive a pruned
+  weight. ``init`` starts with all-True masks: set real ones with `init_sparse` or `set_masks`.
+  """
+
+  def init(params):
+    return SparseState(jax.tree.map(lambda p: jnp.ones(p.shape, bool), params), inner.init(params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("sparse.masked needs params in update() to keep pruned weights at zero.")
+    grads = apply_masks(updates, state.masks)
+    inner_updates, inner_state = inner.update(grads, state.inner_state, params)
+    updates = jax.tree.map(lambda u, p, m: jnp.where(m, u, -p), inner_updates, params, state.masks)
+    return updates, SparseState(state.masks, inner_state)
+
+  return optax.GradientTransformation(init, update)
+
+
+def set_masks(inner: optax.GradientTransformation, state: SparseState, masks: PyTree) -> SparseState:
+  """Replaces the masks of a `masked` state and zeroes the inner moments outside them."""
+  return SparseState(masks, reset_moments(inner, state.inner_state, masks))
+
+
+def init_sparse(key: jax.Array, params: PyTree, inner: optax.GradientTransformation, plan: SparsityPlan,
+                rule: str = "random") -> tuple[PyTree, SparseState]:
+  """Masked params and a `masked(inner)` state with fresh masks of ``plan`` (one member)."""
+  masks = init_masks(key, params, plan, rule)
+  return apply_masks(params, masks), SparseState(masks, inner.init(params))
+
+
+def update_topology(key: jax.Array, params: PyTree, state: SparseState, grads: PyTree | None,
+                    drop_fraction: jax.Array | float, plan: SparsityPlan, inner: optax.GradientTransformation,
+                    growth: str = "random", allow_regrow: bool = False) -> tuple[PyTree, SparseState]:
+  """One prune-and-grow of every sparse layer (one member): returns (params, state) with the new
+  masks and the inner optimizer's moments reset for pruned and grown connections."""
+  params, masks, grown = prune_and_grow(key, params, state.masks, grads, drop_fraction, plan, growth,
+                                        allow_regrow)
+  keep = jax.tree.map(lambda m, g: m & ~g, masks, grown)
+  return params, SparseState(masks, reset_moments(inner, state.inner_state, keep))
