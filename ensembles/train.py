@@ -111,19 +111,18 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Ar
   return jnp.mean(weights * optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, execution: str,
-                    mean: np.ndarray, std: np.ndarray, crop_padding: int = 0,
-                    flip: bool = False) -> Callable:
-  """Returns ``train_step(state, images, labels, idx) -> (state, metrics)``, jitted.
+def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray, crop_padding: int = 0,
+                          flip: bool = False) -> Callable:
+  """Returns ``gradients(state, idx, images, labels) -> (grads, aux)`` for ONE member.
 
-  images [N, H, W, C] uint8 and labels [N] are the whole training set (shared by members, kept on
-  device); idx [M, B] are each member's example indices for this step. metrics: {"loss",
-  "accuracy"}, each [M]. ``execution`` is a concrete member-execution mode.
+  The loss is the sample-weighted cross-entropy of the member's batch ``images[idx]`` after its
+  augmentation (keys from fold_in(rng, step)); gradients are taken w.r.t. the stored params, which
+  are the effective weights (sparse methods keep pruned weights at exactly zero, so RigL sees the
+  gradient of inactive connections). aux: {"loss", "logits", "labels", "model_state"}.
   """
   mean, std = jnp.asarray(mean), jnp.asarray(std)
-  has_conv = getattr(model, "has_conv", False)
 
-  def member_step(state: TrainState, idx: jax.Array, images: jax.Array, labels: jax.Array):
+  def gradients(state: TrainState, idx: jax.Array, images: jax.Array, labels: jax.Array):
     x, y = images[idx], labels[idx]
     weights = state.extra["sample_weights"][idx] if "sample_weights" in state.extra else jnp.ones(y.shape)
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
@@ -137,11 +136,30 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, execu
       return weighted_cross_entropy(logits, y, weights), (logits, new_model_state)
 
     (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return grads, {"loss": loss, "logits": logits, "labels": y, "model_state": dict(new_model_state)}
+
+  return gradients
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, execution: str,
+                    mean: np.ndarray, std: np.ndarray, crop_padding: int = 0,
+                    flip: bool = False) -> Callable:
+  """Returns ``train_step(state, images, labels, idx) -> (state, metrics)``, jitted.
+
+  images [N, H, W, C] uint8 and labels [N] are the whole training set (shared by members, kept on
+  device); idx [M, B] are each member's example indices for this step. metrics: {"loss",
+  "accuracy"}, each [M]. ``execution`` is a concrete member-execution mode.
+  """
+  gradients = make_member_gradients(model, mean=mean, std=std, crop_padding=crop_padding, flip=flip)
+  has_conv = getattr(model, "has_conv", False)
+
+  def member_step(state: TrainState, idx: jax.Array, images: jax.Array, labels: jax.Array):
+    grads, aux = gradients(state, idx, images, labels)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+    metrics = {"loss": aux["loss"], "accuracy": jnp.mean(jnp.argmax(aux["logits"], -1) == aux["labels"])}
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state=dict(new_model_state))
+                              model_state=aux["model_state"])
     return new_state, metrics
 
   @functools.partial(jax.jit, donate_argnums=0)

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +48,12 @@ def _mean_metrics(history: list[dict]) -> dict[str, np.ndarray]:
 
 def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, data: Dataset,
         cfg: Any, workdir: str, *, data_keys: jax.Array, log: MetricsLog,
-        desc: str = "train") -> tuple[train_lib.TrainState, dict]:
+        desc: str = "train", hooks: Sequence[Callable] = ()) -> tuple[train_lib.TrainState, dict]:
   """Trains ``state`` for cfg.training.epochs epochs; returns (state, info).
+
+  ``hooks`` run after every step as ``state = hook(state, done_steps, images, labels, idx)`` with
+  the device-resident training set and the step's batch indices idx [M, B] (e.g. a sparse method's topology update every ΔT steps); they must be
+  deterministic functions of the state and step so that resuming stays exact.
 
   info: {"train_time_s": wall time summed over resumed runs, "steps": total steps,
   "resumed_from": step restored from or 0}. Checkpoints go to ``workdir/checkpoints`` every
@@ -94,9 +98,12 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
         indices = train_lib.epoch_indices(data_keys, epoch, len(data.y_train), t.batch_size,
                                           t.shared_data_order)
         indices_epoch = epoch
-      state, step_metrics = train_step(state, images, labels, indices[:, position])
+      idx = indices[:, position]
+      state, step_metrics = train_step(state, images, labels, idx)
       history.append(step_metrics)
       done = step + 1
+      for hook in hooks:
+        state = hook(state, done, images, labels, idx)
       bar.update(1)
       if done % cfg.log_every_steps == 0 or done == total_steps:
         averaged = _mean_metrics(history)

@@ -10,9 +10,11 @@ import numpy as np
 import optax
 
 from ensembles import data as data_lib
+from ensembles import flops as flops_lib
 from ensembles import members as members_lib
 from ensembles import metrics as metrics_lib
 from ensembles import models as models_lib
+from ensembles import sparse
 from ensembles import train as train_lib
 from ensembles import trainer
 
@@ -25,7 +27,8 @@ class Run:
   workdir: str
   data: data_lib.Dataset
   model: Any
-  tx: optax.GradientTransformation
+  tx: optax.GradientTransformation  # what the train step uses (sparse.masked(inner_tx) for sparse methods)
+  inner_tx: optax.GradientTransformation  # the configured optimizer
   execution: str  # concrete member-execution mode
   init_key: jax.Array
   data_keys: jax.Array  # [M] per-member data-order keys
@@ -34,8 +37,11 @@ class Run:
   log: trainer.MetricsLog
 
 
-def build_run(config: Any, workdir: str, num_members: int | None = None) -> Run:
-  """Loads data, builds model, optimizer and the jitted step/predict functions for M members."""
+def build_run(config: Any, workdir: str, num_members: int | None = None, sparse_training: bool = False) -> Run:
+  """Loads data, builds model, optimizer and the jitted step/predict functions for M members.
+
+  With ``sparse_training`` the optimizer is wrapped in `sparse.masked` (masks in its state).
+  """
   m = num_members or config.num_members
   data = data_lib.load_dataset(config.dataset)
   model_kwargs = {k: v for k, v in config.model.items() if k != "name"}
@@ -45,14 +51,15 @@ def build_run(config: Any, workdir: str, num_members: int | None = None) -> Run:
   if steps_per_epoch < 1:
     raise ValueError(f"config.training.batch_size ({t.batch_size}) exceeds the {len(data.y_train)} "
                      "training examples.")
-  tx = train_lib.make_optimizer(t, t.epochs * steps_per_epoch, steps_per_epoch)
+  inner_tx = train_lib.make_optimizer(t, t.epochs * steps_per_epoch, steps_per_epoch)
+  tx = sparse.masked(inner_tx) if sparse_training else inner_tx
   execution = members_lib.resolve_execution(config.member_execution, model.has_conv, num_members=m)
   init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
   train_step = train_lib.make_train_step(model, tx, execution=execution, mean=data.mean, std=data.std,
                                          crop_padding=config.augment.crop_padding, flip=config.augment.flip)
   predict = train_lib.make_predict(model, execution=execution, mean=data.mean, std=data.std)
   os.makedirs(workdir, exist_ok=True)
-  return Run(config, workdir, data, model, tx, execution, init_key, jax.random.split(data_key, m),
+  return Run(config, workdir, data, model, tx, inner_tx, execution, init_key, jax.random.split(data_key, m),
              train_step, predict, trainer.MetricsLog(os.path.join(workdir, "metrics.jsonl")))
 
 
@@ -66,10 +73,32 @@ def evaluate(run: Run, state: train_lib.TrainState, weights=None) -> dict:
   return out
 
 
-def results(run: Run, state: train_lib.TrainState, info: dict, evaluation: dict) -> dict:
-  """The summary a method returns: what ran, its cost and its metrics."""
+def flops_summary(run: Run, num_members: int, steps: int, densities: dict[str, float] | None = None,
+                  rule: str = "dense", update_every: int = 1) -> dict:
+  """Inference and training FLOPs (DESIGN §5) of ``num_members`` members trained ``steps`` steps;
+  training also as a multiple of one dense model trained for the configured schedule (x_dense)."""
+  t = run.config.training
+  reference_steps = t.epochs * (len(run.data.y_train) // t.batch_size)
+  costs = flops_lib.layer_costs(run.model, run.data.image_shape)
+  f_dense = flops_lib.forward_flops(costs)
+  f_sparse = flops_lib.forward_flops(costs, densities)
+  per_example_step = flops_lib.train_step_flops(f_dense, f_sparse, rule, update_every)
+  return {
+      "forward_flops_dense": f_dense,
+      "inference_flops": num_members * f_sparse,
+      "inference_x_dense": num_members * f_sparse / f_dense,
+      "train_flops": num_members * steps * t.batch_size * per_example_step,
+      "train_x_dense": num_members * steps * per_example_step / (reference_steps * 3.0 * f_dense),
+      "flops_rule": rule,
+  }
+
+
+def results(run: Run, state: train_lib.TrainState, info: dict, evaluation: dict,
+            flops: dict | None = None) -> dict:
+  """The summary a method returns: what ran, its cost (FLOPs default: dense members) and metrics."""
   per_member = train_lib.num_params(state.params)
   m = members_lib.num_members(state.params)
+  flops = flops or flops_summary(run, m, info["steps"])
   return {
       "method": run.config.method,
       "dataset": run.data.name,
@@ -82,5 +111,6 @@ def results(run: Run, state: train_lib.TrainState, info: dict, evaluation: dict)
       "params_total": per_member * m,
       "train_time_s": info["train_time_s"],
       "train_steps": info["steps"],
+      "flops": flops,
       **evaluation,
   }

@@ -1,0 +1,96 @@
+"""Shared pieces of the sparse recipes (DST, static sparse, EDST): config checks, mask set-up for
+M members, the all-members topology update and the FLOPs summary."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ensembles import members as members_lib
+from ensembles import sparse
+from ensembles import train as train_lib
+from ensembles.config import ConfigError
+
+_TOPOLOGY_SALT = 0x7090  # folds into a member's rng so topology keys differ from augmentation keys
+
+
+def validate(config: Any) -> None:
+  """Checks the config's ``sparse`` block (fields documented in experiments/configs/dst_ensemble.py)."""
+  if "sparse" not in config:
+    raise ConfigError(f"method {config.method!r} needs a config.sparse block; start from "
+                      "experiments/configs/dst_ensemble.py.")
+  s = config.sparse
+  if not (isinstance(s.sparsity, (int, float)) and 0.0 <= s.sparsity < 1.0):
+    raise ConfigError(f"config.sparse.sparsity must be in [0, 1), got {s.sparsity!r}.")
+  if s.density_rule not in sparse.DENSITY_RULES:
+    raise ConfigError(f"config.sparse.density_rule must be one of {sparse.DENSITY_RULES}, got {s.density_rule!r}.")
+  if s.init_rule not in sparse.INIT_RULES:
+    raise ConfigError(f"config.sparse.init_rule must be one of {sparse.INIT_RULES}, got {s.init_rule!r}.")
+  if s.growth not in sparse.GROWTH_RULES:
+    raise ConfigError(f"config.sparse.growth must be one of {sparse.GROWTH_RULES}, got {s.growth!r}.")
+  if not (isinstance(s.update_every, int) and s.update_every >= 1):
+    raise ConfigError(f"config.sparse.update_every (ΔT) must be an integer >= 1, got {s.update_every!r}.")
+  if not 0.0 < s.drop_fraction < 1.0:
+    raise ConfigError(f"config.sparse.drop_fraction must be in (0, 1), got {s.drop_fraction!r}.")
+  if s.drop_schedule not in ("constant", "cosine"):
+    raise ConfigError(f"config.sparse.drop_schedule must be 'constant' or 'cosine', got {s.drop_schedule!r}.")
+  if not 0.0 <= s.drop_fraction_min <= s.drop_fraction:
+    raise ConfigError(f"config.sparse.drop_fraction_min must be in [0, drop_fraction], got {s.drop_fraction_min!r}.")
+  if not 0.0 < s.stop_fraction <= 1.0:
+    raise ConfigError(f"config.sparse.stop_fraction must be in (0, 1], got {s.stop_fraction!r}.")
+
+
+def init_member_masks(state: train_lib.TrainState, inner: optax.GradientTransformation,
+                      plan: sparse.SparsityPlan, rule: str, key: jax.Array) -> train_lib.TrainState:
+  """Gives each member its own exact-count masks (keys split from ``key``), masks its params and
+  puts the masks in its `sparse.masked` optimizer state."""
+
+  def one(k, params):
+    return sparse.init_sparse(k, params, inner, plan, rule)
+
+  m = members_lib.num_members(state.params)
+  params, opt_state = jax.jit(jax.vmap(one))(jax.random.split(key, m), state.params)
+  return state.replace(params=params, opt_state=opt_state)
+
+
+def make_topology_update(model, inner: optax.GradientTransformation, plan: sparse.SparsityPlan, cfg: Any, *,
+                         execution: str, mean, std, crop_padding: int = 0, flip: bool = False) -> Callable:
+  """Returns jitted ``update(state, images, labels, idx, drop_fraction) -> state`` for all members:
+  one `sparse.update_topology` per member, with the gradient of its batch ``idx`` for RigL growth."""
+  gradients = train_lib.make_member_gradients(model, mean=mean, std=std, crop_padding=crop_padding, flip=flip)
+  has_conv = getattr(model, "has_conv", False)
+
+  def member_update(state, idx, images, labels, drop_fraction):
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, _TOPOLOGY_SALT), state.step)
+    grads = gradients(state, idx, images, labels)[0] if cfg.growth == "gradient" else None
+    params, opt_state = sparse.update_topology(key, state.params, state.opt_state, grads, drop_fraction, plan,
+                                               inner, cfg.growth, cfg.allow_regrow)
+    return state.replace(params=params, opt_state=opt_state)
+
+  @jax.jit
+  def update(state, images, labels, idx, drop_fraction):
+    fn = lambda s, i: member_update(s, i, images, labels, drop_fraction)
+    return members_lib.member_map(fn, execution, has_conv=has_conv)(state, idx)
+
+  return update
+
+
+def topology_hook(update: Callable, cfg: Any, total_steps: int) -> Callable:
+  """Trainer hook: prune-and-grow every cfg.update_every steps until cfg.stop_fraction of training,
+  with the drop fraction of `sparse.drop_fraction_schedule` at that step."""
+  stop = int(cfg.stop_fraction * total_steps)
+  schedule = sparse.drop_fraction_schedule(cfg.drop_fraction, cfg.drop_schedule, stop, cfg.drop_fraction_min)
+
+  def hook(state, done, images, labels, idx):
+    if done % cfg.update_every or done >= stop:
+      return state
+    return update(state, images, labels, idx, jnp.float32(schedule(done)))
+
+  return hook
+
+
+def realised_densities(masks: Any) -> dict[str, float]:
+  """Mean density of every leaf over members: {keystr path: density}."""
+  return {jax.tree_util.keystr(p): float(jnp.mean(m)) for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
