@@ -36,3 +36,36 @@ def restore_latest(manager: ocp.CheckpointManager, like: PyTree) -> tuple[PyTree
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   return restored.state, dict(restored.meta)
+
+
+def save_member(directory: str, index: int, tree: PyTree, meta: dict) -> None:
+  """Saves one collected ensemble member (an EDST ticket, a CBNN checkpoint, a snapshot) as item
+  ``index`` of ``directory``; all items are kept. An existing item ``index`` (written before a
+  resumed run replayed the same step) is replaced."""
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True))
+  if index in manager.all_steps():
+    manager.delete(index)
+  save(manager, index, tree, meta)
+  manager.wait_until_finished()
+  manager.close()
+
+
+def load_members(directory: str, like: PyTree) -> tuple[PyTree, list[dict]]:
+  """All members saved by `save_member` in ``directory``, stacked as one tree with leaves
+  [M, ...] (in index order), and their metas. ``like`` is one member's tree."""
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"No saved members in {directory}.")
+  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"No saved members in {directory}.")
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  trees, metas = [], []
+  for step in steps:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    trees.append(restored.state)
+    metas.append(dict(restored.meta))
+  manager.close()
+  return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees), metas

@@ -71,15 +71,16 @@ def learning_rate_schedule(cfg: Any, total_steps: int, steps_per_epoch: int) -> 
   return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), main], [warmup])
 
 
-def make_optimizer(cfg: Any, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The optimizer of the config's ``training`` block.
+def make_optimizer(cfg: Any, total_steps: int, steps_per_epoch: int,
+                   schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
+  """The optimizer of the config's ``training`` block (``schedule`` replaces its lr schedule).
 
   sgd: L2 weight decay added to the gradient (g + λw), then momentum (optionally Nesterov);
   adam: L2 decay added to the gradient; adamw: decoupled decay.
   """
   if cfg.optimizer not in OPTIMIZERS:
     raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}.")
-  lr = learning_rate_schedule(cfg, total_steps, steps_per_epoch)
+  lr = schedule or learning_rate_schedule(cfg, total_steps, steps_per_epoch)
   wd = float(cfg.weight_decay)
   if cfg.optimizer == "adamw":
     return optax.adamw(lr, weight_decay=wd)

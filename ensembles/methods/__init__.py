@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ensembles.methods import deep_ensemble, dst_ensemble, single, static_sparse_ensemble
+from ensembles.methods import deep_ensemble, dst_ensemble, edst_ensemble, single, static_sparse_ensemble
 
 METHODS: dict[str, ModuleType] = {
     "single": single,
     "deep_ensemble": deep_ensemble,
     "dst_ensemble": dst_ensemble,
+    "edst_ensemble": edst_ensemble,
     "static_sparse_ensemble": static_sparse_ensemble,
 }
 

@@ -37,10 +37,12 @@ class Run:
   log: trainer.MetricsLog
 
 
-def build_run(config: Any, workdir: str, num_members: int | None = None, sparse_training: bool = False) -> Run:
+def build_run(config: Any, workdir: str, num_members: int | None = None, sparse_training: bool = False,
+              schedule: Callable[[int, int], optax.Schedule] | None = None) -> Run:
   """Loads data, builds model, optimizer and the jitted step/predict functions for M members.
 
-  With ``sparse_training`` the optimizer is wrapped in `sparse.masked` (masks in its state).
+  With ``sparse_training`` the optimizer is wrapped in `sparse.masked` (masks in its state);
+  ``schedule(total_steps, steps_per_epoch)``, if given, builds the lr schedule instead of the config's.
   """
   m = num_members or config.num_members
   data = data_lib.load_dataset(config.dataset)
@@ -51,7 +53,9 @@ def build_run(config: Any, workdir: str, num_members: int | None = None, sparse_
   if steps_per_epoch < 1:
     raise ValueError(f"config.training.batch_size ({t.batch_size}) exceeds the {len(data.y_train)} "
                      "training examples.")
-  inner_tx = train_lib.make_optimizer(t, t.epochs * steps_per_epoch, steps_per_epoch)
+  total_steps = t.epochs * steps_per_epoch
+  inner_tx = train_lib.make_optimizer(t, total_steps, steps_per_epoch,
+                                      schedule(total_steps, steps_per_epoch) if schedule else None)
   tx = sparse.masked(inner_tx) if sparse_training else inner_tx
   execution = members_lib.resolve_execution(config.member_execution, model.has_conv, num_members=m)
   init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -74,11 +78,14 @@ def evaluate(run: Run, state: train_lib.TrainState, weights=None) -> dict:
 
 
 def flops_summary(run: Run, num_members: int, steps: int, densities: dict[str, float] | None = None,
-                  rule: str = "dense", update_every: int = 1) -> dict:
-  """Inference and training FLOPs (DESIGN §5) of ``num_members`` members trained ``steps`` steps;
-  training also as a multiple of one dense model trained for the configured schedule (x_dense)."""
+                  rule: str = "dense", update_every: int = 1, trained_members: int | None = None,
+                  reference_epochs: int | None = None) -> dict:
+  """Inference FLOPs of ``num_members`` members and training FLOPs (DESIGN §5) of
+  ``trained_members`` (default: the same) trained ``steps`` steps; training also as a multiple of
+  one dense model trained for ``reference_epochs`` (default: the configured epochs) -- x_dense."""
   t = run.config.training
-  reference_steps = t.epochs * (len(run.data.y_train) // t.batch_size)
+  trained_members = trained_members or num_members
+  reference_steps = (reference_epochs or t.epochs) * (len(run.data.y_train) // t.batch_size)
   costs = flops_lib.layer_costs(run.model, run.data.image_shape)
   f_dense = flops_lib.forward_flops(costs)
   f_sparse = flops_lib.forward_flops(costs, densities)
@@ -87,8 +94,8 @@ def flops_summary(run: Run, num_members: int, steps: int, densities: dict[str, f
       "forward_flops_dense": f_dense,
       "inference_flops": num_members * f_sparse,
       "inference_x_dense": num_members * f_sparse / f_dense,
-      "train_flops": num_members * steps * t.batch_size * per_example_step,
-      "train_x_dense": num_members * steps * per_example_step / (reference_steps * 3.0 * f_dense),
+      "train_flops": trained_members * steps * t.batch_size * per_example_step,
+      "train_x_dense": trained_members * steps * per_example_step / (reference_steps * 3.0 * f_dense),
       "flops_rule": rule,
   }
 

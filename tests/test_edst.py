@@ -1,0 +1,90 @@
+"""EDST: phase schedule, global exploration, tickets saved with Orbax and evaluated as an ensemble."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ensembles import config as config_lib, sparse
+from ensembles.methods import common, edst_ensemble
+from ensembles.models import build_model
+from experiments.configs import edst_ensemble as edst_config
+from conftest import make_dataset, tiny_config
+
+
+def _cfg():
+  c = edst_config.get_config()
+  tiny = tiny_config()
+  for block in ("dataset", "training"):
+    c[block].update({k: v for k, v in tiny[block].items() if k not in ("epochs", "lr_schedule")})
+  c.model.hidden = (32,)
+  c.num_members = 3
+  c.edst.exploration_epochs, c.edst.refinement_epochs = 2, 1
+  c.training.epochs = 5
+  c.sparse.update_every = 2
+  c.log_every_steps, c.checkpoint_every_steps, c.eval_batch_size = 2, 4, 50
+  return c
+
+
+def test_phase_schedule():
+  e = _cfg().edst
+  assert edst_ensemble.phase_boundaries(e, 3, 10) == [(20, 30), (30, 40), (40, 50)]
+  lr = edst_ensemble.edst_lr_schedule(e, 3, 10)
+  got = [float(lr(t)) for t in (0, 19, 20, 24, 25, 29, 30, 35, 49)]
+  assert got == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.01, 0.001, 0.001])
+
+
+def test_global_exploration_replaces_at_least_q_of_each_layer():
+  params = build_model("lenet", 10, {"features": (8, 16), "hidden": (32,), "kernel_size": 3}).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 1)))["params"]
+  plan = sparse.make_plan(params, 0.8, "erk")
+  inner = optax.sgd(0.1)
+  params, state = sparse.init_sparse(jax.random.PRNGKey(1), params, inner, plan)
+  params = jax.tree.map(lambda w, m: jnp.where(m, w + 1.0, 0.0), params, state.masks)  # no zero actives
+  new_params, new_state = sparse.update_topology(jax.random.PRNGKey(2), params, state, None, 0.8, plan, inner)
+  flat = lambda tree: {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  old, new, w_old, w_new = flat(state.masks), flat(new_state.masks), flat(params), flat(new_params)
+  for name, count in plan.counts.items():
+    k = round(0.8 * count)
+    moved = int((old[name] & ~new[name]).sum())
+    # every layer moves k connections, or all its inactive positions when it has fewer (a nearly
+    # dense layer; the rest are just-pruned weights regrown at zero)
+    assert moved == min(k, plan.sizes[name] - count) and int(new[name].sum()) == count
+    kept_values = int((w_new[name] == w_old[name])[new[name] & old[name]].sum())
+    assert kept_values == count - k  # at least q of the active weights are replaced or reset
+
+
+def test_edst_end_to_end_tickets_differ_and_resume(tmp_path, monkeypatch):
+  dataset = make_dataset(n_train=128, n_val=16, n_test=32)
+  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  cfg = _cfg()
+  config_lib.validate(cfg)
+  results = edst_ensemble.train_and_evaluate(cfg, str(tmp_path))
+  assert results["num_members"] == 3 and len(results["test"]["members"]) == 3
+  overlap = np.array(results["tickets"]["mask_overlap"])
+  np.testing.assert_allclose(np.diag(overlap), 1.0, rtol=1e-6)
+  off_diagonal = overlap[~np.eye(3, dtype=bool)]
+  assert off_diagonal.max() < 0.9  # global exploration moved at least 10% of the active weights
+  events = [json.loads(l).get("event") for l in open(tmp_path / "metrics.jsonl")]
+  assert [e for e in events if e] == ["ticket 0 saved", "global exploration before phase 1", "ticket 1 saved",
+                                      "global exploration before phase 2", "ticket 2 saved"]
+  assert results["flops"]["train_x_dense"] < 1.0
+  assert sorted(p.name for p in (tmp_path / "tickets").iterdir()) == ["0", "1", "2"]
+  # a rerun resumes from the final checkpoint and reloads the same tickets
+  again = edst_ensemble.train_and_evaluate(cfg, str(tmp_path))
+  assert again["test"]["ensemble"] == results["test"]["ensemble"]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("edst.exploration_epochs", 0, "config.edst.exploration_epochs must be an integer >= 1"),
+    ("edst.global_drop_fraction", 1.0, r"config.edst.global_drop_fraction must be in \(0, 1\)"),
+    ("training.epochs", 7, "config.training.epochs must equal edst.exploration_epochs"),
+])
+def test_bad_edst_config(field, value, message):
+  cfg = _cfg()
+  block, name = field.split(".")
+  cfg[block][name] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(cfg)
