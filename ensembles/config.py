@@ -70,6 +70,8 @@ def validate(config: Any) -> None:
            "fractions of training in (0, 1)", t.decay_milestones)
   _require(_is_number(t.decay_factor) and 0 < t.decay_factor <= 1, "training.decay_factor", "in (0, 1]",
            t.decay_factor)
+  _require(_is_int(t.batch_split) and t.batch_split >= 1 and t.batch_size % t.batch_split == 0,
+           "training.batch_split", f"an integer >= 1 dividing training.batch_size={t.batch_size}", t.batch_split)
 
   for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
                 "eval_batch_size"):

@@ -113,13 +113,17 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Ar
 
 
 def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray, crop_padding: int = 0,
-                          flip: bool = False) -> Callable:
+                          flip: bool = False, batch_split: int = 1) -> Callable:
   """Returns ``gradients(state, idx, images, labels) -> (grads, aux)`` for ONE member.
 
   The loss is the sample-weighted cross-entropy of the member's batch ``images[idx]`` after its
   augmentation (keys from fold_in(rng, step)); gradients are taken w.r.t. the stored params, which
   are the effective weights (sparse methods keep pruned weights at exactly zero, so RigL sees the
   gradient of inactive connections). aux: {"loss", "logits", "labels", "model_state"}.
+
+  ``batch_split`` = k > 1 computes the gradient as the mean of k independent gradients of equal
+  parts of the batch (the same value: the loss is a mean), which XLA:CPU runs concurrently on
+  several cores. Models with BatchNorm are refused (their statistics would be per part).
   """
   mean, std = jnp.asarray(mean), jnp.asarray(std)
 
@@ -129,14 +133,27 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
     x = augment_lib.normalize(augment_lib.augment(aug_key, x, crop_padding, flip), mean, std)
     mutable = list(state.model_state)
+    if batch_split > 1 and mutable:
+      raise ValueError(f"training.batch_split > 1 needs a model without BatchNorm statistics; this model has "
+                       f"{mutable}.")
+    if x.shape[0] % batch_split:
+      raise ValueError(f"training.batch_size ({x.shape[0]}) must be divisible by training.batch_split ({batch_split}).")
 
-    def loss_fn(params):
+    def loss_fn(params, x, y, w, key):
       logits, new_model_state = model.apply(
-          {"params": params, **state.model_state}, x, train=True,
-          rngs={"dropout": dropout_key}, mutable=mutable)
-      return weighted_cross_entropy(logits, y, weights), (logits, new_model_state)
+          {"params": params, **state.model_state}, x, train=True, rngs={"dropout": key}, mutable=mutable)
+      return weighted_cross_entropy(logits, y, w), (logits, new_model_state)
 
-    (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if batch_split == 1:
+      (loss, (logits, new_model_state)), grads = grad_fn(state.params, x, y, weights, dropout_key)
+    else:
+      parts = [grad_fn(state.params, *part, jax.random.fold_in(dropout_key, i)) for i, part in
+               enumerate(zip(*(jnp.split(a, batch_split) for a in (x, y, weights))))]
+      loss = sum(p[0][0] for p in parts) / batch_split
+      logits = jnp.concatenate([p[0][1][0] for p in parts])
+      new_model_state = parts[0][0][1][1]
+      grads = jax.tree.map(lambda *g: sum(g) / batch_split, *(p[1] for p in parts))
     return grads, {"loss": loss, "logits": logits, "labels": y, "model_state": dict(new_model_state)}
 
   return gradients
@@ -144,14 +161,16 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, execution: str,
                     mean: np.ndarray, std: np.ndarray, crop_padding: int = 0,
-                    flip: bool = False) -> Callable:
+                    flip: bool = False, batch_split: int = 1) -> Callable:
   """Returns ``train_step(state, images, labels, idx) -> (state, metrics)``, jitted.
 
   images [N, H, W, C] uint8 and labels [N] are the whole training set (shared by members, kept on
   device); idx [M, B] are each member's example indices for this step. metrics: {"loss",
-  "accuracy"}, each [M]. ``execution`` is a concrete member-execution mode.
+  "accuracy"}, each [M]. ``execution`` is a concrete member-execution mode; ``batch_split`` see
+  `make_member_gradients`.
   """
-  gradients = make_member_gradients(model, mean=mean, std=std, crop_padding=crop_padding, flip=flip)
+  gradients = make_member_gradients(model, mean=mean, std=std, crop_padding=crop_padding, flip=flip,
+                                    batch_split=batch_split)
   has_conv = getattr(model, "has_conv", False)
 
   def member_step(state: TrainState, idx: jax.Array, images: jax.Array, labels: jax.Array):

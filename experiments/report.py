@@ -36,22 +36,27 @@ def run_table(results: dict, split: str = "test") -> str:
   if "diversity" in ev:
     lines.append(f"Diversity: disagreement {ev['diversity']['disagreement']:.4f}, "
                  f"pairwise KL {ev['diversity']['kl']:.4f} nats.")
-  lines.append(f"Cost: {results['params_per_member']:,} parameters per member, {results['params_total']:,} "
-               f"in all; training {results['train_time_s']:.1f} s wall ({results['train_steps']} steps, "
+  nonzero = results.get("nonzero_params_total", results["params_total"])
+  lines.append(f"Cost: {results['params_per_member']:,} parameters per member, {nonzero:,} nonzero in all; "
+               f"training {results['train_time_s']:.1f} s wall ({results['train_steps']} steps, "
                f"{results['backend']}, member execution {results['member_execution']}).")
+  if "flops" in results:
+    f = results["flops"]
+    lines.append(f"FLOPs: training {f['train_x_dense']:.2f}x one dense model ({f['flops_rule']}), inference "
+                 f"{f['inference_x_dense']:.2f}x one dense model ({f['inference_flops']:.3g} per example).")
   return "\n".join(lines) + "\n"
 
 
 def comparison_table(all_results: list[dict], split: str = "test") -> str:
   """Markdown: one row per run (ensemble metrics, diversity, parameters, wall time)."""
-  lines = ["| method | M | accuracy (%) | NLL | ECE | Brier | disagreement | params | train time (s) |",
+  lines = ["| method | M | accuracy (%) | NLL | ECE | Brier | disagreement | nonzero params | train time (s) |",
            "|---|---|---|---|---|---|---|---|---|"]
   for r in all_results:
     e = r[split]["ensemble"]
     dis = r[split].get("diversity", {}).get("disagreement")
     lines.append(f"| {r['method']} | {r['num_members']} | {100 * e['accuracy']:.2f} | {e['nll']:.4f} | "
                  f"{e['ece']:.4f} | {e['brier']:.4f} | {'-' if dis is None else f'{dis:.4f}'} | "
-                 f"{r['params_total']:,} | {r['train_time_s']:.1f} |")
+                 f"{r.get('nonzero_params_total', r['params_total']):,} | {r['train_time_s']:.1f} |")
   return "\n".join(lines) + "\n"
 
 

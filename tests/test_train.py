@@ -152,3 +152,30 @@ def test_sgd_weight_decay_is_l2_on_gradient():
 def test_all_finite():
   assert bool(train.all_finite({"a": jnp.ones(3), "i": jnp.arange(2)}))
   assert not bool(train.all_finite({"a": jnp.array([1.0, jnp.nan])}))
+
+
+def test_batch_split_gives_the_same_step(tiny_dataset):
+  images, labels = jnp.asarray(tiny_dataset.x_train), jnp.asarray(tiny_dataset.y_train)
+  finals = []
+  for split in (1, 2, 4):
+    model = build_model("lenet", tiny_dataset.num_classes, MODELS["lenet"][1])
+    tx = optax.sgd(0.05, momentum=0.9)
+    state = train.init_state(model, tx, jax.random.PRNGKey(0), 2, tiny_dataset.image_shape)
+    step = train.make_train_step(model, tx, execution="loop", mean=tiny_dataset.mean, std=tiny_dataset.std,
+                                 crop_padding=1, flip=True, batch_split=split)
+    idx = train.epoch_indices(jax.random.split(jax.random.PRNGKey(1), 2), 0, len(tiny_dataset.y_train), 16)
+    for t in range(3):
+      state, metrics = step(state, images, labels, idx[:, t])
+    finals.append((state.params, metrics["loss"]))
+  for params, loss in finals[1:]:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params, finals[0][0])
+    np.testing.assert_allclose(loss, finals[0][1], rtol=1e-5)
+
+
+def test_batch_split_refuses_batchnorm(tiny_dataset):
+  with pytest.raises(ValueError, match="batch_split > 1 needs a model without BatchNorm"):
+    _, _, state, _, idx = _setup(tiny_dataset, "resnet_bn")
+    model = build_model("resnet", tiny_dataset.num_classes, {"depth": 8})
+    step = train.make_train_step(model, optax.sgd(0.1), execution="vmap", mean=tiny_dataset.mean,
+                                 std=tiny_dataset.std, batch_split=2)
+    step(state, jnp.asarray(tiny_dataset.x_train), jnp.asarray(tiny_dataset.y_train), idx[:, 0])

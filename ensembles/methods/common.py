@@ -60,7 +60,8 @@ def build_run(config: Any, workdir: str, num_members: int | None = None, sparse_
   execution = members_lib.resolve_execution(config.member_execution, model.has_conv, num_members=m)
   init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
   train_step = train_lib.make_train_step(model, tx, execution=execution, mean=data.mean, std=data.std,
-                                         crop_padding=config.augment.crop_padding, flip=config.augment.flip)
+                                         crop_padding=config.augment.crop_padding, flip=config.augment.flip,
+                                         batch_split=t.batch_split)
   predict = train_lib.make_predict(model, execution=execution, mean=data.mean, std=data.std)
   os.makedirs(workdir, exist_ok=True)
   return Run(config, workdir, data, model, tx, inner_tx, execution, init_key, jax.random.split(data_key, m),
@@ -101,11 +102,13 @@ def flops_summary(run: Run, num_members: int, steps: int, densities: dict[str, f
 
 
 def results(run: Run, state: train_lib.TrainState, info: dict, evaluation: dict,
-            flops: dict | None = None) -> dict:
-  """The summary a method returns: what ran, its cost (FLOPs default: dense members) and metrics."""
+            flops: dict | None = None, masks: Any = None) -> dict:
+  """The summary a method returns: what ran, its cost (FLOPs default: dense members) and metrics.
+  With stacked ``masks`` the nonzero parameter counts are the masks' True entries."""
   per_member = train_lib.num_params(state.params)
   m = members_lib.num_members(state.params)
   flops = flops or flops_summary(run, m, info["steps"])
+  nonzero_total = per_member * m if masks is None else int(sum(int(x.sum()) for x in jax.tree.leaves(masks)))
   return {
       "method": run.config.method,
       "dataset": run.data.name,
@@ -116,6 +119,7 @@ def results(run: Run, state: train_lib.TrainState, info: dict, evaluation: dict,
       "backend": jax.default_backend(),
       "params_per_member": per_member,
       "params_total": per_member * m,
+      "nonzero_params_total": nonzero_total,
       "train_time_s": info["train_time_s"],
       "train_steps": info["steps"],
       "flops": flops,

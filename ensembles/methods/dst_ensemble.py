@@ -45,7 +45,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   densities = sparse_common.realised_densities(state.opt_state.masks)
   rule = "static" if static else ("rigl" if s.growth == "gradient" else "set")
   flops = common.flops_summary(run, config.num_members, info["steps"], densities, rule, s.update_every)
-  out = common.results(run, state, info, common.evaluate(run, state), flops)
+  out = common.results(run, state, info, common.evaluate(run, state), flops, masks=state.opt_state.masks)
   out["sparsity"] = {"target": s.sparsity, "realised_prunable_density": _prunable_density(state, plan),
                      "layer_densities": {k: densities[k] for k in plan.sizes}}
   return out

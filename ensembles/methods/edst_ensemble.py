@@ -125,7 +125,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   rule = "rigl" if s.growth == "gradient" else "set"
   flops = common.flops_summary(run, m, info["steps"], sparse_common.realised_densities(state.opt_state.masks), rule,
                                s.update_every, trained_members=1, reference_epochs=e.reference_epochs)
-  out = common.results(run, ensemble, info, common.evaluate(run, ensemble), flops)
+  out = common.results(run, ensemble, info, common.evaluate(run, ensemble), flops, masks=tickets["masks"])
   out["sparsity"] = {"target": s.sparsity, "ticket_nonzero_density": {k: densities[k] for k in plan.sizes}}
   out["tickets"] = {"mask_overlap": ticket_overlaps(tickets["masks"], plan)}
   return out

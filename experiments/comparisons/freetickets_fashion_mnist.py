@@ -1,0 +1,24 @@
+"""FreeTickets on Fashion-MNIST (MLP 784-512-512-10, CPU scale): single dense model, deep ensemble,
+static sparse, DST and EDST ensembles (M = 3, S = 0.8), three seeds.
+
+  python -m experiments.compare --comparison experiments/comparisons/freetickets_fashion_mnist.py \
+      --workdir runs/compare_freetickets
+
+About 10 minutes on a 2-core CPU.
+"""
+
+
+def get_comparison():
+  return {
+      "title": "FreeTickets on Fashion-MNIST (MLP, M = 3, S = 0.8)",
+      "description": ("Every run uses the configs in experiments/configs with the overrides listed here; "
+                      "training FLOPs are a multiple of one dense MLP trained for 10 epochs."),
+      "seeds": [0, 1, 2],
+      "runs": [
+          ("single", "experiments/configs/single.py", {}),
+          ("deep_ensemble", "experiments/configs/deep_ensemble.py", {"num_members": 3}),
+          ("static_sparse_ensemble", "experiments/configs/static_sparse_ensemble.py", {}),
+          ("dst_ensemble", "experiments/configs/dst_ensemble.py", {}),
+          ("edst_ensemble", "experiments/configs/edst_ensemble.py", {}),
+      ],
+  }
