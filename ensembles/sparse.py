@@ -163,31 +163,36 @@ def density_of(masks: PyTree) -> dict[str, float]:
   return {jax.tree_util.keystr(p): float(jnp.mean(m)) for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
 
 
-def _rank(keys: tuple[jax.Array, ...]) -> jax.Array:
-  """Rank (0 = first) of each element under a lexicographic sort by keys (last key is primary)."""
-  order = jnp.lexsort(keys)
-  return jnp.zeros(order.shape, jnp.int32).at[order].set(jnp.arange(order.size, dtype=jnp.int32))
+def _select_top(score: jax.Array, eligible: jax.Array, k: jax.Array, max_k: int) -> jax.Array:
+  """Mask of the k highest-``score`` eligible positions (all eligible ones if fewer), k <= max_k.
+
+  One `lax.top_k` with the static ``max_k`` (much cheaper than a full sort when max_k << n);
+  ties go to the lower index. ``score`` must be finite on eligible positions.
+  """
+  values, index = jax.lax.top_k(jnp.where(eligible, score, -jnp.inf), max_k)
+  take = (jnp.arange(max_k) < k) & (values > -jnp.inf)
+  return jnp.zeros(score.shape, bool).at[index].set(take)
 
 
 def prune_and_grow_layer(key: jax.Array, weight: jax.Array, mask: jax.Array, grad: jax.Array | None,
                          drop_fraction: jax.Array | float, growth: str = "random",
-                         allow_regrow: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+                         allow_regrow: bool = False, max_k: int | None = None
+                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One topology update of one layer; returns (weight, mask, grown).
 
-  k = round(drop_fraction · n_active). Prune the k active weights of smallest |w|; grow k positions
-  among those inactive before the update (``random`` uniformly, or ``gradient`` by largest |grad|
-  of the effective weight). With fewer than k such positions, the rest are taken from the
-  just-pruned ones so the count stays constant; ``allow_regrow`` makes just-pruned positions
-  ordinary candidates (reference behaviour). Grown weights start at 0. ``drop_fraction`` may be traced.
+  k = min(round(drop_fraction · n_active), max_k). Prune the k active weights of smallest |w|; grow
+  k positions among those inactive before the update (``random`` uniformly, or ``gradient`` by
+  largest |grad| of the effective weight). With fewer than k such positions, the rest are taken
+  from the just-pruned ones so the count stays constant; ``allow_regrow`` makes just-pruned
+  positions ordinary candidates (reference behaviour). Grown weights start at 0.
+  ``drop_fraction`` may be traced; the static ``max_k`` (default: the layer size) bounds k and sets
+  the size of the top-k selections.
   """
   shape = weight.shape
   w, m = weight.ravel(), mask.ravel()
-  n_active = jnp.sum(m)
-  k = jnp.round(drop_fraction * n_active).astype(jnp.int32)
-  # prune: active positions by ascending |w|, inactive ones last
-  prune_rank = _rank((jnp.abs(w), (~m).astype(jnp.int32)))
-  pruned = m & (prune_rank < k)
-  # grow: candidates first (tier 0), then just-pruned (tier 1), never the kept active weights (tier 2)
+  max_k = int(w.size if max_k is None else min(max_k, w.size))
+  k = jnp.minimum(jnp.round(drop_fraction * jnp.sum(m)).astype(jnp.int32), max_k)
+  pruned = _select_top(-jnp.abs(w), m, k, max_k)
   if growth == "random":
     score = jax.random.uniform(key, w.shape)
   elif growth == "gradient":
@@ -196,10 +201,9 @@ def prune_and_grow_layer(key: jax.Array, weight: jax.Array, mask: jax.Array, gra
     score = jnp.abs(grad.ravel())
   else:
     raise ValueError(f"sparse.growth must be one of {GROWTH_RULES}, got {growth!r}.")
-  candidate = ~m | pruned if allow_regrow else ~m
-  tier = jnp.where(candidate, 0, jnp.where(pruned, 1, 2))
-  grow_rank = _rank((-score, tier))
-  grown = (grow_rank < k) & (tier < 2)
+  grown = _select_top(score, ~m | pruned if allow_regrow else ~m, k, max_k)
+  if not allow_regrow:  # too few inactive positions: the rest from the just-pruned ones
+    grown = grown | _select_top(score, pruned, k - jnp.sum(grown), max_k)
   new_mask = (m & ~pruned) | grown
   new_w = jnp.where(new_mask & ~grown, w, 0.0)
   return new_w.reshape(shape), new_mask.reshape(shape), grown.reshape(shape)
@@ -207,8 +211,11 @@ def prune_and_grow_layer(key: jax.Array, weight: jax.Array, mask: jax.Array, gra
 
 def prune_and_grow(key: jax.Array, params: PyTree, masks: PyTree, grads: PyTree | None,
                    drop_fraction: jax.Array | float, plan: SparsityPlan, growth: str = "random",
-                   allow_regrow: bool = False) -> tuple[PyTree, PyTree, PyTree]:
+                   allow_regrow: bool = False, max_drop_fraction: float = 1.0) -> tuple[PyTree, PyTree, PyTree]:
   """`prune_and_grow_layer` on every sparse layer of ``plan``; dense leaves are untouched.
+
+  ``max_drop_fraction`` (static) bounds the traced ``drop_fraction``: set it to the schedule's
+  largest value to make the top-k selections small (k_max = ceil(max_drop_fraction · count)).
 
   Returns (params, masks, grown) trees; ``grown`` marks positions whose optimizer moments must be
   reset (see `reset_moments`).
@@ -220,7 +227,8 @@ def prune_and_grow(key: jax.Array, params: PyTree, masks: PyTree, grads: PyTree 
   out_w, out_m, out_g = [], [], []
   for k, (path, w), m, g in zip(keys, leaves, mask_leaves, grad_leaves):
     if plan.is_sparse(path):
-      w, m, grown = prune_and_grow_layer(k, w, m, g, drop_fraction, growth, allow_regrow)
+      max_k = math.ceil(max_drop_fraction * plan.counts[jax.tree_util.keystr(path)])
+      w, m, grown = prune_and_grow_layer(k, w, m, g, drop_fraction, growth, allow_regrow, max_k)
     else:
       grown = jnp.zeros(w.shape, bool)
     out_w.append(w)
@@ -295,10 +303,12 @@ def init_sparse(key: jax.Array, params: PyTree, inner: optax.GradientTransformat
 
 def update_topology(key: jax.Array, params: PyTree, state: SparseState, grads: PyTree | None,
                     drop_fraction: jax.Array | float, plan: SparsityPlan, inner: optax.GradientTransformation,
-                    growth: str = "random", allow_regrow: bool = False) -> tuple[PyTree, SparseState]:
+                    growth: str = "random", allow_regrow: bool = False,
+                    max_drop_fraction: float = 1.0) -> tuple[PyTree, SparseState]:
   """One prune-and-grow of every sparse layer (one member): returns (params, state) with the new
-  masks and the inner optimizer's moments reset for pruned and grown connections."""
+  masks and the inner optimizer's moments reset for pruned and grown connections.
+  ``max_drop_fraction``: see `prune_and_grow`."""
   params, masks, grown = prune_and_grow(key, params, state.masks, grads, drop_fraction, plan, growth,
-                                        allow_regrow)
+                                        allow_regrow, max_drop_fraction)
   keep = jax.tree.map(lambda m, g: m & ~g, masks, grown)
   return params, SparseState(masks, reset_moments(inner, state.inner_state, keep))

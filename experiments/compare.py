@@ -5,7 +5,7 @@
 
 A comparison file defines ``get_comparison()`` returning {"seeds": [...], "runs": [(label,
 config_file, {field: value, ...}), ...]}. Each (run, seed) trains in WORKDIR/LABEL/seed_S with the
-entry point's `run` (so it resumes, and a finished run is only reloaded). The report (Markdown with
+`experiments.runner.run` (so it resumes, and a finished run is only reloaded). The report (Markdown with
 mean ± std over seeds, and JSON with every run's results) goes to WORKDIR/report.md|json.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import report
-from experiments import train as train_cli
+from experiments import runner
 
 _COMPARISON = flags.DEFINE_string("comparison", None, "Comparison file with get_comparison().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for all runs and the report.")
@@ -62,7 +62,7 @@ def run_comparison(comparison: dict, workdir: str) -> list[dict]:
           results = json.load(f)
       else:
         print(f"== {label}, seed {seed} -> {run_dir}", file=sys.stderr, flush=True)
-        results = train_cli.run(make_config(config_file, overrides, int(seed)), run_dir)
+        results = runner.run(make_config(config_file, overrides, int(seed)), run_dir)
       all_results.append({**results, "label": label})
   return all_results
 

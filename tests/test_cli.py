@@ -7,7 +7,7 @@ import sys
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments import train as train_cli
+from experiments import runner
 from conftest import requires_fashion_mnist, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +59,6 @@ def test_run_on_tfds_mock_data(tmp_path):
   cfg = tiny_config(**{"dataset.name": "mnist", "dataset.val_size": 20, "dataset.train_subset": 0,
                        "dataset.test_subset": 0, "training.epochs": 1})
   with tfds.testing.mock_data(num_examples=84):
-    results = train_cli.run(cfg, str(tmp_path))
+    results = runner.run(cfg, str(tmp_path))
   assert results["dataset"] == "mnist" and results["train_steps"] == 2
   assert os.path.exists(tmp_path / "results.md")

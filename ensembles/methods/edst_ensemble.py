@@ -94,7 +94,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   dst_update = sparse_common.make_topology_update(run.model, inner, plan, s, **aug)
   explore_cfg = s.copy_and_resolve_references()
   explore_cfg.growth = e.exploration_growth
-  global_update = sparse_common.make_topology_update(run.model, inner, plan, explore_cfg, **aug)
+  global_update = sparse_common.make_topology_update(run.model, inner, plan, explore_cfg, **aug,
+                                                     max_drop_fraction=e.global_drop_fraction)
   dst_hook = sparse_common.topology_hook(dst_update, s, total_steps)
   phases = phase_boundaries(e, m, steps_per_epoch)
   starts = {start: k for k, (start, _) in enumerate(phases) if k > 0}

@@ -2,6 +2,7 @@
 M members, the all-members topology update and the FLOPs summary."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -56,9 +57,12 @@ def init_member_masks(state: train_lib.TrainState, inner: optax.GradientTransfor
 
 
 def make_topology_update(model, inner: optax.GradientTransformation, plan: sparse.SparsityPlan, cfg: Any, *,
-                         execution: str, mean, std, crop_padding: int = 0, flip: bool = False) -> Callable:
+                         execution: str, mean, std, crop_padding: int = 0, flip: bool = False,
+                         max_drop_fraction: float | None = None) -> Callable:
   """Returns jitted ``update(state, images, labels, idx, drop_fraction) -> state`` for all members:
-  one `sparse.update_topology` per member, with the gradient of its batch ``idx`` for RigL growth."""
+  one `sparse.update_topology` per member, with the gradient of its batch ``idx`` for RigL growth.
+  drop_fraction may not exceed ``max_drop_fraction`` (default cfg.drop_fraction, the schedule's max)."""
+  max_drop_fraction = cfg.drop_fraction if max_drop_fraction is None else max_drop_fraction
   gradients = train_lib.make_member_gradients(model, mean=mean, std=std, crop_padding=crop_padding, flip=flip)
   has_conv = getattr(model, "has_conv", False)
 
@@ -66,10 +70,10 @@ def make_topology_update(model, inner: optax.GradientTransformation, plan: spars
     key = jax.random.fold_in(jax.random.fold_in(state.rng, _TOPOLOGY_SALT), state.step)
     grads = gradients(state, idx, images, labels)[0] if cfg.growth == "gradient" else None
     params, opt_state = sparse.update_topology(key, state.params, state.opt_state, grads, drop_fraction, plan,
-                                               inner, cfg.growth, cfg.allow_regrow)
+                                               inner, cfg.growth, cfg.allow_regrow, max_drop_fraction)
     return state.replace(params=params, opt_state=opt_state)
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=0)
   def update(state, images, labels, idx, drop_fraction):
     fn = lambda s, i: member_update(s, i, images, labels, drop_fraction)
     return members_lib.member_map(fn, execution, has_conv=has_conv)(state, idx)
