@@ -12,8 +12,26 @@ def test_readme_python_example_runs():
   text = open(os.path.join(ROOT, "README.md")).read()
   blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
   assert blocks, "README has no Python example"
+  assert "train.make_train_step" in blocks[0]
   namespace = {}
   exec(compile(blocks[0], "README.md", "exec"), namespace)  # pylint: disable=exec-used
   probs = namespace["probs"]
   assert probs.shape == (4, 10000, 10)
   assert (probs.argmax(-1) == namespace["ds"].y_test).mean() > 0.7
+
+
+def test_readme_sparse_example_runs():
+  text = open(os.path.join(ROOT, "README.md")).read()
+  blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "sparse.masked" in b]
+  assert len(blocks) == 1, "README's sparse example is missing"
+  namespace = {}
+  exec(compile(blocks[0], "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  params, opt_state, plan = namespace["params"], namespace["opt_state"], namespace["plan"]
+  import jax
+  from ensembles import sparse
+  flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(opt_state.masks)[0]}
+  for name, count in plan.counts.items():
+    assert int(flat[name].sum()) == count
+  for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(opt_state.masks)):
+    assert bool((p[~m] == 0).all())
+  assert sparse.density_of(opt_state.masks)
