@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import sys
-import time
 
 
 def _parse():
@@ -55,6 +54,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks.timing import best_time  # noqa: E402
 from ensembles import members as members_lib  # noqa: E402
 from ensembles import train as train_lib  # noqa: E402
 from ensembles.models import build_model  # noqa: E402
@@ -68,21 +68,6 @@ MODELS = {
     "resnet20": ("resnet", {"depth": 20}, (32, 32, 3), 10),
     "wrn16_4": ("wide_resnet", {"depth": 16, "width": 4}, (32, 32, 3), 10),
 }
-
-
-def _timeit(fn, min_time):
-  """Best (minimum) seconds of one call of fn() (which blocks), after a warm-up call that compiles.
-
-  Calls repeat until ``min_time`` has passed and at least 3 were made, except that a call slower
-  than ``min_time`` is measured once. The minimum is robust to a noisy, shared machine.
-  """
-  fn()
-  times = []
-  while not times or (sum(times) < min_time or len(times) < 3) and times[0] < min_time:
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 class Bench:
@@ -116,7 +101,7 @@ class Bench:
       box[0], metrics = step(box[0], self.images, self.labels, idx)
       jax.block_until_ready(metrics)
 
-    return _timeit(run, min_time)
+    return best_time(run, min_time)
 
   def time_python_loop(self, m, min_time):
     state, step, idx = self.state_and_step(1, "loop")
@@ -128,7 +113,7 @@ class Bench:
         states[i], out = step(states[i], self.images, self.labels, idx)
       jax.block_until_ready(out)
 
-    return _timeit(run, min_time)
+    return best_time(run, min_time)
 
 
 def member_sharding(m):
@@ -172,7 +157,7 @@ def torch_step_time(key, batch, min_time):
     loss.backward()
     opt.step()
 
-  return _timeit(run, min_time)
+  return best_time(run, min_time)
 
 
 def _torch_resnet(tnn, depth, classes):

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks.timing import best_time
 from ensembles import members as members_lib
 from ensembles import sparse
 from ensembles import train as train_lib
@@ -32,16 +32,6 @@ MODELS = {
     "lenet": ("lenet", {}, (28, 28, 1)),
     "resnet20": ("resnet", {"depth": 20}, (32, 32, 3)),
 }
-
-
-def best_of(fn, min_time=1.0):
-  fn()
-  times = []
-  while not times or (sum(times) < min_time or len(times) < 3) and times[0] < min_time:
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def measure(key, m, batch, min_time):
@@ -67,7 +57,7 @@ def measure(key, m, batch, min_time):
       box[0], metrics = step(box[0], images, labels, idx)
       jax.block_until_ready(metrics)
 
-    times[label] = best_of(run, min_time)
+    times[label] = best_time(run, min_time)
   cfg = dst_ensemble.sparse_block()
   update = sparse_common.make_topology_update(model, inner, plan, cfg, execution=execution, mean=mean, std=std)
 
@@ -75,7 +65,7 @@ def measure(key, m, batch, min_time):
     box[0] = update(box[0], images, labels, idx, jnp.float32(cfg.drop_fraction))
     jax.block_until_ready(box[0].params)
 
-  times["topology"] = best_of(run_update, min_time)
+  times["topology"] = best_time(run_update, min_time)
   return {"model": key, "members": m, "execution": execution, **{f"{k}_ms": 1e3 * v for k, v in times.items()},
           "masked_over_dense": times["masked"] / times["dense"],
           "update_in_dense_steps": times["topology"] / times["dense"]}

@@ -1,0 +1,30 @@
+"""The benchmark scripts run end to end on a tiny setting (their numbers are not checked here)."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_member_throughput_runs(tmp_path):
+  out = tmp_path / "mt.json"
+  args = ["--models", "mlp", "--members", "2", "--modes", "python_loop,vmap,sharded", "--min-time", "0.05",
+          "--batch", "16", "--out", str(out)]
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.member_throughput", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = json.load(open(out))["rows"]
+  assert {r["mode"] for r in rows} == {"python_loop", "vmap", "sharded"}
+  assert all(r["step_ms"] > 0 and r["x_loop"] > 0 for r in rows)
+  assert "| mlp | 2 |" in proc.stdout
+
+
+def test_sparse_overhead_runs(tmp_path):
+  out = tmp_path / "so.json"
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.sparse_overhead", "--models", "mlp", "--min-time",
+                         "0.05", "--batch", "16", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  row = json.load(open(out))["rows"][0]
+  assert row["masked_over_dense"] > 0 and row["update_in_dense_steps"] > 0
