@@ -1,0 +1,101 @@
+"""Disjoint subnetwork masks for Ex uno plures (Zhang, Gao & Sabuncu, 2021), DESIGN.md §3.4.
+
+The paper's exact partition rule is not available to us; this is our documented rule. From a trained
+parent, every partitioned layer is scored and its parts are dealt round-robin, in order of score, to
+the M children, so each child gets an equal share of strong and weak parts:
+  * ``weight`` granularity: parts are single weights, scored by |w|; the children's masks are
+    pairwise disjoint and together cover every weight of the layer;
+  * ``unit`` granularity: parts are output units (neurons / channels, the kernel's last axis),
+    scored by the L1 norm of their incoming weights; a child keeps its units' incoming weights and
+    biases; units of other children are removed from it (in models with BatchNorm after a
+    convolution, a removed channel still carries the norm's constant shift). The output layer's
+    units are the classes, so unit granularity requires ``share_input_output``.
+Layers that are not partitioned (non-prunable leaves such as biases and norms at weight
+granularity, and the input / output layers when shared) are kept whole by every child.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ensembles import sparse
+
+PyTree = Any
+GRANULARITIES = ("weight", "unit")
+
+
+def round_robin(scores: jax.Array, m: int) -> jax.Array:
+  """Child index (0..m-1) of every entry: entries sorted by descending score are dealt 0, 1, ...,
+  m-1, 0, 1, ... (ties by position). scores [n] -> int32 [n]."""
+  order = jnp.argsort(-scores, stable=True)
+  return jnp.zeros(scores.shape, jnp.int32).at[order].set(jnp.arange(scores.size, dtype=jnp.int32) % m)
+
+
+def partitioned_kernels(params: PyTree, share_input_output: bool,
+                        prunable: Callable = sparse.default_prunable) -> list[str]:
+  """Keystr paths of the kernels that are partitioned: prunable leaves, minus the first and last
+  prunable layer when ``share_input_output``."""
+  paths = list(sparse.prunable_shapes(params, prunable))
+  if share_input_output:
+    paths = paths[1:-1]
+  if not paths:
+    raise ValueError("subnetwork.share_input_output leaves no layer to partition: the model has only "
+                     f"{len(sparse.prunable_shapes(params, prunable))} prunable layers.")
+  return paths
+
+
+def partition_masks(params: PyTree, num_children: int, granularity: str = "weight",
+                    share_input_output: bool = True, prunable: Callable = sparse.default_prunable) -> PyTree:
+  """M disjoint child masks from one parent's params: a bool tree with leaves [M, *leaf.shape].
+
+  See the module docstring for the rule. Raises ValueError when a partitioned layer has fewer
+  units (or weights) than children.
+  """
+  if granularity not in GRANULARITIES:
+    raise ValueError(f"subnetwork.granularity must be one of {GRANULARITIES}, got {granularity!r}.")
+  if num_children < 1:
+    raise ValueError(f"num_members must be >= 1, got {num_children}.")
+  if granularity == "unit" and not share_input_output:
+    raise ValueError("subnetwork.granularity='unit' needs subnetwork.share_input_output=True: the output "
+                     "layer's units are the classes.")
+  parts = set(partitioned_kernels(params, share_input_output, prunable))
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  by_path = {jax.tree_util.keystr(p): leaf for p, leaf in leaves}
+  unit_owner: dict[str, jax.Array] = {}  # module path -> [C_out] child of each unit
+  if granularity == "unit":
+    for name in parts:
+      kernel = by_path[name]
+      if kernel.shape[-1] < num_children:
+        raise ValueError(f"num_members ({num_children}) exceeds the {kernel.shape[-1]} units of layer {name}; "
+                         "use fewer members, granularity 'weight', or share that layer.")
+      l1 = jnp.sum(jnp.abs(kernel.reshape(-1, kernel.shape[-1])), axis=0)
+      unit_owner[name[: -len("['kernel']")]] = round_robin(l1, num_children)
+  children = jnp.arange(num_children)
+  masks = []
+  for path, leaf in leaves:
+    name = jax.tree_util.keystr(path)
+    module = name[: name.rfind("[")]
+    if granularity == "weight" and name in parts:
+      if leaf.size < num_children:
+        raise ValueError(f"num_members ({num_children}) exceeds the {leaf.size} weights of layer {name}.")
+      owner = round_robin(jnp.abs(leaf).ravel(), num_children).reshape(leaf.shape)
+      masks.append(owner[None] == children.reshape(-1, *([1] * leaf.ndim)))
+    elif granularity == "unit" and module in unit_owner and leaf.shape[-1:] == unit_owner[module].shape:
+      owner = jnp.broadcast_to(unit_owner[module], leaf.shape)  # kernel columns and bias entries
+      masks.append(owner[None] == children.reshape(-1, *([1] * leaf.ndim)))
+    else:
+      masks.append(jnp.ones((num_children, *leaf.shape), bool))
+  return jax.tree_util.tree_unflatten(treedef, masks)
+
+
+def child_shares(masks: PyTree, params: PyTree, share_input_output: bool,
+                 prunable: Callable = sparse.default_prunable) -> np.ndarray:
+  """Fraction of the partitioned kernels' weights each child keeps: [M] (1/M each when exact)."""
+  flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
+  names = partitioned_kernels(params, share_input_output, prunable)
+  kept = sum(np.asarray(flat[n]).reshape(flat[n].shape[0], -1).sum(1) for n in names)
+  total = sum(int(np.prod(flat[n].shape[1:])) for n in names)
+  return kept / total

@@ -1,0 +1,69 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ensembles import subnetworks
+from ensembles.models import build_model
+
+
+def _params():
+  model = build_model("mlp", 5, {"hidden": (12, 9, 7)})
+  return model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6)))["params"]
+
+
+def test_round_robin_deals_strong_and_weak_evenly():
+  owner = subnetworks.round_robin(jnp.arange(12.0), 3)
+  # descending order 11, 10, ..., 0 dealt 0, 1, 2, 0, ...
+  np.testing.assert_array_equal(owner[::-1], np.arange(12) % 3)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_weight_masks_disjoint_covering_and_equal(m):
+  params = _params()
+  masks = subnetworks.partition_masks(params, m, "weight", share_input_output=True)
+  for name in ("Dense_1", "Dense_2"):  # partitioned hidden layers
+    k = np.asarray(masks[name]["kernel"])
+    assert k.shape == (m, *params[name]["kernel"].shape)
+    np.testing.assert_array_equal(k.sum(0), 1)  # disjoint and covering
+    counts = k.reshape(m, -1).sum(1)
+    assert counts.max() - counts.min() <= 1
+    assert bool(np.asarray(masks[name]["bias"]).all())  # biases stay whole at weight granularity
+  for name in ("Dense_0", "Dense_3"):  # shared input and output layers
+    assert bool(np.asarray(masks[name]["kernel"]).all())
+  shares = subnetworks.child_shares(masks, params, True)
+  np.testing.assert_allclose(shares, 1 / m, atol=1 / params["Dense_2"]["kernel"].size + 1e-9)
+
+
+def test_weight_masks_partition_every_layer_when_not_shared():
+  params = _params()
+  masks = subnetworks.partition_masks(params, 3, "weight", share_input_output=False)
+  for name in ("Dense_0", "Dense_1", "Dense_2", "Dense_3"):
+    np.testing.assert_array_equal(np.asarray(masks[name]["kernel"]).sum(0), 1)
+
+
+def test_unit_masks_partition_units_and_their_biases():
+  params = _params()
+  masks = subnetworks.partition_masks(params, 3, "unit")
+  k, b = np.asarray(masks["Dense_1"]["kernel"]), np.asarray(masks["Dense_1"]["bias"])
+  units = k.all(axis=1)  # [M, C_out]: a unit is kept whole or not at all
+  np.testing.assert_array_equal(k.any(axis=1), units)
+  np.testing.assert_array_equal(units.sum(0), 1)
+  np.testing.assert_array_equal(units, b)
+  assert sorted(units.sum(1).tolist()) == [3, 3, 3]
+  # strongest unit (largest L1 norm of its incoming weights) goes to child 0
+  l1 = np.abs(np.asarray(params["Dense_1"]["kernel"])).sum(0)
+  assert units[0, np.argmax(l1)]
+
+
+def test_bad_input_is_named():
+  params = _params()
+  with pytest.raises(ValueError, match=r"num_members \(8\) exceeds the 7 units"):
+    subnetworks.partition_masks(params, 8, "unit")
+  with pytest.raises(ValueError, match="subnetwork.granularity must be one of"):
+    subnetworks.partition_masks(params, 2, "filter")
+  with pytest.raises(ValueError, match="share_input_output=True"):
+    subnetworks.partition_masks(params, 2, "unit", share_input_output=False)
+  two_layers = build_model("mlp", 3, {"hidden": (4,)}).init(jax.random.PRNGKey(0), jnp.zeros((1, 2)))["params"]
+  with pytest.raises(ValueError, match="leaves no layer to partition"):
+    subnetworks.partition_masks(two_layers, 2, "weight", share_input_output=True)
