@@ -25,6 +25,7 @@ from ensembles import sparse
 
 PyTree = Any
 GRANULARITIES = ("weight", "unit")
+SCORES = ("magnitude", "random")
 
 
 def round_robin(scores: jax.Array, m: int) -> jax.Array:
@@ -48,14 +49,23 @@ def partitioned_kernels(params: PyTree, share_input_output: bool,
 
 
 def partition_masks(params: PyTree, num_children: int, granularity: str = "weight",
-                    share_input_output: bool = True, prunable: Callable = sparse.default_prunable) -> PyTree:
+                    share_input_output: bool = True, score: str = "magnitude", key: jax.Array | None = None,
+                    prunable: Callable = sparse.default_prunable) -> PyTree:
   """M disjoint child masks from one parent's params: a bool tree with leaves [M, *leaf.shape].
 
-  See the module docstring for the rule. Raises ValueError when a partitioned layer has fewer
-  units (or weights) than children.
+  See the module docstring for the rule. ``score``: ``magnitude`` (|w|, or a unit's L1 norm) or
+  ``random`` (uniform scores from ``key``: a random disjoint partition, for ablations). Raises
+  ValueError when a partitioned layer has fewer units (or weights) than children.
   """
   if granularity not in GRANULARITIES:
     raise ValueError(f"subnetwork.granularity must be one of {GRANULARITIES}, got {granularity!r}.")
+  if score not in SCORES:
+    raise ValueError(f"subnetwork.score must be one of {SCORES}, got {score!r}.")
+  if score == "random":
+    key = jax.random.PRNGKey(0) if key is None else key
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    params = jax.tree_util.tree_unflatten(treedef, [jax.random.uniform(k, x.shape) for k, x in zip(keys, leaves)])
   if num_children < 1:
     raise ValueError(f"num_members must be >= 1, got {num_children}.")
   if granularity == "unit" and not share_input_output:

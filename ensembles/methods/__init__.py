@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ensembles.methods import deep_ensemble, dst_ensemble, edst_ensemble, single, static_sparse_ensemble
+from ensembles.methods import (deep_ensemble, dst_ensemble, edst_ensemble, single, static_sparse_ensemble,
+                               subnetwork_ensemble)
 
 METHODS: dict[str, ModuleType] = {
     "single": single,
@@ -13,6 +14,7 @@ METHODS: dict[str, ModuleType] = {
     "dst_ensemble": dst_ensemble,
     "edst_ensemble": edst_ensemble,
     "static_sparse_ensemble": static_sparse_ensemble,
+    "subnetwork_ensemble": subnetwork_ensemble,
 }
 
 
