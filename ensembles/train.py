@@ -210,6 +210,34 @@ def make_predict(model: nn.Module, *, execution: str, mean: np.ndarray, std: np.
   return predict
 
 
+def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array, execution: str, mean: np.ndarray,
+                    std: np.ndarray) -> Callable:
+  """MC dropout: ``predict(params, model_state, images) -> probs [M·T, B, K]``, T = num_passes
+  stochastic passes per member (dropout on, BatchNorm in inference mode), vmapped over pass keys.
+
+  Pass t of every batch uses the key fold_in(key, t), so the passes are T fixed dropout networks.
+  """
+  mean, std = jnp.asarray(mean), jnp.asarray(std)
+  mc_model = model.clone(mc_dropout=True)
+  has_conv = getattr(model, "has_conv", False)
+  pass_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(num_passes))
+
+  @jax.jit
+  def predict(params, model_state, images):
+    x = augment_lib.normalize(images, mean, std)
+
+    def one(p, ms):
+      def one_pass(k):
+        return jax.nn.softmax(mc_model.apply({"params": p, **ms}, x, train=False, rngs={"dropout": k}))
+
+      return jax.vmap(one_pass)(pass_keys)
+
+    probs = members_lib.member_map(one, execution, has_conv=has_conv)(params, model_state)
+    return probs.reshape(-1, *probs.shape[2:])
+
+  return predict
+
+
 def predict_probs(predict: Callable, state: TrainState, images: np.ndarray,
                   batch_size: int) -> np.ndarray:
   """Member probabilities [M, N, K] over ``images`` in batches (the last one padded)."""

@@ -43,6 +43,7 @@ class ResNet(nn.Module):
   width: int = 1
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
+  mc_dropout: bool = False  # True: dropout also at test time (MC dropout prediction)
   conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
 
   has_conv = True
@@ -63,5 +64,5 @@ class ResNet(nn.Module):
         x = BasicBlock(features * self.width, stride, norm, conv_cls)(x)
     x = global_avg_pool(x)
     if self.dropout_rate > 0:
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = nn.Dropout(self.dropout_rate, deterministic=not (train or self.mc_dropout))(x)
     return nn.Dense(self.num_classes)(x)

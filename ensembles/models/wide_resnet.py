@@ -18,7 +18,7 @@ class WideBlock(nn.Module):
   stride: int
   dropout_rate: float
   norm: functools.partial
-  train: bool
+  stochastic: bool  # dropout active (training, or MC dropout prediction)
   conv_cls: Callable = Conv
 
   @nn.compact
@@ -28,7 +28,7 @@ class WideBlock(nn.Module):
     y = conv(self.features, strides=(self.stride, self.stride))(pre)
     y = nn.relu(self.norm()(y))
     if self.dropout_rate > 0:
-      y = nn.Dropout(self.dropout_rate, deterministic=not self.train)(y)
+      y = nn.Dropout(self.dropout_rate, deterministic=not self.stochastic)(y)
     y = conv(self.features)(y)
     if x.shape != y.shape:
       x = self.conv_cls(self.features, (1, 1), strides=(self.stride, self.stride), use_bias=False)(pre)
@@ -47,6 +47,7 @@ class WideResNet(nn.Module):
   width: int = 10
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
+  mc_dropout: bool = False  # True: dropout also at test time (MC dropout prediction)
   conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
 
   has_conv = True
@@ -63,6 +64,6 @@ class WideResNet(nn.Module):
     for stage, features in enumerate((16, 32, 64)):
       for block in range(n):
         stride = 2 if (stage > 0 and block == 0) else 1
-        x = WideBlock(features * self.width, stride, self.dropout_rate, norm, train, conv_cls)(x)
+        x = WideBlock(features * self.width, stride, self.dropout_rate, norm, train or self.mc_dropout, conv_cls)(x)
     x = nn.relu(norm()(x))
     return nn.Dense(self.num_classes)(global_avg_pool(x))

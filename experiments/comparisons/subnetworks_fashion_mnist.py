@@ -1,0 +1,26 @@
+"""Subnetwork ensembles and MC dropout on Fashion-MNIST (MLP, CPU scale), beside the single model
+and the deep ensemble, three seeds (same protocol as freetickets_fashion_mnist.py).
+
+  python -m experiments.compare --comparison experiments/comparisons/subnetworks_fashion_mnist.py \
+      --workdir runs/compare_subnetworks
+
+About 5 minutes on a 2-core CPU.
+"""
+
+
+def get_comparison():
+  return {
+      "title": "Subnetwork ensembles and MC dropout on Fashion-MNIST (MLP, M = 3)",
+      "description": ("Subnetwork ensembles: parent 5 epochs, children 5 epochs (our recipe); unit granularity "
+                      "shares the input and output layers, weight granularity partitions every layer. "
+                      "MC dropout: dropout 0.2, 10 test-time passes."),
+      "seeds": [0, 1, 2],
+      "runs": [
+          ("single", "experiments/configs/single.py", {}),
+          ("deep_ensemble", "experiments/configs/deep_ensemble.py", {"num_members": 3}),
+          ("subnetwork_ensemble (weight)", "experiments/configs/subnetwork_ensemble.py", {}),
+          ("subnetwork_ensemble (unit)", "experiments/configs/subnetwork_ensemble.py",
+           {"subnetwork.granularity": "unit", "subnetwork.share_input_output": True}),
+          ("mc_dropout", "experiments/configs/mc_dropout.py", {}),
+      ],
+  }

@@ -1,0 +1,76 @@
+"""MC dropout: passes differ, their mean is the reported prediction."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ensembles import config as config_lib, metrics, train
+from ensembles.methods import common, mc_dropout
+from ensembles.models import build_model
+from experiments.configs import mc_dropout as mc_config
+from conftest import make_dataset, tiny_config
+
+
+def test_mc_predict_passes_differ_and_deterministic_predict_does_not(tiny_dataset):
+  model = build_model("mlp", tiny_dataset.num_classes, {"hidden": (32,), "dropout_rate": 0.5})
+  state = train.init_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), 1, tiny_dataset.image_shape)
+  mc = train.make_mc_predict(model, num_passes=5, key=jax.random.PRNGKey(1), execution="vmap",
+                             mean=tiny_dataset.mean, std=tiny_dataset.std)
+  probs = np.asarray(train.predict_probs(mc, state, tiny_dataset.x_test, 16))
+  assert probs.shape == (5, len(tiny_dataset.y_test), tiny_dataset.num_classes)
+  assert not np.allclose(probs[0], probs[1])
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+  again = np.asarray(train.predict_probs(mc, state, tiny_dataset.x_test, 16))
+  np.testing.assert_array_equal(probs, again)  # fixed pass keys: reproducible
+  plain = train.make_predict(model, execution="vmap", mean=tiny_dataset.mean, std=tiny_dataset.std)
+  det = np.asarray(train.predict_probs(plain, state, tiny_dataset.x_test, 16))
+  np.testing.assert_array_equal(det, np.asarray(train.predict_probs(plain, state, tiny_dataset.x_test, 16)))
+  assert not np.allclose(det[0], probs[0])
+
+
+def _cfg(**overrides):
+  c = mc_config.get_config()
+  tiny = tiny_config()
+  for block in ("dataset", "training"):
+    c[block].update(tiny[block])
+  c.model.hidden = (32,)
+  c.log_every_steps, c.checkpoint_every_steps, c.eval_batch_size = 2, 4, 50
+  for k, v in overrides.items():
+    block, name = k.split(".") if "." in k else (None, k)
+    (c[block] if block else c)[name] = v
+  return c
+
+
+def test_method_reports_the_mean_of_the_passes(tmp_path, monkeypatch):
+  dataset = make_dataset(n_train=128, n_val=16, n_test=32)
+  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  captured = {}
+  original = common.evaluate
+
+  def evaluate(run, state, weights=None):
+    probs = train.predict_probs(run.predict, state, dataset.x_test, 50)
+    captured["probs"] = probs
+    return original(run, state, weights)
+
+  monkeypatch.setattr(common, "evaluate", evaluate)
+  cfg = _cfg()
+  config_lib.validate(cfg)
+  results = mc_dropout.train_and_evaluate(cfg, str(tmp_path))
+  probs = captured["probs"]
+  assert probs.shape[0] == cfg.mc_dropout.num_passes == results["num_members"]
+  expected = metrics.predictive_metrics(probs.mean(0), dataset.y_test)
+  for k, v in expected.items():
+    assert results["test"]["ensemble"][k] == pytest.approx(v)
+  assert results["test"]["diversity"]["disagreement"] > 0
+  assert results["flops"]["inference_x_dense"] == cfg.mc_dropout.num_passes
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"num_members": 3}, "config.num_members must be 1 for method 'mc_dropout'"),
+    ({"model.dropout_rate": 0.0}, "config.model.dropout_rate must be > 0"),
+    ({"mc_dropout.num_passes": 1}, "config.mc_dropout.num_passes must be an integer >= 2"),
+])
+def test_bad_mc_config(overrides, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(_cfg(**overrides))
