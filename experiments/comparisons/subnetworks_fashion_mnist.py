@@ -18,8 +18,8 @@ def get_comparison():
       "runs": [
           ("single", "experiments/configs/single.py", {}),
           ("deep_ensemble", "experiments/configs/deep_ensemble.py", {"num_members": 3}),
-          ("subnetwork_ensemble (weight)", "experiments/configs/subnetwork_ensemble.py", {}),
-          ("subnetwork_ensemble (unit)", "experiments/configs/subnetwork_ensemble.py",
+          ("subnetwork_weight", "experiments/configs/subnetwork_ensemble.py", {}),
+          ("subnetwork_unit", "experiments/configs/subnetwork_ensemble.py",
            {"subnetwork.granularity": "unit", "subnetwork.share_input_output": True}),
           ("mc_dropout", "experiments/configs/mc_dropout.py", {}),
       ],
