@@ -2,13 +2,13 @@ import pytest
 
 from ensembles import config as config_lib
 from experiments.configs import (deep_ensemble, default, dst_ensemble, dst_ensemble_cifar10_wrn28_10,
-                                 edst_ensemble, single, static_sparse_ensemble)
+                                 edst_ensemble, mc_dropout, single, static_sparse_ensemble, subnetwork_ensemble)
 from conftest import tiny_config
 
 
 def test_shipped_configs_are_valid():
   for module in (default, deep_ensemble, single, dst_ensemble, static_sparse_ensemble, edst_ensemble,
-                 dst_ensemble_cifar10_wrn28_10):
+                 dst_ensemble_cifar10_wrn28_10, subnetwork_ensemble, mc_dropout):
     config_lib.validate(module.get_config())
 
 

@@ -61,3 +61,15 @@ def test_children_disjoint_zero_and_different(tmp_path, monkeypatch, granularity
 def test_bad_subnetwork_config(field, value, message):
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(_cfg(**{field: value}))
+
+
+def test_too_many_children_fails_before_training(tmp_path, monkeypatch):
+  dataset = make_dataset(n_train=128, n_val=16, n_test=32)
+  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  calls = []
+  monkeypatch.setattr(trainer, "fit", lambda *a, **k: calls.append(1))
+  cfg = _cfg(granularity="unit", share_input_output=True)
+  cfg.num_members = 13  # hidden layers have 24 and 12 units
+  with pytest.raises(ValueError, match=r"num_members \(13\) exceeds the 12 units of layer \['Dense_1'\]"):
+    subnetwork_ensemble.train_and_evaluate(cfg, str(tmp_path))
+  assert not calls

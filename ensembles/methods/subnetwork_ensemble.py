@@ -66,6 +66,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   parent_dir = os.path.join(workdir, "parent")
   run_p = common.build_run(parent_cfg, parent_dir, num_members=1)
   state = train_lib.init_state(run_p.model, run_p.tx, run_p.init_key, 1, run_p.data.image_shape)
+  # fail before training the parent if the model cannot be split (e.g. fewer units than children)
+  subnetworks.partition_masks(members_lib.member(state.params, 0), m, s.granularity, s.share_input_output)
   state, info_p = trainer.fit(state, run_p.train_step, run_p.predict, run_p.data, parent_cfg, parent_dir,
                               data_keys=run_p.data_keys, log=run_p.log, desc="parent")
   parent_params = members_lib.member(state.params, 0)
