@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import struct
 import types
@@ -127,6 +128,29 @@ def _subset(x: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator):
     return x, y
   idx = np.sort(rng.permutation(len(y))[:n])
   return x[idx], y[idx]
+
+
+def long_tailed_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
+  """Per-class counts of a long-tailed set: n_c = floor(n_max · ρ^(−c / (K − 1))), c = 0..K−1, so
+  class 0 keeps n_max and class K−1 keeps n_max / ρ (imbalance ratio ρ >= 1)."""
+  if not ratio >= 1.0:
+    raise ValueError(f"dataset.imbalance_ratio must be >= 1, got {ratio}.")
+  if num_classes < 2:
+    return [n_max]
+  return [int(math.floor(n_max * ratio ** (-c / (num_classes - 1)) + 1e-9)) for c in range(num_classes)]
+
+
+def long_tailed_subset(x: np.ndarray, y: np.ndarray, num_classes: int, ratio: float,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Keeps `long_tailed_counts` examples of each class (random ones, in original order);
+  n_max is the smallest class count of the input, so every class can supply its share."""
+  n_max = int(np.bincount(y, minlength=num_classes).min())
+  keep = []
+  for c, n in enumerate(long_tailed_counts(n_max, num_classes, ratio)):
+    idx = np.flatnonzero(y == c)
+    keep.append(rng.choice(idx, size=n, replace=False))
+  keep = np.sort(np.concatenate(keep))
+  return x[keep], y[keep]
 
 
 def check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) -> None:

@@ -1,0 +1,83 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ensembles import boosting, data
+
+
+def _case():
+  labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
+  probs = jax.nn.one_hot(jnp.array([0, 1, 2, 0, 1, 0, 1, 1]), 3) * 0.8 + 0.2 / 3  # wrong: 5, 6
+  return probs, labels
+
+
+def test_samme_textbook_case():
+  probs, labels = _case()
+  w, alpha, err = boosting.reweight(jnp.ones(8), probs, labels, "samme")
+  assert float(err) == pytest.approx(2 / 8)
+  assert float(alpha) == pytest.approx(np.log(0.75 / 0.25) + np.log(2))
+  wrong = np.array([0, 0, 0, 0, 0, 1, 1, 0], bool)
+  raw = np.where(wrong, np.exp(float(alpha)), 1.0)
+  np.testing.assert_allclose(w, raw / raw.mean(), rtol=1e-6)
+  assert float(jnp.mean(w)) == pytest.approx(1.0)
+  assert bool((w[wrong] > 1).all()) and bool((w[~wrong] < 1).all())
+
+
+@pytest.mark.parametrize("rule", ["samme", "samme_r"])
+def test_misclassified_gain_weight_and_mean_stays_one(rule):
+  probs, labels = _case()
+  start = jnp.linspace(0.5, 1.5, 8)
+  w, _, _ = boosting.reweight(start, probs, labels, rule)
+  ratio = np.asarray(w) / np.asarray(boosting.normalize(start))
+  wrong = np.array([0, 0, 0, 0, 0, 1, 1, 0], bool)
+  assert ratio[wrong].min() > 1 > ratio[~wrong].max()
+  assert float(jnp.mean(w)) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_alpha_finite_at_zero_error_and_at_chance():
+  labels = jnp.array([0, 1, 2, 3])
+  perfect = jax.nn.one_hot(labels, 4)
+  w, alpha, err = boosting.reweight(jnp.ones(4), perfect, labels, "samme")
+  assert float(err) == 0.0 and np.isfinite(float(alpha)) and bool(jnp.all(jnp.isfinite(w)))
+  assert float(boosting.samme_alpha(jnp.array(0.9), 4)) > 0  # worse than chance is clipped
+  w_r, alpha_r, _ = boosting.reweight(jnp.ones(4), perfect, labels, "samme_r")
+  assert bool(jnp.all(jnp.isfinite(w_r))) and float(alpha_r) == 1.0
+
+
+def test_cap_on_max_over_mean():
+  probs, labels = _case()
+  w, _, _ = boosting.reweight(jnp.ones(8), probs, labels, "samme", max_ratio=1.5)
+  assert float(jnp.max(w) / jnp.mean(w)) <= 1.5 + 1e-5 and float(jnp.mean(w)) == pytest.approx(1.0)
+
+
+def test_vmapped_over_runs_equals_per_run():
+  probs, labels = _case()
+  weights = jnp.stack([jnp.ones(8), jnp.linspace(0.5, 1.5, 8)])
+  batched = jax.vmap(lambda w: boosting.reweight(w, probs, labels, "samme"))(weights)
+  for i in range(2):
+    single = boosting.reweight(weights[i], probs, labels, "samme")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-6), batched, single)
+
+
+def test_unknown_rule_is_named():
+  probs, labels = _case()
+  with pytest.raises(ValueError, match="cbnn.rule must be one of"):
+    boosting.reweight(jnp.ones(8), probs, labels, "adaboost_m2")
+
+
+@pytest.mark.parametrize("ratio", [1.0, 10.0, 100.0])
+def test_long_tailed_counts_follow_formula(ratio):
+  counts = data.long_tailed_counts(5000, 10, ratio)
+  expected = [int(np.floor(5000 * ratio ** (-c / 9) + 1e-9)) for c in range(10)]
+  assert counts == expected and counts[0] == 5000 and counts[-1] == int(5000 / ratio)
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(10), 5000).astype(np.int32)
+  x = np.arange(len(y))[:, None, None, None].astype(np.uint8)
+  _, y_lt = data.long_tailed_subset(x, y, 10, ratio, rng)
+  assert np.bincount(y_lt, minlength=10).tolist() == counts
+
+
+def test_long_tailed_ratio_below_one_is_named():
+  with pytest.raises(ValueError, match="dataset.imbalance_ratio must be >= 1"):
+    data.long_tailed_counts(100, 10, 0.5)
