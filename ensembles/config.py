@@ -46,6 +46,9 @@ def validate(config: Any) -> None:
   for field in ("val_size", "train_subset", "test_subset"):
     _require(_is_int(d[field]) and d[field] >= 0, f"dataset.{field}", "an integer >= 0", d[field])
 
+  _require(_is_number(d.imbalance_ratio) and d.imbalance_ratio >= 1, "dataset.imbalance_ratio", "a number >= 1",
+           d.imbalance_ratio)
+
   m = config.model
   _require(m.name in models_lib.MODELS, "model.name", f"one of {sorted(models_lib.MODELS)}", m.name)
 

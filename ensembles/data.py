@@ -164,14 +164,15 @@ def check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) -> 
 
 
 DEFAULT_FIELDS = {"name": "fashion_mnist", "data_dir": "", "val_size": 5000, "split_seed": 0,
-                  "train_subset": 0, "test_subset": 0}
+                  "train_subset": 0, "test_subset": 0, "imbalance_ratio": 1.0}
 
 
 def load_dataset(config: Any = None, **fields: Any) -> Dataset:
   """Loads a dataset from the config's ``dataset`` block, or from keyword fields over the defaults.
 
   Fields: name, data_dir ('' = default), val_size (examples carved from train), split_seed,
-  train_subset / test_subset (0 = all; for quick runs and tests).
+  train_subset / test_subset (0 = all; for quick runs and tests), imbalance_ratio (ρ > 1 makes the
+  training set long-tailed with `long_tailed_counts`; validation and test sets stay balanced).
   ``load_dataset(name="fashion_mnist", val_size=1000)`` works without a config.
   """
   if config is None:
@@ -216,6 +217,9 @@ def load_dataset(config: Any = None, **fields: Any) -> Dataset:
   x_val, y_val = x_train[val_idx], y_train[val_idx]
   x_train, y_train = x_train[train_idx], y_train[train_idx]
   x_train, y_train = _subset(x_train, y_train, config.train_subset, rng)
+  ratio = float(getattr(config, "imbalance_ratio", 1.0))
+  if ratio != 1.0:
+    x_train, y_train = long_tailed_subset(x_train, y_train, num_classes, ratio, rng)
   x_test, y_test = _subset(x_test, y_test, config.test_subset, rng)
   scaled = x_train.astype(np.float64) / 255.0
   mean = scaled.mean(axis=(0, 1, 2)).astype(np.float32)

@@ -85,17 +85,39 @@ def predictive_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float
           "ece": ece(probs, labels), "brier": brier(probs, labels)}
 
 
-def evaluate_ensemble(member_probs: np.ndarray, labels: np.ndarray,
-                      weights: Sequence[float] | None = None) -> dict:
-  """Ensemble metrics, each member's metrics and diversity (for M >= 2).
+def per_class_accuracy(probs: np.ndarray, labels: np.ndarray) -> list[float]:
+  """Accuracy on the examples of each class k = 0..K-1 (NaN for a class without examples)."""
+  correct = np.argmax(probs, axis=-1) == labels
+  k = probs.shape[-1]
+  return [float(correct[labels == c].mean()) if np.any(labels == c) else float("nan") for c in range(k)]
 
+
+def vote_probs(member_probs: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+  """Weighted vote: the (weighted) fraction of members whose argmax is each class. [M,N,K] -> [N,K]."""
+  member_probs = np.asarray(member_probs)
+  votes = np.eye(member_probs.shape[-1])[np.argmax(member_probs, axis=-1)]
+  return ensemble_probs(votes, weights)
+
+
+COMBINE_RULES = ("mean", "vote")
+
+
+def evaluate_ensemble(member_probs: np.ndarray, labels: np.ndarray,
+                      weights: Sequence[float] | None = None, combine: str = "mean") -> dict:
+  """Ensemble metrics (with per-class accuracy), each member's metrics and diversity (M >= 2).
+
+  ``combine``: ``mean`` of (weighted) probabilities, or weighted ``vote`` of the members' argmax
+  (its NLL uses the vote fractions as probabilities, floored at 1e-12).
   Returns {"ensemble": {...}, "members": [{...}] * M, "diversity": {"disagreement", "kl"}}.
   """
   member_probs = np.asarray(member_probs, np.float64)
   if member_probs.ndim != 3 or member_probs.shape[1] != len(labels):
     raise ValueError(f"member_probs must be [M, N, K] with N = {len(labels)}, got {member_probs.shape}.")
+  if combine not in COMBINE_RULES:
+    raise ValueError(f"combine must be one of {COMBINE_RULES}, got {combine!r}.")
+  ens = ensemble_probs(member_probs, weights) if combine == "mean" else vote_probs(member_probs, weights)
   out = {
-      "ensemble": predictive_metrics(ensemble_probs(member_probs, weights), labels),
+      "ensemble": {**predictive_metrics(ens, labels), "per_class_accuracy": per_class_accuracy(ens, labels)},
       "members": [predictive_metrics(p, labels) for p in member_probs],
   }
   if len(member_probs) >= 2:

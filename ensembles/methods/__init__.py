@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ensembles.methods import (deep_ensemble, dst_ensemble, edst_ensemble, mc_dropout, single,
-                               static_sparse_ensemble, subnetwork_ensemble)
+from ensembles.methods import (cbnn, deep_ensemble, dst_ensemble, edst_ensemble, mc_dropout, single,
+                               snapshot_ensemble, static_sparse_ensemble, subnetwork_ensemble)
 
 METHODS: dict[str, ModuleType] = {
     "single": single,
@@ -16,6 +16,8 @@ METHODS: dict[str, ModuleType] = {
     "static_sparse_ensemble": static_sparse_ensemble,
     "subnetwork_ensemble": subnetwork_ensemble,
     "mc_dropout": mc_dropout,
+    "snapshot_ensemble": snapshot_ensemble,
+    "cbnn": cbnn,
 }
 
 

@@ -6,6 +6,7 @@ import os
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -68,13 +69,25 @@ def build_run(config: Any, workdir: str, num_members: int | None = None, sparse_
              train_step, predict, trainer.MetricsLog(os.path.join(workdir, "metrics.jsonl")))
 
 
-def evaluate(run: Run, state: train_lib.TrainState, weights=None) -> dict:
-  """Test (and validation) metrics of the members and their ensemble."""
+def collected_ensemble(run: Run, members: Any) -> train_lib.TrainState:
+  """A TrainState for evaluation from collected members (tickets, checkpoints, snapshots):
+  ``members`` holds stacked ``params`` and ``model_state`` [M, ...]; also points ``run.predict``
+  at a predictor for M members."""
+  m = members_lib.num_members(members["params"])
+  run.predict = train_lib.make_predict(run.model, execution=members_lib.resolve_execution(
+      run.config.member_execution, run.model.has_conv, num_members=m), mean=run.data.mean, std=run.data.std)
+  return train_lib.TrainState(step=jnp.zeros(m, jnp.int32), params=members["params"],
+                              model_state=members["model_state"], opt_state=None, rng=jnp.zeros((m, 2), jnp.uint32))
+
+
+def evaluate(run: Run, state: train_lib.TrainState, weights=None, combine: str = "mean") -> dict:
+  """Test (and validation) metrics of the members and their ensemble (``weights``, ``combine``:
+  see `metrics.evaluate_ensemble`)."""
   out = {}
   for split, x, y in (("test", run.data.x_test, run.data.y_test), ("val", run.data.x_val, run.data.y_val)):
     if len(y):
       probs = train_lib.predict_probs(run.predict, state, x, run.config.eval_batch_size)
-      out[split] = metrics_lib.evaluate_ensemble(probs, y, weights)
+      out[split] = metrics_lib.evaluate_ensemble(probs, y, weights, combine)
   return out
 
 

@@ -116,12 +116,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
                             data_keys=run.data_keys, log=run.log, desc=config.method,
                             hooks=[dst_hook, phase_hook])
   tickets, _ = checkpoints.load_members(tickets_dir, _ticket(state))
-  ensemble = train_lib.TrainState(step=jnp.zeros(m, jnp.int32), params=tickets["params"],
-                                  model_state=tickets["model_state"], opt_state=None,
-                                  rng=jnp.zeros((m, 2), jnp.uint32))
-  predict = train_lib.make_predict(run.model, execution=members_lib.resolve_execution(
-      config.member_execution, run.model.has_conv, num_members=m), mean=run.data.mean, std=run.data.std)
-  run.predict = predict
+  ensemble = common.collected_ensemble(run, tickets)
   densities = sparse_common.realised_densities(tickets["masks"])
   rule = "rigl" if s.growth == "gradient" else "set"
   flops = common.flops_summary(run, m, info["steps"], sparse_common.realised_densities(state.opt_state.masks), rule,

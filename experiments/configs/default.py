@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset.split_seed = 0          # seed of the train/val split, shared by all methods
   c.dataset.train_subset = 0        # >0: keep this many training examples (quick runs, tests)
   c.dataset.test_subset = 0         # >0: keep this many test examples
+  c.dataset.imbalance_ratio = 1.0   # ρ > 1: long-tailed training set, n_c = n_max·ρ^(−c/(K−1))
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"            # mlp | lenet | resnet | wide_resnet; other fields go to the model
