@@ -78,18 +78,24 @@ def layer_densities(shapes: dict[str, tuple[int, ...]], density: float, rule: st
 
 def layer_counts(shapes: dict[str, tuple[int, ...]], densities: dict[str, float]) -> dict[str, int]:
   """Exact number of kept weights per layer: largest-remainder rounding of density_l · n_l, so the
-  total equals round(Σ_l density_l · n_l) and each layer keeps at least one weight."""
+  total equals round(Σ_l density_l · n_l) and each layer keeps at least one weight (weights the
+  floor adds are taken back from other layers; the total is exceeded only when every layer is at 1)."""
   sizes = {k: math.prod(s) for k, s in shapes.items()}
   exact = {k: densities[k] * sizes[k] for k in shapes}
   counts = {k: min(max(int(math.floor(v)), 1), sizes[k]) for k, v in exact.items()}
   missing = int(round(sum(exact.values()))) - sum(counts.values())
   order = sorted(shapes, key=lambda k: exact[k] - math.floor(exact[k]), reverse=True)
-  for k in order:
+  for k in order:  # short: add one to the layers with the largest remainders
     if missing <= 0:
       break
     if counts[k] < sizes[k]:
       counts[k] += 1
       missing -= 1
+  while missing < 0 and any(counts[k] > 1 for k in order):  # over (the one-weight floor): take back,
+    for k in reversed(order):                                 # smallest remainders first
+      if missing < 0 and counts[k] > 1:
+        counts[k] -= 1
+        missing += 1
   return counts
 
 

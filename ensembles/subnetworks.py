@@ -15,7 +15,7 @@ granularity, and the input / output layers when shared) are kept whole by every 
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,13 +35,23 @@ def round_robin(scores: jax.Array, m: int) -> jax.Array:
   return jnp.zeros(scores.shape, jnp.int32).at[order].set(jnp.arange(scores.size, dtype=jnp.int32) % m)
 
 
-def partitioned_kernels(params: PyTree, share_input_output: bool,
+def partitioned_kernels(params: PyTree, share_input_output: bool, layer_order: Sequence[str] | None = None,
                         prunable: Callable = sparse.default_prunable) -> list[str]:
   """Keystr paths of the kernels that are partitioned: prunable leaves, minus the first and last
-  prunable layer when ``share_input_output``."""
+  prunable layer *in call order* when ``share_input_output``. The params tree is sorted by name
+  (``Conv_0`` of a ResNet's stem comes after its blocks), so the call order must be given:
+  ``layer_order`` = kernel paths in the order the model calls them, e.g.
+  ``[c.path for c in flops.layer_costs(model, input_shape)]``."""
   paths = list(sparse.prunable_shapes(params, prunable))
   if share_input_output:
-    paths = paths[1:-1]
+    if layer_order is None:
+      raise ValueError("share_input_output needs layer_order (kernel paths in call order, e.g. from "
+                       "flops.layer_costs): the params tree is sorted by name, not by depth.")
+    ordered = [p for p in layer_order if p in paths]
+    if sorted(ordered) != sorted(paths):
+      raise ValueError(f"layer_order does not list every prunable kernel: missing {sorted(set(paths) - set(ordered))}.")
+    shared = {ordered[0], ordered[-1]}
+    paths = [p for p in paths if p not in shared]
   if not paths:
     raise ValueError("subnetwork.share_input_output leaves no layer to partition: the model has only "
                      f"{len(sparse.prunable_shapes(params, prunable))} prunable layers.")
@@ -50,11 +60,12 @@ def partitioned_kernels(params: PyTree, share_input_output: bool,
 
 def partition_masks(params: PyTree, num_children: int, granularity: str = "weight",
                     share_input_output: bool = True, score: str = "magnitude", key: jax.Array | None = None,
-                    prunable: Callable = sparse.default_prunable) -> PyTree:
+                    layer_order: Sequence[str] | None = None, prunable: Callable = sparse.default_prunable) -> PyTree:
   """M disjoint child masks from one parent's params: a bool tree with leaves [M, *leaf.shape].
 
   See the module docstring for the rule. ``score``: ``magnitude`` (|w|, or a unit's L1 norm) or
-  ``random`` (uniform scores from ``key``: a random disjoint partition, for ablations). Raises
+  ``random`` (uniform scores from ``key``: a random disjoint partition, for ablations).
+  ``layer_order``: see `partitioned_kernels` (needed with ``share_input_output``). Raises
   ValueError when a partitioned layer has fewer units (or weights) than children.
   """
   if granularity not in GRANULARITIES:
@@ -71,7 +82,7 @@ def partition_masks(params: PyTree, num_children: int, granularity: str = "weigh
   if granularity == "unit" and not share_input_output:
     raise ValueError("subnetwork.granularity='unit' needs subnetwork.share_input_output=True: the output "
                      "layer's units are the classes.")
-  parts = set(partitioned_kernels(params, share_input_output, prunable))
+  parts = set(partitioned_kernels(params, share_input_output, layer_order, prunable))
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   by_path = {jax.tree_util.keystr(p): leaf for p, leaf in leaves}
   unit_owner: dict[str, jax.Array] = {}  # module path -> [C_out] child of each unit
@@ -101,11 +112,11 @@ def partition_masks(params: PyTree, num_children: int, granularity: str = "weigh
   return jax.tree_util.tree_unflatten(treedef, masks)
 
 
-def child_shares(masks: PyTree, params: PyTree, share_input_output: bool,
+def child_shares(masks: PyTree, params: PyTree, share_input_output: bool, layer_order: Sequence[str] | None = None,
                  prunable: Callable = sparse.default_prunable) -> np.ndarray:
   """Fraction of the partitioned kernels' weights each child keeps: [M] (1/M each when exact)."""
   flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
-  names = partitioned_kernels(params, share_input_output, prunable)
+  names = partitioned_kernels(params, share_input_output, layer_order, prunable)
   kept = sum(np.asarray(flat[n]).reshape(flat[n].shape[0], -1).sum(1) for n in names)
   total = sum(int(np.prod(flat[n].shape[1:])) for n in names)
   return kept / total

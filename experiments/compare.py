@@ -72,6 +72,7 @@ ROW_FIELDS = [
     ("NLL", lambda r: r["test"]["ensemble"]["nll"], "{:.4f}"),
     ("ECE", lambda r: r["test"]["ensemble"]["ece"], "{:.4f}"),
     ("Brier", lambda r: r["test"]["ensemble"]["brier"], "{:.4f}"),
+    ("worst class (%)", lambda r: 100 * min(r["test"]["ensemble"].get("per_class_accuracy", [float("nan")])), "{:.1f}"),
     ("disagreement", lambda r: r["test"].get("diversity", {}).get("disagreement", float("nan")), "{:.4f}"),
     ("train FLOPs (x dense)", lambda r: r["flops"]["train_x_dense"], "{:.2f}"),
     ("inference FLOPs (x dense)", lambda r: r["flops"]["inference_x_dense"], "{:.2f}"),

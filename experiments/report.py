@@ -33,6 +33,9 @@ def run_table(results: dict, split: str = "test") -> str:
                  f"{mean['brier']:.4f} ± {std['brier']:.4f} |")
   lines.append(_row("**ensemble**", ev["ensemble"]))
   lines.append("")
+  if "per_class_accuracy" in ev["ensemble"]:
+    lines.append("Per-class accuracy of the ensemble (%): " +
+                 ", ".join(f"{c}: {100 * a:.1f}" for c, a in enumerate(ev["ensemble"]["per_class_accuracy"])) + ".")
   if "diversity" in ev:
     lines.append(f"Diversity: disagreement {ev['diversity']['disagreement']:.4f}, "
                  f"pairwise KL {ev['diversity']['kl']:.4f} nats.")

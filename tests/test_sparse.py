@@ -37,6 +37,12 @@ def test_erk_makes_small_layers_dense_and_resolves():
   assert densities["big"] * n["big"] + n["tiny"] == pytest.approx(0.5 * sum(n.values()))
 
 
+def test_counts_stay_exact_when_the_one_weight_floor_bites():
+  shapes = {"a": (2, 2), "b": (2, 2), "big": (100, 100)}
+  counts = sparse.layer_counts(shapes, {"a": 0.01, "b": 0.01, "big": 0.01})
+  assert counts["a"] == counts["b"] == 1 and sum(counts.values()) == round(0.01 * 10008)
+
+
 def test_uniform_densities():
   assert sparse.layer_densities(SHAPES, 0.3, "uniform") == {k: 0.3 for k in SHAPES}
 

@@ -3,13 +3,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ensembles import subnetworks
+from ensembles import flops, subnetworks
 from ensembles.models import build_model
 
 
+MLP = build_model("mlp", 5, {"hidden": (12, 9, 7)})
+ORDER = [c.path for c in flops.layer_costs(MLP, (6,))]
+
+
 def _params():
-  model = build_model("mlp", 5, {"hidden": (12, 9, 7)})
-  return model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6)))["params"]
+  return MLP.init(jax.random.PRNGKey(0), jnp.zeros((1, 6)))["params"]
 
 
 def test_round_robin_deals_strong_and_weak_evenly():
@@ -21,7 +24,7 @@ def test_round_robin_deals_strong_and_weak_evenly():
 @pytest.mark.parametrize("m", [2, 3, 4])
 def test_weight_masks_disjoint_covering_and_equal(m):
   params = _params()
-  masks = subnetworks.partition_masks(params, m, "weight", share_input_output=True)
+  masks = subnetworks.partition_masks(params, m, "weight", share_input_output=True, layer_order=ORDER)
   for name in ("Dense_1", "Dense_2"):  # partitioned hidden layers
     k = np.asarray(masks[name]["kernel"])
     assert k.shape == (m, *params[name]["kernel"].shape)
@@ -31,7 +34,7 @@ def test_weight_masks_disjoint_covering_and_equal(m):
     assert bool(np.asarray(masks[name]["bias"]).all())  # biases stay whole at weight granularity
   for name in ("Dense_0", "Dense_3"):  # shared input and output layers
     assert bool(np.asarray(masks[name]["kernel"]).all())
-  shares = subnetworks.child_shares(masks, params, True)
+  shares = subnetworks.child_shares(masks, params, True, ORDER)
   np.testing.assert_allclose(shares, 1 / m, atol=1 / params["Dense_2"]["kernel"].size + 1e-9)
 
 
@@ -44,7 +47,7 @@ def test_weight_masks_partition_every_layer_when_not_shared():
 
 def test_unit_masks_partition_units_and_their_biases():
   params = _params()
-  masks = subnetworks.partition_masks(params, 3, "unit")
+  masks = subnetworks.partition_masks(params, 3, "unit", layer_order=ORDER)
   k, b = np.asarray(masks["Dense_1"]["kernel"]), np.asarray(masks["Dense_1"]["bias"])
   units = k.all(axis=1)  # [M, C_out]: a unit is kept whole or not at all
   np.testing.assert_array_equal(k.any(axis=1), units)
@@ -59,11 +62,34 @@ def test_unit_masks_partition_units_and_their_biases():
 def test_bad_input_is_named():
   params = _params()
   with pytest.raises(ValueError, match=r"num_members \(8\) exceeds the 7 units"):
-    subnetworks.partition_masks(params, 8, "unit")
+    subnetworks.partition_masks(params, 8, "unit", layer_order=ORDER)
   with pytest.raises(ValueError, match="subnetwork.granularity must be one of"):
     subnetworks.partition_masks(params, 2, "filter")
   with pytest.raises(ValueError, match="share_input_output=True"):
     subnetworks.partition_masks(params, 2, "unit", share_input_output=False)
-  two_layers = build_model("mlp", 3, {"hidden": (4,)}).init(jax.random.PRNGKey(0), jnp.zeros((1, 2)))["params"]
+  small = build_model("mlp", 3, {"hidden": (4,)})
+  two_layers = small.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)))["params"]
   with pytest.raises(ValueError, match="leaves no layer to partition"):
-    subnetworks.partition_masks(two_layers, 2, "weight", share_input_output=True)
+    subnetworks.partition_masks(two_layers, 2, "weight", share_input_output=True,
+                                layer_order=[c.path for c in flops.layer_costs(small, (2,))])
+  with pytest.raises(ValueError, match="share_input_output needs layer_order"):
+    subnetworks.partition_masks(params, 2, "weight", share_input_output=True)
+
+
+@pytest.mark.parametrize("name,kwargs,first,last", [
+    ("resnet", {"depth": 8}, "['Conv_0']['kernel']", "['Dense_0']['kernel']"),
+    ("wide_resnet", {"depth": 10, "width": 1}, "['Conv_0']['kernel']", "['Dense_0']['kernel']"),
+    ("mlp", {"hidden": (4,) * 11}, "['Dense_0']['kernel']", "['Dense_11']['kernel']"),
+])
+def test_shared_layers_are_the_input_and_output_layers(name, kwargs, first, last):
+  # the params tree is sorted by name (a ResNet's stem Conv_0 sorts after its blocks, Dense_11
+  # before Dense_2): the shared layers must come from the call order
+  model = build_model(name, 10, kwargs)
+  shape = (8, 8, 3) if name != "mlp" else (6,)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)))["params"]
+  order = [c.path for c in flops.layer_costs(model, shape)]
+  masks = subnetworks.partition_masks(params, 2, "unit", layer_order=order)
+  flat = {jax.tree_util.keystr(p): np.asarray(m) for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
+  assert flat[first].all() and flat[last].all()  # shared: every child keeps all classes and inputs
+  partitioned = subnetworks.partitioned_kernels(params, True, order)
+  assert first not in partitioned and last not in partitioned and len(partitioned) == len(order) - 2

@@ -39,11 +39,13 @@ class Run:
 
 
 def build_run(config: Any, workdir: str, num_members: int | None = None, sparse_training: bool = False,
-              schedule: Callable[[int, int], optax.Schedule] | None = None) -> Run:
+              schedule: Callable[[int, int], optax.Schedule] | None = None, key_salt: int = 0) -> Run:
   """Loads data, builds model, optimizer and the jitted step/predict functions for M members.
 
   With ``sparse_training`` the optimizer is wrapped in `sparse.masked` (masks in its state);
   ``schedule(total_steps, steps_per_epoch)``, if given, builds the lr schedule instead of the config's.
+  ``key_salt`` > 0 folds into the seed's key, so a second phase of a recipe (e.g. subnetwork
+  children after their parent) draws streams different from the first's.
   """
   m = num_members or config.num_members
   data = data_lib.load_dataset(config.dataset)
@@ -59,7 +61,8 @@ def build_run(config: Any, workdir: str, num_members: int | None = None, sparse_
                                       schedule(total_steps, steps_per_epoch) if schedule else None)
   tx = sparse.masked(inner_tx) if sparse_training else inner_tx
   execution = members_lib.resolve_execution(config.member_execution, model.has_conv, num_members=m)
-  init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  key = jax.random.PRNGKey(config.seed)
+  init_key, data_key = jax.random.split(jax.random.fold_in(key, key_salt) if key_salt else key)
   train_step = train_lib.make_train_step(model, tx, execution=execution, mean=data.mean, std=data.std,
                                          crop_padding=config.augment.crop_padding, flip=config.augment.flip,
                                          batch_split=t.batch_split)

@@ -103,18 +103,19 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   tickets_dir = os.path.join(workdir, "tickets")
 
   def phase_hook(state, done, images, labels, idx):
-    if done in ends:  # the ticket of phase k is the state at its end
-      ticket = _ticket(state)
-      checkpoints.save_member(tickets_dir, ends[done], ticket, {"phase": ends[done], "step": done})
-      run.log.write({"step": done, "event": f"ticket {ends[done]} saved"})
-    if done in starts:  # global exploration before every phase after the first
+    """At a phase end: save the ticket (the trained state, before any topology change), then the
+    global exploration (before every phase after the first) instead of a regular DST update."""
+    if done not in ends:
+      return dst_hook(state, done, images, labels, idx)
+    checkpoints.save_member(tickets_dir, ends[done], _ticket(state), {"phase": ends[done], "step": done})
+    run.log.write({"step": done, "event": f"ticket {ends[done]} saved"})
+    if done in starts:
       state = global_update(state, images, labels, idx, jnp.float32(e.global_drop_fraction))
       run.log.write({"step": done, "event": f"global exploration before phase {starts[done]}"})
     return state
 
   state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
-                            data_keys=run.data_keys, log=run.log, desc=config.method,
-                            hooks=[dst_hook, phase_hook])
+                            data_keys=run.data_keys, log=run.log, desc=config.method, hooks=[phase_hook])
   tickets, _ = checkpoints.load_members(tickets_dir, _ticket(state))
   ensemble = common.collected_ensemble(run, tickets)
   densities = sparse_common.realised_densities(tickets["masks"])
@@ -136,6 +137,9 @@ def _ticket(state: train_lib.TrainState) -> dict:
 def ticket_overlaps(masks: Any, plan: sparse.SparsityPlan) -> list[list[float]]:
   """[M, M]: fraction of ticket i's active sparse-layer weights that are also active in ticket j."""
   flat = {jax.tree_util.keystr(p): w for p, w in jax.tree_util.tree_flatten_with_path(masks)[0]}
+  if not plan.counts:  # sparsity 0: every ticket is dense
+    m = members_lib.num_members(masks)
+    return [[1.0] * m for _ in range(m)]
   active = jnp.concatenate([flat[k].reshape(flat[k].shape[0], -1) for k in plan.counts], axis=1)
   active = active.astype(jnp.float32)
   inter = active @ active.T

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ensembles import flops as flops_lib
 from ensembles import members as members_lib
 from ensembles import sparse
 from ensembles import subnetworks
@@ -66,18 +67,20 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   parent_dir = os.path.join(workdir, "parent")
   run_p = common.build_run(parent_cfg, parent_dir, num_members=1)
   state = train_lib.init_state(run_p.model, run_p.tx, run_p.init_key, 1, run_p.data.image_shape)
+  layer_order = [c.path for c in flops_lib.layer_costs(run_p.model, run_p.data.image_shape)]
   # fail before training the parent if the model cannot be split (e.g. fewer units than children)
-  subnetworks.partition_masks(members_lib.member(state.params, 0), m, s.granularity, s.share_input_output)
+  subnetworks.partition_masks(members_lib.member(state.params, 0), m, s.granularity, s.share_input_output,
+                              layer_order=layer_order)
   state, info_p = trainer.fit(state, run_p.train_step, run_p.predict, run_p.data, parent_cfg, parent_dir,
                               data_keys=run_p.data_keys, log=run_p.log, desc="parent")
   parent_params = members_lib.member(state.params, 0)
   parent_model_state = members_lib.member(state.model_state, 0)
   masks = subnetworks.partition_masks(parent_params, m, s.granularity, s.share_input_output, s.score,
-                                      jax.random.fold_in(run_p.init_key, 2))
+                                      jax.random.fold_in(run_p.init_key, 2), layer_order)
 
   child_cfg = _phase_config(config, child_epochs)
   child_dir = os.path.join(workdir, "children")
-  run = common.build_run(child_cfg, child_dir, sparse_training=True)
+  run = common.build_run(child_cfg, child_dir, sparse_training=True, key_salt=1)  # not the parent's streams
   children = train_lib.init_state(run.model, run.tx, run.init_key, m, run.data.image_shape)
   params = jax.tree.map(lambda p, k: jnp.where(k, p[None], 0.0), parent_params, masks)
   opt_state = jax.vmap(lambda p, k: sparse.SparseState(k, run.inner_tx.init(p)))(params, masks)
@@ -97,5 +100,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   info = {"train_time_s": info_p["train_time_s"] + info_c["train_time_s"], "steps": info_p["steps"] + info_c["steps"]}
   out = common.results(run, children, info, common.evaluate(run, children), flops, masks=masks)
   out["subnetwork"] = {"parent_epochs": parent_epochs, "child_epochs": child_epochs,
-                       "child_shares": subnetworks.child_shares(masks, parent_params, s.share_input_output).tolist()}
+                       "child_shares": subnetworks.child_shares(masks, parent_params, s.share_input_output,
+                                                                layer_order).tolist()}
   return out
