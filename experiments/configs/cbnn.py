@@ -18,6 +18,6 @@ def get_config():
   c.cbnn = ml_collections.ConfigDict()
   c.cbnn.rule = "samme"           # samme | samme_r (Zhu et al., 2009)
   c.cbnn.eps = 1e-3               # weighted error clipped into [eps, 1 - 1/K - eps]
-  c.cbnn.max_weight_ratio = 0.0   # 0: no cap; r >= 1: max(w)/mean(w) <= r
+  c.cbnn.max_weight_ratio = 2.0   # 0: no cap; r >= 1: max(w)/mean(w) <= r (2.0 chosen on validation, see README)
   c.cbnn.combine = "mean"         # mean (alpha-weighted probabilities) | vote
   return c
