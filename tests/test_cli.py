@@ -7,6 +7,7 @@ import sys
 import pytest
 import tensorflow_datasets as tfds
 
+from ensembles.methods import METHODS
 from experiments import runner
 from conftest import requires_fashion_mnist, tiny_config
 
@@ -45,8 +46,7 @@ def test_cli_trains_reports_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("flag,message", [
     ("--config.training.lr=-1", "config.training.lr must be a number > 0"),
-    ("--config.method=bagging", "config.method must be one of ['deep_ensemble', 'dst_ensemble', 'edst_ensemble', "
-     "'mc_dropout', 'single', 'static_sparse_ensemble', 'subnetwork_ensemble']"),
+    ("--config.method=bagging", f"config.method must be one of {sorted(METHODS)}"),
     ("--config.model.name=vgg", "config.model.name must be one of ['lenet', 'mlp', 'resnet', 'wide_resnet']"),
     ("--config.dataset.name=imagenet", "config.dataset.name must be one of"),
     ("--config.num_members=0", "config.num_members must be an integer >= 1"),

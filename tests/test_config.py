@@ -1,19 +1,23 @@
+import re
+
 import pytest
 
 from ensembles import config as config_lib
-from experiments.configs import (deep_ensemble, default, dst_ensemble, dst_ensemble_cifar10_wrn28_10,
-                                 edst_ensemble, mc_dropout, single, static_sparse_ensemble, subnetwork_ensemble)
+from ensembles.methods import METHODS
+from experiments.configs import (cbnn, deep_ensemble, default, dst_ensemble, dst_ensemble_cifar10_wrn28_10,
+                                 edst_ensemble, mc_dropout, single, snapshot_ensemble, static_sparse_ensemble,
+                                 subnetwork_ensemble)
 from conftest import tiny_config
 
 
 def test_shipped_configs_are_valid():
   for module in (default, deep_ensemble, single, dst_ensemble, static_sparse_ensemble, edst_ensemble,
-                 dst_ensemble_cifar10_wrn28_10, subnetwork_ensemble, mc_dropout):
+                 dst_ensemble_cifar10_wrn28_10, subnetwork_ensemble, mc_dropout, cbnn, snapshot_ensemble):
     config_lib.validate(module.get_config())
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("method", "bagging", r"config.method must be one of \['deep_ensemble', 'dst_ensemble', 'edst_ensemble'"),
+    ("method", "bagging", "config.method must be one of " + re.escape(str(sorted(METHODS)))),
     ("num_members", 0, "config.num_members must be an integer >= 1"),
     ("member_execution", "pmap", "config.member_execution must be one of"),
     ("dataset.name", "imagenet", "config.dataset.name must be one of"),
