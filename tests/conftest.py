@@ -57,3 +57,12 @@ def tiny_config(**overrides):
       node = node[p]
     node[last] = value
   return c
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+  """A tiny synthetic dataset that every method's `load_dataset` call returns."""
+  from ensembles.methods import common  # pylint: disable=g-import-not-at-top
+  dataset = make_dataset(n_train=128, n_val=16, n_test=32)
+  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  return dataset

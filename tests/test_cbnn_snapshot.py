@@ -10,7 +10,7 @@ from ensembles import checkpoints, config as config_lib, metrics, trainer
 from ensembles.methods import cbnn, common, snapshot_ensemble
 from experiments.configs import cbnn as cbnn_config
 from experiments.configs import snapshot_ensemble as snapshot_config
-from conftest import make_dataset, tiny_config
+from conftest import tiny_config
 
 
 def _cfg(module, **overrides):
@@ -25,13 +25,6 @@ def _cfg(module, **overrides):
     block, name = key.split(".") if "." in key else (None, key)
     (c[block] if block else c)[name] = value
   return c
-
-
-@pytest.fixture
-def fake_data(monkeypatch):
-  dataset = make_dataset(n_train=128, n_val=16, n_test=32)
-  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
-  return dataset
 
 
 def test_segment_ends():

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from ensembles import checkpoints, config as config_lib, train, trainer
-from ensembles.methods import common, dst_ensemble
+from ensembles.methods import dst_ensemble
 from experiments.configs import dst_ensemble as dst_config
-from conftest import make_dataset, tiny_config
+from conftest import tiny_config
 
 
 def _cfg(**overrides):
@@ -16,13 +16,6 @@ def _cfg(**overrides):
   c.sparse = dst_config.sparse_block()
   c.sparse.update_every = 2
   return c
-
-
-@pytest.fixture
-def fake_data(monkeypatch):
-  dataset = make_dataset(n_train=128, n_val=16, n_test=32)
-  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
-  return dataset
 
 
 class Stop(Exception):
