@@ -55,7 +55,6 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks.timing import best_time  # noqa: E402
-from ensembles import members as members_lib  # noqa: E402
 from ensembles import train as train_lib  # noqa: E402
 from ensembles.models import build_model  # noqa: E402
 

@@ -8,7 +8,7 @@ Training FLOPs per example and step:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Mapping
 
 import flax.linen as nn
 import jax
@@ -66,8 +66,3 @@ def train_step_flops(f_dense: float, f_sparse: float, rule: str, update_every: i
     dt = update_every
     return (3.0 * f_sparse * dt + 2.0 * f_sparse + f_dense) / (dt + 1)
   raise ValueError(f"FLOPs rule must be one of ('dense', 'static', 'set', 'rigl'), got {rule!r}.")
-
-
-def num_params(params: Any) -> int:
-  """Number of parameters of one (unstacked) params tree."""
-  return int(sum(x.size for x in jax.tree.leaves(params)))

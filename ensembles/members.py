@@ -108,8 +108,3 @@ def member_map(fn: Callable[..., PyTree], mode: str, *, has_conv: bool = False,
     spec = jax.sharding.PartitionSpec(MEMBER_AXIS)
     return jax.shard_map(inner, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
   raise ValueError(f"member_map needs a concrete mode from {EXECUTION_MODES[1:]}, got {mode!r}.")
-
-
-def split_member_keys(key: jax.Array, m: int) -> jax.Array:
-  """M independent keys, one per member: [M] key array."""
-  return jax.random.split(key, m)

@@ -54,7 +54,6 @@ def ece(probs: np.ndarray, labels: np.ndarray, num_bins: int = ECE_BINS) -> floa
   conf = p.max(axis=-1)
   correct = (p.argmax(axis=-1) == labels).astype(np.float64)
   bins = np.minimum((conf * num_bins).astype(np.int64), num_bins - 1)
-  n = np.bincount(bins, minlength=num_bins)
   sum_conf = np.bincount(bins, weights=conf, minlength=num_bins)
   sum_acc = np.bincount(bins, weights=correct, minlength=num_bins)
   return float(np.sum(np.abs(sum_acc - sum_conf)) / len(labels))

@@ -165,7 +165,7 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
 
 
 def density_of(masks: PyTree) -> dict[str, float]:
-  """Realised density of every leaf of a mask tree."""
+  """Realised density of every leaf of a mask tree (over all its entries, members included)."""
   return {jax.tree_util.keystr(p): float(jnp.mean(m)) for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
 
 

@@ -18,7 +18,6 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import report
 from experiments import runner
 
 _COMPARISON = flags.DEFINE_string("comparison", None, "Comparison file with get_comparison().")

@@ -1,7 +1,6 @@
 """CBNN and snapshot ensembles end to end on a tiny dataset."""
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

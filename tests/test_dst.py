@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from ensembles import checkpoints, config as config_lib, train, trainer
+from ensembles import checkpoints, config as config_lib, trainer
 from ensembles.methods import dst_ensemble
 from experiments.configs import dst_ensemble as dst_config
 from conftest import tiny_config

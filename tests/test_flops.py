@@ -1,4 +1,3 @@
-import jax.numpy as jnp
 import pytest
 
 from ensembles import flops

@@ -1,6 +1,5 @@
 """MC dropout: passes differ, their mean is the reported prediction."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

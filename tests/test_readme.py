@@ -28,10 +28,8 @@ def test_readme_sparse_example_runs():
   exec(compile(blocks[0], "README.md", "exec"), namespace)  # pylint: disable=exec-used
   params, opt_state, plan = namespace["params"], namespace["opt_state"], namespace["plan"]
   import jax
-  from ensembles import sparse
   flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(opt_state.masks)[0]}
   for name, count in plan.counts.items():
     assert int(flat[name].sum()) == count
   for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(opt_state.masks)):
     assert bool((p[~m] == 0).all())
-  assert sparse.density_of(opt_state.masks)

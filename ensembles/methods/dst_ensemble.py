@@ -42,7 +42,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     hooks.append(sparse_common.topology_hook(update, s, total_steps))
   state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
                             data_keys=run.data_keys, log=run.log, desc=config.method, hooks=hooks)
-  densities = sparse_common.realised_densities(state.opt_state.masks)
+  densities = sparse.density_of(state.opt_state.masks)
   rule = "static" if static else ("rigl" if s.growth == "gradient" else "set")
   flops = common.flops_summary(run, config.num_members, info["steps"], densities, rule, s.update_every)
   out = common.results(run, state, info, common.evaluate(run, state), flops, masks=state.opt_state.masks)

@@ -118,9 +118,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
                             data_keys=run.data_keys, log=run.log, desc=config.method, hooks=[phase_hook])
   tickets, _ = checkpoints.load_members(tickets_dir, _ticket(state))
   ensemble = common.collected_ensemble(run, tickets)
-  densities = sparse_common.realised_densities(tickets["masks"])
+  densities = sparse.density_of(tickets["masks"])
   rule = "rigl" if s.growth == "gradient" else "set"
-  flops = common.flops_summary(run, m, info["steps"], sparse_common.realised_densities(state.opt_state.masks), rule,
+  flops = common.flops_summary(run, m, info["steps"], sparse.density_of(state.opt_state.masks), rule,
                                s.update_every, trained_members=1, reference_epochs=e.reference_epochs)
   out = common.results(run, ensemble, info, common.evaluate(run, ensemble), flops, masks=tickets["masks"])
   out["sparsity"] = {"target": s.sparsity, "ticket_nonzero_density": {k: densities[k] for k in plan.sizes}}

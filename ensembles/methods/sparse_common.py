@@ -93,8 +93,3 @@ def topology_hook(update: Callable, cfg: Any, total_steps: int) -> Callable:
     return update(state, images, labels, idx, jnp.float32(schedule(done)))
 
   return hook
-
-
-def realised_densities(masks: Any) -> dict[str, float]:
-  """Mean density of every leaf over members: {keystr path: density}."""
-  return {jax.tree_util.keystr(p): float(jnp.mean(m)) for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]}

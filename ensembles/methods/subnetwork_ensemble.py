@@ -26,7 +26,7 @@ from ensembles import subnetworks
 from ensembles import train as train_lib
 from ensembles import trainer
 from ensembles.config import ConfigError
-from ensembles.methods import common, sparse_common
+from ensembles.methods import common
 
 
 def validate(config: Any) -> None:
@@ -90,7 +90,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
                                  data_keys=run.data_keys, log=run.log, desc="children")
 
   masks = children.opt_state.masks  # the arrays passed in were donated to the train step
-  densities = sparse_common.realised_densities(masks)
+  densities = sparse.density_of(masks)
   parent_flops = common.flops_summary(run_p, 1, info_p["steps"], reference_epochs=config.training.epochs)
   child_flops = common.flops_summary(run, m, info_c["steps"], densities, "static",
                                      reference_epochs=config.training.epochs)
