@@ -69,3 +69,40 @@ def load_members(directory: str, like: PyTree) -> tuple[PyTree, list[dict]]:
     metas.append(dict(restored.meta))
   manager.close()
   return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees), metas
+
+
+def save_ensemble(directory: str, tree: PyTree, meta: dict) -> None:
+  """Saves the evaluated ensemble (stacked members [M, ...]) and its ``meta`` as the single item of
+  ``directory``, replacing an earlier one (the write is atomic: a crash keeps the old item)."""
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+  step = (max(manager.all_steps()) + 1) if manager.all_steps() else 0
+  save(manager, step, tree, meta)
+  manager.wait_until_finished()
+  manager.close()
+
+
+def _ensemble_manager(directory: str) -> tuple[ocp.CheckpointManager, int]:
+  manager = ocp.CheckpointManager(os.path.abspath(directory)) if os.path.isdir(directory) else None
+  step = manager.latest_step() if manager else None
+  if step is None:
+    raise FileNotFoundError(f"No saved ensemble members in {directory}: a finished run writes them there "
+                            "(runs trained before this was added have none; train again to get them).")
+  return manager, step
+
+
+def read_ensemble_meta(directory: str) -> dict:
+  """The meta saved with the ensemble in ``directory`` (FileNotFoundError when there is none)."""
+  manager, step = _ensemble_manager(directory)
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  manager.close()
+  return dict(meta)
+
+
+def load_ensemble(directory: str, like: PyTree) -> PyTree:
+  """The stacked members saved by `save_ensemble`, restored into the structure of ``like``."""
+  manager, step = _ensemble_manager(directory)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+  manager.close()
+  return state

@@ -80,4 +80,28 @@ def validate(config: Any) -> None:
                 "eval_batch_size"):
     _require(_is_int(config[field]) and config[field] >= 1, field, "an integer >= 1", config[field])
 
+  if "evaluation" in config:
+    validate_evaluation(config.evaluation, d.name)
   methods.METHODS[config.method].validate(config)
+
+
+def validate_evaluation(e: Any, dataset_name: str) -> None:
+  """Raises ConfigError for the first invalid field of the ``evaluation`` block."""
+  from ensembles import corruptions as corruptions_lib  # pylint: disable=g-import-not-at-top
+  from ensembles import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
+
+  _require(all(n in data_lib.OOD_DATASETS and n != dataset_name for n in e.ood_datasets), "evaluation.ood_datasets",
+           f"names from {list(data_lib.OOD_DATASETS)} other than dataset.name={dataset_name!r}", e.ood_datasets)
+  _require(_is_int(e.ood_examples) and e.ood_examples >= 0, "evaluation.ood_examples", "an integer >= 0",
+           e.ood_examples)
+  _require(isinstance(e.resize_ood, bool), "evaluation.resize_ood", "True or False", e.resize_ood)
+  try:
+    evaluation_lib.corruption_names(dataset_name, e.corruptions)
+  except ValueError as err:
+    raise ConfigError(f"config.{err}") from err
+  _require(len(e.corruption_severities) > 0 and all(s in corruptions_lib.SEVERITIES for s in e.corruption_severities),
+           "evaluation.corruption_severities", f"a non-empty subset of {corruptions_lib.SEVERITIES}",
+           e.corruption_severities)
+  _require(_is_int(e.corruption_examples) and e.corruption_examples >= 0, "evaluation.corruption_examples",
+           "an integer >= 0", e.corruption_examples)
+  _require(isinstance(e.plots, bool), "evaluation.plots", "True or False", e.plots)

@@ -100,10 +100,11 @@ def load_fashion_mnist_idx(directory: str) -> dict[str, np.ndarray]:
   }
 
 
-def _read_tfds_split(name: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_tfds_split(name: str, split: str, data_dir: str | None,
+                     download: bool = True) -> tuple[np.ndarray, np.ndarray]:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  source = tfds.data_source(name, split=split, data_dir=data_dir)
+  source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
   images, labels = [], []
   for i in range(len(source)):
     example = source[i]
@@ -225,3 +226,97 @@ def load_dataset(config: Any = None, **fields: Any) -> Dataset:
   mean = scaled.mean(axis=(0, 1, 2)).astype(np.float32)
   std = np.maximum(scaled.std(axis=(0, 1, 2)), 1e-3).astype(np.float32)
   return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes, mean, std)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation sets: out-of-distribution images and corrupted test sets.
+
+# OoD sets: any named dataset's test split, or `digits` (offline, bundled with scikit-learn).
+OOD_DATASETS = ("digits",) + DATASETS
+# tfds `cifar10_corrupted` corruption types (each at severities 1..5).
+CIFAR10_C_CORRUPTIONS = (
+    "brightness", "contrast", "defocus_blur", "elastic", "fog", "frost", "frosted_glass_blur", "gaussian_blur",
+    "gaussian_noise", "impulse_noise", "jpeg_compression", "motion_blur", "pixelate", "saturate", "shot_noise",
+    "snow", "spatter", "speckle_noise", "zoom_blur")
+
+
+def load_digits_mnist_style() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's 1797 handwritten digits (8×8, values 0..16), drawn MNIST-style: scaled to
+  0..255, resized bilinearly to 20×20 and centred in a 28×28 black image. uint8 [1797, 28, 28, 1]."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
+  digits = load_digits()
+  out = np.zeros((len(digits.images), 28, 28, 1), np.uint8)
+  for i, image in enumerate(digits.images):
+    small = Image.fromarray((image * (255.0 / 16.0)).astype(np.float32))
+    out[i, 4:24, 4:24, 0] = np.clip(np.round(np.asarray(small.resize((20, 20), Image.BILINEAR))), 0, 255)
+  return out, digits.target.astype(np.int32)
+
+
+def load_test_split(name: str, data_dir: str = "") -> tuple[np.ndarray, np.ndarray]:
+  """The test images (uint8 [N, H, W, C]) and labels of a dataset of `OOD_DATASETS`
+  (Fashion-MNIST from the offline IDX files when present)."""
+  if name not in OOD_DATASETS:
+    raise ValueError(f"Unknown OoD dataset {name!r}; allowed: {list(OOD_DATASETS)}.")
+  if name == "digits":
+    return load_digits_mnist_style()
+  if name == "fashion_mnist":
+    arrays = load_dataset(name=name, data_dir=data_dir, val_size=0)
+    return arrays.x_test, arrays.y_test
+  return _read_prepared(name, TFDS_DATASETS[name][0], data_dir)
+
+
+def _read_prepared(name: str, split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+  """An evaluation set that tfds must already hold (never downloads, so offline runs fail at once)."""
+  try:
+    return _read_tfds_split(name, split, data_dir or None, download=False)
+  except Exception as err:
+    raise DataNotFoundError(
+        f"tensorflow-datasets has not prepared {name!r} in {data_dir or 'its default data folder'} "
+        f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Prepare it on a machine with network access "
+        f"(`tfds build {name.split('/')[0]}`) and point dataset.data_dir at that tfds data folder, or leave it "
+        "out of the evaluation block.") from err
+
+
+def check_prepared(name: str, split: str, data_dir: str = "") -> None:
+  """Raises DataNotFoundError unless tfds holds ``name``'s ``split`` (cheap: opens, reads nothing)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+  except Exception:  # the message comes from the reader, which says how to prepare it
+    _read_prepared(name, split, data_dir)
+
+
+def match_image_shape(images: np.ndarray, shape: tuple[int, ...], resize: bool, what: str) -> np.ndarray:
+  """``images`` [N, H', W', C'] as [N, *shape]. Equal shapes pass unchanged. Otherwise, with ``resize``:
+  channels 1 -> 3 by repetition, 3 -> 1 by the mean, then a bilinear resize to shape's H × W; without
+  it, a ValueError naming both shapes."""
+  shape = tuple(shape)
+  if images.shape[1:] == shape:
+    return images
+  if not resize:
+    raise ValueError(f"{what} has images of shape {images.shape[1:]} but the model takes {shape}; set "
+                     "evaluation.resize_ood=True to resize them (bilinear, channels repeated or averaged).")
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h, w, c = shape
+  x = images.astype(np.float32)
+  if x.shape[-1] != c:
+    if (x.shape[-1], c) == (1, 3):
+      x = np.repeat(x, 3, axis=-1)
+    elif (x.shape[-1], c) == (3, 1):
+      x = x.mean(axis=-1, keepdims=True)
+    else:
+      raise ValueError(f"{what}: cannot convert {x.shape[-1]} channels to {c}.")
+  out = np.empty((len(x), h, w, c), np.float32)
+  for i in range(len(x)):
+    for k in range(c):
+      out[i, ..., k] = np.asarray(Image.fromarray(np.ascontiguousarray(x[i, ..., k])).resize((w, h), Image.BILINEAR))
+  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def load_cifar10_corrupted(corruption: str, severity: int, data_dir: str = "") -> tuple[np.ndarray, np.ndarray]:
+  """One CIFAR-10-C test set (10 000 images) through tfds `cifar10_corrupted/{corruption}_{severity}`."""
+  if corruption not in CIFAR10_C_CORRUPTIONS:
+    raise ValueError(f"Unknown cifar10_corrupted corruption {corruption!r}; allowed: {list(CIFAR10_C_CORRUPTIONS)}.")
+  return _read_prepared(f"cifar10_corrupted/{corruption}_{severity}", "test", data_dir)

@@ -6,7 +6,8 @@
 A comparison file defines ``get_comparison()`` returning {"seeds": [...], "runs": [(label,
 config_file, {field: value, ...}), ...]}. Each (run, seed) trains in WORKDIR/LABEL/seed_S with the
 `experiments.runner.run` (so it resumes, and a finished run is only reloaded). The report (Markdown with
-mean ± std over seeds, and JSON with every run's results) goes to WORKDIR/report.md|json.
+mean ± std over seeds: accuracy/calibration/cost, OoD detection, corruption robustness; JSON with
+every run's results; plots reliability.png, metrics_vs_flops.png, corruption.png) goes to WORKDIR.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import runner
+from ensembles import metrics as metrics_lib
+from experiments import plots, runner
 
 _COMPARISON = flags.DEFINE_string("comparison", None, "Comparison file with get_comparison().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for all runs and the report.")
@@ -49,55 +51,151 @@ def make_config(config_file: str, overrides: dict, seed: int):
   return config
 
 
+def _needs_evaluation(results: dict, config) -> bool:
+  e = config.evaluation
+  return bool((len(e.ood_datasets) and "ood" not in results) or (len(e.corruptions) and "corruption" not in results))
+
+
 def run_comparison(comparison: dict, workdir: str) -> list[dict]:
-  """Trains or reloads every (run, seed); returns the results with ``label`` added."""
+  """Trains or reloads every (run, seed); returns the results with ``label`` added. A finished run
+  whose results lack the OoD or corruption evaluation its config asks for is evaluated from its
+  saved ensemble (`runner.evaluate_workdir`), not retrained."""
   all_results = []
   for label, config_file, overrides in comparison["runs"]:
     for seed in comparison["seeds"]:
       run_dir = os.path.join(workdir, label, f"seed_{seed}")
       path = os.path.join(run_dir, "results.json")
+      config = make_config(config_file, overrides, int(seed))
       if os.path.exists(path):
         with open(path) as f:
           results = json.load(f)
+        if _needs_evaluation(results, config):
+          print(f"== {label}, seed {seed}: evaluating the saved ensemble", file=sys.stderr, flush=True)
+          results = runner.evaluate_workdir(run_dir, **config.evaluation.to_dict())
+          with open(path, "w") as f:
+            json.dump(results, f, indent=2)
       else:
         print(f"== {label}, seed {seed} -> {run_dir}", file=sys.stderr, flush=True)
-        results = runner.run(make_config(config_file, overrides, int(seed)), run_dir)
+        results = runner.run(config, run_dir)
       all_results.append({**results, "label": label})
   return all_results
 
 
+def _ens(split: str, key: str):
+  return lambda r: r[split]["ensemble"][key]
+
+
 ROW_FIELDS = [
     ("accuracy (%)", lambda r: 100 * r["test"]["ensemble"]["accuracy"], "{:.2f}"),
-    ("NLL", lambda r: r["test"]["ensemble"]["nll"], "{:.4f}"),
-    ("ECE", lambda r: r["test"]["ensemble"]["ece"], "{:.4f}"),
-    ("Brier", lambda r: r["test"]["ensemble"]["brier"], "{:.4f}"),
+    ("NLL", _ens("test", "nll"), "{:.4f}"),
+    ("ECE", _ens("test", "ece"), "{:.4f}"),
+    ("Brier", _ens("test", "brier"), "{:.4f}"),
     ("worst class (%)", lambda r: 100 * min(r["test"]["ensemble"].get("per_class_accuracy", [float("nan")])), "{:.1f}"),
     ("disagreement", lambda r: r["test"].get("diversity", {}).get("disagreement", float("nan")), "{:.4f}"),
     ("train FLOPs (x dense)", lambda r: r["flops"]["train_x_dense"], "{:.2f}"),
     ("inference FLOPs (x dense)", lambda r: r["flops"]["inference_x_dense"], "{:.2f}"),
     ("train time (s)", lambda r: r["train_time_s"], "{:.0f}"),
 ]
+_NAN = float("nan")
 
 
-def summary_table(all_results: list[dict]) -> str:
-  """Markdown: one row per label, mean ± std over its seeds."""
+def ood_fields(all_results: list[dict]) -> list[tuple]:
+  """Columns of the OoD table: AUROC of each score, and AUPR / FPR95 of the entropy, per OoD set."""
+  names = list(dict.fromkeys(n for r in all_results for n in r.get("ood", {})))
+  fields = []
+  for n in names:
+    get = lambda r, n=n, s="entropy", k="auroc": r.get("ood", {}).get(n, {}).get(s, {}).get(k, _NAN)
+    fields += [(f"{n} AUROC ({s})", lambda r, s=s, g=get: g(r, s=s), "{:.4f}") for s in metrics_lib.OOD_SCORES]
+    fields += [(f"{n} AUPR (entropy)", lambda r, g=get: g(r, k="aupr"), "{:.4f}"),
+               (f"{n} FPR95 (entropy)", lambda r, g=get: g(r, k="fpr95"), "{:.4f}")]
+  return fields
+
+
+CORRUPTION_FIELDS = [
+    ("clean accuracy (%)", lambda r: 100 * r["corruption"]["clean"]["accuracy"], "{:.2f}"),
+    ("corrupted accuracy (%)", lambda r: 100 * r["corruption"]["mean"]["accuracy"], "{:.2f}"),
+    ("corrupted NLL", lambda r: r["corruption"]["mean"]["nll"], "{:.4f}"),
+    ("corrupted ECE", lambda r: r["corruption"]["mean"]["ece"], "{:.4f}"),
+    ("severity 5 accuracy (%)", lambda r: 100 * r["corruption"]["by_severity"][-1]["accuracy"], "{:.2f}"),
+]
+
+
+def _cell(values: np.ndarray, fmt: str) -> str:
+  if np.all(np.isnan(values)):
+    return "-"
+  if len(values) > 1:
+    return f"{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1))}"
+  return fmt.format(values[0])
+
+
+def mean_std_table(all_results: list[dict], fields: list[tuple], params_column: bool = False) -> str:
+  """Markdown: one row per label, each field's mean ± sample std over the label's seeds."""
   labels = list(dict.fromkeys(r["label"] for r in all_results))
-  header = "| method | M | seeds | " + " | ".join(name for name, _, _ in ROW_FIELDS) + " | params |"
-  lines = [header, "|" + "---|" * (len(ROW_FIELDS) + 4)]
+  header = "| method | M | seeds | " + " | ".join(name for name, _, _ in fields) + (" | params |" if params_column else " |")
+  lines = [header, "|" + "---|" * (len(fields) + 3 + params_column)]
   for label in labels:
     rs = [r for r in all_results if r["label"] == label]
     cells = []
-    for _, get, fmt in ROW_FIELDS:
-      values = np.array([get(r) for r in rs], dtype=float)
-      if np.all(np.isnan(values)):
-        cells.append("-")
-      elif len(values) > 1:
-        cells.append(f"{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1))}")
-      else:
-        cells.append(fmt.format(values[0]))
-    params = rs[0].get("nonzero_params_total", rs[0]["params_total"])
-    lines.append(f"| {label} | {rs[0]['num_members']} | {len(rs)} | " + " | ".join(cells) + f" | {params:,} |")
+    for _, get, fmt in fields:
+      values = []
+      for r in rs:
+        try:
+          values.append(get(r))
+        except (KeyError, IndexError, TypeError):
+          values.append(_NAN)
+      cells.append(_cell(np.array(values, dtype=float), fmt))
+    row = f"| {label} | {rs[0]['num_members']} | {len(rs)} | " + " | ".join(cells) + " |"
+    if params_column:
+      row += f" {rs[0].get('nonzero_params_total', rs[0]['params_total']):,} |"
+    lines.append(row)
   return "\n".join(lines) + "\n"
+
+
+def summary_table(all_results: list[dict]) -> str:
+  """Markdown: accuracy, calibration, diversity and cost per label (mean ± std over seeds)."""
+  return mean_std_table(all_results, ROW_FIELDS, params_column=True)
+
+
+def comparison_plots(all_results: list[dict], workdir: str) -> list[str]:
+  """reliability.png (bins pooled over seeds), metrics_vs_flops.png, and corruption.png when the
+  runs were evaluated on corruptions. Returns the written paths."""
+  labels = list(dict.fromkeys(r["label"] for r in all_results))
+  by_label = {label: [r for r in all_results if r["label"] == label] for label in labels}
+  paths = [plots.reliability_diagrams(os.path.join(workdir, "reliability.png"), {
+      label: plots.merge_bins([r["test"]["ensemble"]["reliability"] for r in rs])
+      for label, rs in by_label.items() if all("reliability" in r["test"]["ensemble"] for r in rs)})]
+  paths.append(plots.metrics_vs_flops(os.path.join(workdir, "metrics_vs_flops.png"), {
+      label: {"flops": rs[0]["flops"]["train_x_dense"], "accuracy": [r["test"]["ensemble"]["accuracy"] for r in rs],
+              "nll": [r["test"]["ensemble"]["nll"] for r in rs]} for label, rs in by_label.items()}))
+  curves = {label: {"severities": rs[0]["corruption"]["severities"],
+                    "accuracy": [[b["accuracy"] for b in r["corruption"]["by_severity"]] for r in rs],
+                    "nll": [[b["nll"] for b in r["corruption"]["by_severity"]] for r in rs],
+                    "clean_accuracy": [r["corruption"]["clean"]["accuracy"] for r in rs],
+                    "clean_nll": [r["corruption"]["clean"]["nll"] for r in rs]}
+            for label, rs in by_label.items() if all("corruption" in r for r in rs)}
+  if curves:
+    paths.append(plots.corruption_vs_severity(os.path.join(workdir, "corruption.png"), curves))
+  return paths
+
+
+def report_text(comparison: dict, all_results: list[dict], command: str) -> str:
+  """The Markdown report: the summary table, then OoD and corruption tables where evaluated."""
+  text = (f"# {comparison.get('title', 'Comparison')}\n\n{comparison.get('description', '')}\n\n"
+          f"Command: `{command}`\n\nMean ± sample std over seeds {comparison['seeds']}; test set; "
+          f"ensemble metrics.\n\n{summary_table(all_results)}")
+  fields = ood_fields(all_results)
+  if fields:
+    text += ("\n## OoD detection\n\nOoD test sets against the in-distribution test set (OoD = positive; "
+             "scores: msp = 1 − max p̄, entropy H(p̄), mutual information H(p̄) − mean H(p_m)).\n\n"
+             + mean_std_table(all_results, fields))
+  if any("corruption" in r for r in all_results):
+    c = next(r["corruption"] for r in all_results if "corruption" in r)
+    text += (f"\n## Corruption robustness\n\n{len(c['types'])} corruption types x severities {c['severities']}, "
+             f"{c['num_examples']} test images per set; means over all sets; clean = the same images "
+             "uncorrupted.\n\n" + mean_std_table(all_results, CORRUPTION_FIELDS))
+  text += ("\nPlots: `reliability.png` (bins pooled over seeds), `metrics_vs_flops.png`"
+           + (", `corruption.png`" if any("corruption" in r for r in all_results) else "") + ".\n")
+  return text
 
 
 def main(argv):
@@ -109,12 +207,10 @@ def main(argv):
   if _SEEDS.value:
     comparison["seeds"] = [int(s) for s in _SEEDS.value]
   all_results = run_comparison(comparison, _WORKDIR.value)
-  table = summary_table(all_results)
   command = " ".join(["python -m experiments.compare"] + sys.argv[1:])
-  text = (f"# {comparison.get('title', 'Comparison')}\n\n{comparison.get('description', '')}\n\n"
-          f"Command: `{command}`\n\nMean ± sample std over seeds {comparison['seeds']}; test set; "
-          f"ensemble metrics.\n\n{table}")
+  text = report_text(comparison, all_results, command)
   os.makedirs(_WORKDIR.value, exist_ok=True)
+  comparison_plots(all_results, _WORKDIR.value)
   with open(os.path.join(_WORKDIR.value, "report.md"), "w") as f:
     f.write(text)
   with open(os.path.join(_WORKDIR.value, "report.json"), "w") as f:

@@ -47,7 +47,42 @@ def run_table(results: dict, split: str = "test") -> str:
     f = results["flops"]
     lines.append(f"FLOPs: training {f['train_x_dense']:.2f}x one dense model ({f['flops_rule']}), inference "
                  f"{f['inference_x_dense']:.2f}x one dense model ({f['inference_flops']:.3g} per example).")
+  lines += ood_lines(results) + corruption_lines(results)
   return "\n".join(lines) + "\n"
+
+
+def ood_lines(results: dict) -> list[str]:
+  """Markdown: AUROC, AUPR and FPR at 95% TPR per OoD set and score (OoD = positive)."""
+  if not results.get("ood"):
+    return []
+  lines = ["", f"OoD detection (in-distribution: {results['dataset']} test set; OoD examples are positives):", "",
+           "| OoD set | score | AUROC | AUPR | FPR@95%TPR |", "|---|---|---|---|---|"]
+  for name, scores in results["ood"].items():
+    for score, m in scores.items():
+      if isinstance(m, dict):
+        lines.append(f"| {name} ({scores['num_examples']}) | {score} | {m['auroc']:.4f} | {m['aupr']:.4f} | "
+                     f"{m['fpr95']:.4f} |")
+  return lines
+
+
+def corruption_lines(results: dict) -> list[str]:
+  """Markdown: ensemble accuracy / NLL / ECE per severity (mean over types) and per type."""
+  c = results.get("corruption")
+  if not c:
+    return []
+  lines = ["", f"Corruption robustness ({len(c['types'])} types, {c['num_examples']} images per set):", "",
+           "| severity | accuracy (%) | NLL | ECE |", "|---|---|---|---|"]
+  clean = c["clean"]
+  lines.append(f"| clean | {100 * clean['accuracy']:.2f} | {clean['nll']:.4f} | {clean['ece']:.4f} |")
+  for sev, b in zip(c["severities"], c["by_severity"]):
+    lines.append(f"| {sev} | {100 * b['accuracy']:.2f} | {b['nll']:.4f} | {b['ece']:.4f} |")
+  m = c["mean"]
+  lines.append(f"| mean | {100 * m['accuracy']:.2f} | {m['nll']:.4f} | {m['ece']:.4f} |")
+  lines += ["", "Accuracy (%) per corruption type and severity:", "",
+            "| type | " + " | ".join(str(s) for s in c["severities"]) + " |", "|---" * (len(c["severities"]) + 1) + "|"]
+  for name, per_sev in c["types"].items():
+    lines.append(f"| {name} | " + " | ".join(f"{100 * v['accuracy']:.1f}" for v in per_sev) + " |")
+  return lines
 
 
 def comparison_table(all_results: list[dict], split: str = "test") -> str:

@@ -1,19 +1,27 @@
-"""Run one config in a workdir: validate, refuse a different config, train, write results.
+"""Run one config in a workdir (validate, refuse a different config, train, write results), and
+evaluate a finished run's saved ensemble again.
 
-Used by the entry point (`experiments.train`) and the comparison runner (`experiments.compare`).
+Used by the entry points (`experiments.train`, `experiments.evaluate`) and the comparison runner
+(`experiments.compare`).
 """
 from __future__ import annotations
 
 import json
 import os
 
+import ml_collections
+
 from ensembles import config as config_lib
+from ensembles import evaluation as evaluation_lib
 from ensembles import methods
+from ensembles.methods import common
+from experiments import plots
 from experiments import report
+from experiments.configs import default
 
 # Fields that may change between a run and its resumption (they do not change the result).
 _RESUMABLE_FIELDS = ("log_every_steps", "eval_every_epochs", "eval_batch_size", "checkpoint_every_steps",
-                     "keep_checkpoints", "member_execution")
+                     "keep_checkpoints", "member_execution", "evaluation")
 
 
 def _config_for_resume_check(config_dict: dict) -> dict:
@@ -23,6 +31,7 @@ def _config_for_resume_check(config_dict: dict) -> dict:
 def run(config, workdir: str) -> dict:
   """Validates ``config``, trains and evaluates its method in ``workdir``; returns the results."""
   config_lib.validate(config)
+  evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
   os.makedirs(workdir, exist_ok=True)
   config_path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json())
@@ -37,7 +46,54 @@ def run(config, workdir: str) -> dict:
   results = methods.get_method(config.method).train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
+  if config.evaluation.plots:
+    plots.run_plots(results, workdir)
   table = report.run_table(results)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table)
+  return results
+
+
+def _tuples(value):
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with (WORKDIR/config.json); runs from before the evaluation block
+  existed get the default one."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} is not a run folder (no config.json); train first with "
+                            f"`python -m experiments.train --config ... --workdir {workdir}`.")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(_tuples(json.load(f)))
+  if "evaluation" not in config:
+    config.evaluation = default.get_config().evaluation
+  return config
+
+
+def evaluate_workdir(workdir: str, **evaluation_overrides) -> dict:
+  """The run's results with a fresh evaluation of its saved ensemble (keys test, val, ood,
+  corruption replaced); ``evaluation_overrides`` replace fields of ``config.evaluation``."""
+  config = load_run_config(workdir)
+  config.evaluation.update(evaluation_overrides)
+  config_lib.validate_evaluation(config.evaluation, config.dataset.name)
+  evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
+  run = common.build_run(config, workdir)
+  state, meta = common.load_saved_ensemble(run)
+  evaluation = common.evaluate_saved(run, state, meta["weights"], meta["combine"], config.evaluation)
+  results_path = os.path.join(workdir, "results.json")
+  results = {}
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      results = json.load(f)
+  for key in ("test", "val", "ood", "corruption"):
+    results.pop(key, None)
+  results.update(evaluation)
+  results.setdefault("method", meta["method"])
+  results.setdefault("num_members", meta["num_members"])
   return results

@@ -50,6 +50,9 @@ def tiny_config(**overrides):
   c.log_every_steps = 2
   c.checkpoint_every_steps = 4
   c.eval_batch_size = 50
+  c.evaluation.ood_datasets = ()  # tests of OoD and corruption evaluation turn these on
+  c.evaluation.corruptions = ()
+  c.evaluation.plots = False
   for key, value in overrides.items():
     node = c
     *path, last = key.split(".")

@@ -15,6 +15,7 @@ from conftest import tiny_config
 def _cfg(module, **overrides):
   c = module.get_config()
   tiny = tiny_config()
+  c.evaluation.update(tiny.evaluation)
   for block in ("dataset", "training"):
     c[block].update(tiny[block])
   c.model.hidden = (32,)
@@ -59,7 +60,7 @@ def test_cbnn_prediction_is_alpha_weighted_mean(tmp_path, fake_data, monkeypatch
     seen.setdefault("calls", []).append((np.asarray(member_probs), weights, combine))
     return original(member_probs, labels, weights, combine)
 
-  monkeypatch.setattr(common.metrics_lib, "evaluate_ensemble", spy)
+  monkeypatch.setattr(metrics, "evaluate_ensemble", spy)
   results = cbnn.train_and_evaluate(_cfg(cbnn_config), str(tmp_path))
   probs, weights, combine = seen["calls"][0]
   assert weights == results["cbnn"]["alphas"] and combine == "mean"

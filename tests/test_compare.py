@@ -1,4 +1,5 @@
-"""The comparison runner: every (run, seed) trained once, then reloaded; mean ± std table."""
+"""The comparison runner: every (run, seed) trained once, then reloaded; the report end to end."""
+import json
 import os
 
 from ensembles.methods import common
@@ -6,11 +7,14 @@ from experiments import compare
 from conftest import make_dataset
 
 TINY = {"dataset.train_subset": 0, "training.epochs": 1, "training.batch_size": 32, "model.hidden": (16,),
-        "log_every_steps": 2, "checkpoint_every_steps": 100, "eval_batch_size": 16}
+        "log_every_steps": 2, "checkpoint_every_steps": 100, "eval_batch_size": 16,
+        "evaluation.ood_datasets": ("digits",), "evaluation.ood_examples": 50,
+        "evaluation.corruptions": ("contrast", "pixelate"), "evaluation.corruption_severities": (1, 5),
+        "evaluation.corruption_examples": 16, "evaluation.plots": False}
 
 
 def test_comparison_trains_once_and_reports(tmp_path, monkeypatch):
-  dataset = make_dataset(n_train=64, n_val=16, n_test=32)
+  dataset = make_dataset(n_train=64, n_val=16, n_test=32, shape=(28, 28, 1))
   monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
   comparison = {"seeds": [0, 1], "runs": [
       ("single", "experiments/configs/single.py", TINY),
@@ -25,6 +29,31 @@ def test_comparison_trains_once_and_reports(tmp_path, monkeypatch):
   again = compare.run_comparison(comparison, str(tmp_path))  # reloaded, not retrained
   assert os.path.getmtime(tmp_path / "dst" / "seed_1" / "results.json") == mtime
   assert compare.summary_table(again) == table
+  # the whole report: three tables and the plots
+  text = compare.report_text(comparison, again, "python -m experiments.compare ...")
+  assert "## OoD detection" in text and "| digits AUROC (entropy) |" in text
+  assert "## Corruption robustness" in text and "2 corruption types x severities [1, 5], 16 test images" in text
+  assert "| dst | 2 | 2 | " in text.split("## Corruption robustness")[1]
+  paths = compare.comparison_plots(again, str(tmp_path))
+  assert sorted(os.path.basename(p) for p in paths) == ["corruption.png", "metrics_vs_flops.png", "reliability.png"]
+  assert all(os.path.getsize(p) > 10_000 for p in paths)
+
+
+def test_comparison_evaluates_old_results_from_the_saved_ensemble(tmp_path, monkeypatch):
+  dataset = make_dataset(n_train=64, n_val=16, n_test=32, shape=(28, 28, 1))
+  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  comparison = {"seeds": [0], "runs": [("single", "experiments/configs/single.py", TINY)]}
+  first = compare.run_comparison(comparison, str(tmp_path))
+  path = tmp_path / "single" / "seed_0" / "results.json"
+  old = json.load(open(path))
+  del old["ood"], old["corruption"]  # as written before the evaluation suite existed
+  json.dump(old, open(path, "w"))
+  log = (tmp_path / "single" / "seed_0" / "metrics.jsonl").read_text()
+  again = compare.run_comparison(comparison, str(tmp_path))
+  assert (tmp_path / "single" / "seed_0" / "metrics.jsonl").read_text() == log  # not retrained
+  assert again[0]["ood"]["digits"]["entropy"] == first[0]["ood"]["digits"]["entropy"]
+  assert again[0]["corruption"]["mean"] == first[0]["corruption"]["mean"]
+  assert "ood" in json.load(open(path))
 
 
 def test_unknown_override_is_named():

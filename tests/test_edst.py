@@ -17,6 +17,7 @@ from conftest import make_dataset, tiny_config
 def _cfg():
   c = edst_config.get_config()
   tiny = tiny_config()
+  c.evaluation.update(tiny.evaluation)
   for block in ("dataset", "training"):
     c[block].update({k: v for k, v in tiny[block].items() if k not in ("epochs", "lr_schedule")})
   c.model.hidden = (32,)

@@ -31,6 +31,7 @@ def test_mc_predict_passes_differ_and_deterministic_predict_does_not(tiny_datase
 def _cfg(**overrides):
   c = mc_config.get_config()
   tiny = tiny_config()
+  c.evaluation.update(tiny.evaluation)
   for block in ("dataset", "training"):
     c[block].update(tiny[block])
   c.model.hidden = (32,)

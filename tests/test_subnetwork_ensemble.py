@@ -12,6 +12,7 @@ from conftest import make_dataset, tiny_config
 def _cfg(**subnetwork):
   c = subnet_config.get_config()
   tiny = tiny_config()
+  c.evaluation.update(tiny.evaluation)
   for block in ("dataset", "training"):
     c[block].update({k: v for k, v in tiny[block].items() if k != "epochs"})
   c.model.hidden = (24, 12)

@@ -9,14 +9,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ensembles import checkpoints
 from ensembles import data as data_lib
+from ensembles import evaluation as evaluation_lib
 from ensembles import flops as flops_lib
 from ensembles import members as members_lib
-from ensembles import metrics as metrics_lib
 from ensembles import models as models_lib
 from ensembles import sparse
 from ensembles import train as train_lib
 from ensembles import trainer
+
+
+ENSEMBLE_DIR = "ensemble"  # WORKDIR/ensemble: the evaluated members, saved by `evaluate`
 
 
 @dataclasses.dataclass
@@ -83,14 +87,42 @@ def collected_ensemble(run: Run, members: Any) -> train_lib.TrainState:
 
 
 def evaluate(run: Run, state: train_lib.TrainState, weights=None, combine: str = "mean") -> dict:
-  """Test (and validation) metrics of the members and their ensemble (``weights``, ``combine``:
-  see `metrics.evaluate_ensemble`)."""
-  out = {}
-  for split, x, y in (("test", run.data.x_test, run.data.y_test), ("val", run.data.x_val, run.data.y_val)):
-    if len(y):
-      probs = train_lib.predict_probs(run.predict, state, x, run.config.eval_batch_size)
-      out[split] = metrics_lib.evaluate_ensemble(probs, y, weights, combine)
-  return out
+  """Saves the ensemble to WORKDIR/ensemble (for `experiments.evaluate`) and returns its full
+  evaluation (`evaluation.evaluate_all`: test and validation metrics, OoD, corruptions, as
+  ``config.evaluation`` asks). ``weights``, ``combine``: see `metrics.evaluate_ensemble`."""
+  m = members_lib.num_members(state.params)
+  checkpoints.save_ensemble(os.path.join(run.workdir, ENSEMBLE_DIR), {"params": state.params, "model_state": state.model_state},
+                            {"method": run.config.method, "num_members": m, "combine": combine,
+                             "weights": None if weights is None else [float(w) for w in weights]})
+  return evaluate_saved(run, state, weights, combine)
+
+
+def evaluate_saved(run: Run, state: train_lib.TrainState, weights=None, combine: str = "mean",
+                   eval_cfg: Any = None) -> dict:
+  """`evaluation.evaluate_all` of ``state``'s members through ``run.predict`` (``eval_cfg``
+  defaults to the config's evaluation block)."""
+  batch = run.config.eval_batch_size
+  return evaluation_lib.evaluate_all(
+      lambda images: train_lib.predict_probs(run.predict, state, images, batch), run.data,
+      run.config.get("evaluation") if eval_cfg is None else eval_cfg, weights, combine,
+      data_dir=run.config.dataset.data_dir)
+
+
+def load_saved_ensemble(run: Run) -> tuple[train_lib.TrainState, dict]:
+  """The ensemble a finished run saved in WORKDIR/ensemble (a TrainState for evaluation, and the
+  meta: method, num_members, weights, combine); ``run.predict`` is pointed at its members (or at the
+  method module's ``predictor(run)`` where it defines one)."""
+  directory = os.path.join(run.workdir, ENSEMBLE_DIR)
+  meta = checkpoints.read_ensemble_meta(directory)
+  m = int(meta["num_members"])
+  like = jax.eval_shape(lambda: train_lib.init_state(run.model, run.inner_tx, run.init_key, m, run.data.image_shape))
+  members = checkpoints.load_ensemble(directory, {"params": like.params, "model_state": like.model_state})
+  state = collected_ensemble(run, members)
+  from ensembles import methods  # pylint: disable=g-import-not-at-top  (methods import this module)
+  method_predictor = getattr(methods.get_method(meta["method"]), "predictor", None)
+  if method_predictor is not None:  # e.g. MC dropout's T stochastic passes
+    run.predict = method_predictor(run)
+  return state, meta
 
 
 def flops_summary(run: Run, num_members: int, steps: int, densities: dict[str, float] | None = None,

@@ -26,14 +26,21 @@ def validate(config: Any) -> None:
                       f"{config.model.get('dropout_rate', 0.0)!r}.")
 
 
+def predictor(run: common.Run):
+  """The evaluation predictor: T = mc_dropout.num_passes dropout passes of the trained network
+  (also used by `experiments.evaluate` on a saved run)."""
+  return train_lib.make_mc_predict(run.model, num_passes=run.config.mc_dropout.num_passes,
+                                   key=jax.random.fold_in(run.init_key, 3), execution=run.execution,
+                                   mean=run.data.mean, std=run.data.std)
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict:
   run = common.build_run(config, workdir)
   state = train_lib.init_state(run.model, run.tx, run.init_key, 1, run.data.image_shape)
   state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
                             data_keys=run.data_keys, log=run.log, desc=config.method)
   t = config.mc_dropout.num_passes
-  run.predict = train_lib.make_mc_predict(run.model, num_passes=t, key=jax.random.fold_in(run.init_key, 3),
-                                          execution=run.execution, mean=run.data.mean, std=run.data.std)
+  run.predict = predictor(run)
   flops = common.flops_summary(run, 1, info["steps"])
   flops.update(inference_flops=t * flops["forward_flops_dense"], inference_x_dense=float(t))
   out = common.results(run, state, info, common.evaluate(run, state), flops)

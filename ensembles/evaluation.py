@@ -1,0 +1,163 @@
+"""The full evaluation of a trained ensemble (DESIGN.md §4): test and validation metrics, OoD
+detection against other datasets, and robustness on corrupted test sets.
+
+The ensemble enters as a function ``member_probs(images uint8 [N, H, W, C]) -> [M, N, K]``, so the
+same code evaluates stacked members, collected checkpoints and MC-dropout passes.
+
+Evaluation settings (``config.evaluation``, documented in experiments/configs/default.py):
+  ood_datasets         names from `data.OOD_DATASETS` (test splits); () = no OoD evaluation
+  ood_examples         > 0: a fixed random subset of this many OoD images
+  resize_ood           resize OoD images of another shape (`data.match_image_shape`), else an error
+  corruptions          ("all",), () or names: CIFAR-10-C types for cifar10 (tfds), else `corruptions.CORRUPTIONS`
+  corruption_severities  subset of 1..5
+  corruption_examples  > 0: a fixed random subset of this many test images per corrupted set
+"""
+from __future__ import annotations
+
+import types
+import zlib
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ensembles import corruptions as corruptions_lib
+from ensembles import data as data_lib
+from ensembles import metrics as metrics_lib
+
+MemberProbs = Callable[[np.ndarray], np.ndarray]
+
+DEFAULTS = {"ood_datasets": (), "ood_examples": 0, "resize_ood": False, "corruptions": (),
+            "corruption_severities": (1, 2, 3, 4, 5), "corruption_examples": 0}
+SUBSET_SEED = 0  # the fixed subsets of OoD and corrupted images are the same for every run
+
+
+def settings(eval_cfg: Any = None, **fields: Any) -> types.SimpleNamespace:
+  """Evaluation settings from a config block (missing fields take `DEFAULTS`) or keyword fields."""
+  unknown = sorted(set(fields) - set(DEFAULTS))
+  if unknown:
+    raise ValueError(f"Unknown evaluation field(s) {unknown}; allowed: {sorted(DEFAULTS)}.")
+  values = dict(DEFAULTS)
+  if eval_cfg is not None:
+    values.update({k: eval_cfg[k] for k in DEFAULTS if k in eval_cfg})
+  values.update(fields)
+  return types.SimpleNamespace(**values)
+
+
+def corruption_names(dataset_name: str, requested: Any) -> list[str]:
+  """The corruption types to evaluate: ``requested`` names, or every type for ("all",)."""
+  available = data_lib.CIFAR10_C_CORRUPTIONS if dataset_name == "cifar10" else tuple(corruptions_lib.CORRUPTIONS)
+  requested = list(requested)
+  if requested == ["all"]:
+    return list(available)
+  unknown = [c for c in requested if c not in available]
+  if unknown:
+    source = "tfds cifar10_corrupted" if dataset_name == "cifar10" else "ensembles.corruptions"
+    raise ValueError(f"evaluation.corruptions has unknown type(s) {unknown} for {dataset_name} ({source}); "
+                     f"allowed: ('all',), () or names from {list(available)}.")
+  return requested
+
+
+def check_sources(data_name: str, eval_cfg: Any, data_dir: str = "") -> None:
+  """Fails fast (before training) when an OoD set or CIFAR-10-C set of the evaluation is missing."""
+  s = settings(eval_cfg)
+  for name in s.ood_datasets:
+    if name in data_lib.TFDS_DATASETS and name != "fashion_mnist":
+      data_lib.check_prepared(name, data_lib.TFDS_DATASETS[name][0], data_dir)
+  if len(s.corruptions) and data_name == "cifar10":
+    for name in corruption_names(data_name, s.corruptions):
+      for severity in s.corruption_severities:
+        data_lib.check_prepared(f"cifar10_corrupted/{name}_{int(severity)}", "test", data_dir)
+
+
+def _fixed_subset(n_total: int, n: int) -> np.ndarray:
+  if n <= 0 or n >= n_total:
+    return np.arange(n_total)
+  return np.sort(np.random.default_rng(SUBSET_SEED).permutation(n_total)[:n])
+
+
+_CORRUPTED_CACHE: dict[tuple, np.ndarray] = {}
+_CACHE_LIMIT_BYTES = 1 << 30
+
+
+def corrupted_sets(data: data_lib.Dataset, names: list[str], severities: Any, num_examples: int,
+                   data_dir: str = "") -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
+  """Yields (corruption, severity, images, labels): tfds CIFAR-10-C for cifar10, else the test set
+  (a fixed subset of ``num_examples``) corrupted in code. Generated sets are cached in memory (up to
+  1 GiB) so that a comparison corrupts each image set once."""
+  idx = _fixed_subset(len(data.y_test), num_examples)
+  x, y = data.x_test[idx], data.y_test[idx]
+  fingerprint = (data.name, zlib.crc32(np.ascontiguousarray(x).tobytes()))
+  for name in names:
+    for severity in severities:
+      if data.name == "cifar10":
+        xc, yc = data_lib.load_cifar10_corrupted(name, int(severity), data_dir)
+        keep = _fixed_subset(len(yc), num_examples)
+        yield name, int(severity), xc[keep], yc[keep]
+        continue
+      key = (*fingerprint, name, int(severity))
+      if key not in _CORRUPTED_CACHE:
+        images = corruptions_lib.corrupt(x, name, int(severity))
+        if sum(v.nbytes for v in _CORRUPTED_CACHE.values()) + images.nbytes <= _CACHE_LIMIT_BYTES:
+          _CORRUPTED_CACHE[key] = images
+      else:
+        images = _CORRUPTED_CACHE[key]
+      yield name, int(severity), images, y
+
+
+def ood_evaluation(member_probs: MemberProbs, data: data_lib.Dataset, test_probs: np.ndarray, s: Any,
+                   weights: Any = None, data_dir: str = "") -> dict:
+  """{ood_dataset: {score: {auroc, aupr, fpr95}, "num_examples": n}} with the in-distribution test
+  set (``test_probs`` [M, N, K]) as negatives and each OoD test set as positives."""
+  out = {}
+  for name in s.ood_datasets:
+    if name == data.name:
+      raise ValueError(f"evaluation.ood_datasets contains the in-distribution dataset {name!r}.")
+    x, _ = data_lib.load_test_split(name, data_dir)
+    x = x[_fixed_subset(len(x), s.ood_examples)]
+    x = data_lib.match_image_shape(x, data.image_shape, s.resize_ood, f"OoD dataset {name!r}")
+    out[name] = {**metrics_lib.ood_detection(test_probs, member_probs(x), weights), "num_examples": len(x)}
+  return out
+
+
+def corruption_evaluation(member_probs: MemberProbs, data: data_lib.Dataset, s: Any, weights: Any = None,
+                          combine: str = "mean", data_dir: str = "", progress: bool = True) -> dict:
+  """Ensemble accuracy, NLL, ECE and Brier on every (corruption, severity) set, their mean over
+  types per severity, the overall mean, and the same metrics on the clean images of the subset:
+  {"severities", "types": {name: [metrics per severity]}, "by_severity", "mean", "clean", "num_examples"}."""
+  names = corruption_names(data.name, s.corruptions)
+  severities = [int(v) for v in s.corruption_severities]
+  per_type: dict[str, list[dict]] = {n: [] for n in names}
+  idx = _fixed_subset(len(data.y_test), s.corruption_examples)  # the clean images of the same subset
+  clean = metrics_lib.predictive_metrics(
+      metrics_lib.combine_probs(member_probs(data.x_test[idx]), weights, combine), data.y_test[idx])
+  sets = corrupted_sets(data, names, severities, s.corruption_examples, data_dir)
+  for name, _, x, y in tqdm(sets, total=len(names) * len(severities), desc="corruptions", disable=not progress,
+                            leave=False):
+    ens = metrics_lib.combine_probs(member_probs(x), weights, combine)
+    per_type[name].append(metrics_lib.predictive_metrics(ens, y))
+  keys = ("accuracy", "nll", "ece", "brier")
+  by_severity = [{k: float(np.mean([per_type[n][i][k] for n in names])) for k in keys} for i in range(len(severities))]
+  mean = {k: float(np.mean([b[k] for b in by_severity])) for k in keys}
+  return {"severities": severities, "types": per_type, "by_severity": by_severity, "mean": mean, "clean": clean,
+          "num_examples": len(idx)}
+
+
+def evaluate_all(member_probs: MemberProbs, data: data_lib.Dataset, eval_cfg: Any = None, weights: Any = None,
+                 combine: str = "mean", data_dir: str = "", progress: bool = True) -> dict:
+  """Everything DESIGN §4 asks for, for one ensemble.
+
+  Returns {"test": evaluate_ensemble(...), "val": ... (if a validation split exists),
+  "ood": ood_evaluation(...) (if ood_datasets), "corruption": corruption_evaluation(...) (if corruptions)}.
+  """
+  s = settings(eval_cfg)
+  out = {}
+  test_probs = member_probs(data.x_test)
+  out["test"] = metrics_lib.evaluate_ensemble(test_probs, data.y_test, weights, combine)
+  if len(data.y_val):
+    out["val"] = metrics_lib.evaluate_ensemble(member_probs(data.x_val), data.y_val, weights, combine)
+  if len(s.ood_datasets):
+    out["ood"] = ood_evaluation(member_probs, data, test_probs, s, weights, data_dir)
+  if len(s.corruptions):
+    out["corruption"] = corruption_evaluation(member_probs, data, s, weights, combine, data_dir, progress)
+  return out
