@@ -1,14 +1,22 @@
-"""Orbax checkpoints of the run state (all members) with metadata, saved atomically.
+"""Orbax checkpoints of the run state (all members) with metadata, saved atomically and verified.
 
-Orbax writes each step into a temporary folder and renames it when complete, so a crash during a
-save leaves the previous checkpoints intact; `latest_complete` only ever returns finished steps.
+Orbax writes each step into a temporary folder and renames it when complete, so a crash (even
+SIGKILL) during a save leaves the previous checkpoints intact and the partial one is never listed.
+Each checkpoint's meta also holds a fingerprint of the state (CRC32 of every leaf's bytes);
+`restore_latest` checks it, and a checkpoint that cannot be read or does not match is moved to
+``<dir>_corrupt/`` with a message, and the next older one is tried: never loaded silently.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import time
+import zlib
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -20,22 +28,74 @@ def make_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+class CorruptCheckpointError(ValueError):
+  """A checkpoint's contents do not match the fingerprint saved with it."""
+
+
+def fingerprint(state: PyTree) -> str | None:
+  """CRC32 over every leaf's shape, dtype and bytes, in tree order (hex); None when some leaf is
+  not fully addressable from this process (multi-host arrays: Orbax's own checks apply)."""
+  leaves = jax.tree.leaves(state)
+  if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves):
+    return None
+  crc = 0
+  for x in leaves:
+    x = np.ascontiguousarray(np.asarray(x))
+    crc = zlib.crc32(f"{x.shape}{x.dtype}".encode(), crc)
+    crc = zlib.crc32(x.tobytes(), crc)
+  return f"{crc:08x}"
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: PyTree, meta: dict) -> None:
-  """Saves ``state`` (any pytree of arrays) and a JSON-serialisable ``meta`` dict at ``step``."""
+  """Saves ``state`` (any pytree of arrays) and a JSON-serialisable ``meta`` dict (plus the
+  state's `fingerprint`) at ``step``."""
+  meta = {**meta, "fingerprint": fingerprint(state)}
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def restore_latest(manager: ocp.CheckpointManager, like: PyTree) -> tuple[PyTree, dict] | None:
-  """(state, meta) of the newest complete checkpoint, restored into the structure of ``like``;
-  None when there is none."""
-  step = manager.latest_step()
-  if step is None:
-    return None
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+def _restore_verified(manager: ocp.CheckpointManager, step: int, abstract: PyTree) -> tuple[PyTree, dict]:
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-  return restored.state, dict(restored.meta)
+  meta = dict(restored.meta)
+  expected = meta.get("fingerprint")
+  if expected is not None:
+    found = fingerprint(restored.state)
+    if found is not None and found != expected:
+      raise CorruptCheckpointError(f"fingerprint {found} does not match the saved {expected}")
+  return restored.state, meta
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves step ``step``'s folder to ``<directory>_corrupt/`` (out of Orbax's view, kept for
+  inspection) and returns where it went."""
+  directory = str(manager.directory)
+  source = os.path.join(directory, str(step))
+  target_dir = directory.rstrip("/") + "_corrupt"
+  os.makedirs(target_dir, exist_ok=True)
+  target = os.path.join(target_dir, f"{step}-{int(time.time())}")
+  shutil.move(source, target)
+  manager.reload()
+  return target
+
+
+def restore_latest(manager: ocp.CheckpointManager, like: PyTree) -> tuple[PyTree, dict] | None:
+  """(state, meta) of the newest complete and intact checkpoint, restored into the structure (and
+  shardings) of ``like``; None when there is none. Unreadable or mismatching checkpoints are set
+  aside with a message on stderr, and older ones are tried."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return _restore_verified(manager, step, abstract)
+    except Exception as err:  # pylint: disable=broad-except  (any failure means: do not use it)
+      reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+      if jax.process_index() == 0:
+        target = _set_aside(manager, step)
+        print(f"Checkpoint step {step} in {manager.directory} is unreadable or corrupted ({reason}); "
+              f"moved to {target}, trying an older one.", file=sys.stderr)
+      else:
+        manager.reload()
+  return None
 
 
 def save_member(directory: str, index: int, tree: PyTree, meta: dict) -> None:

@@ -5,6 +5,7 @@ and documents every field.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ensembles import data as data_lib
@@ -27,7 +28,8 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_number(x: Any) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
+  """A finite int or float (not a bool)."""
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def validate(config: Any) -> None:
@@ -40,6 +42,11 @@ def validate(config: Any) -> None:
   _require(_is_int(config.seed), "seed", "an integer", config.seed)
   _require(config.member_execution in members_lib.EXECUTION_MODES, "member_execution",
            f"one of {members_lib.EXECUTION_MODES}", config.member_execution)
+
+  if "mesh" in config:
+    _require(_is_int(config.mesh.members) and config.mesh.members >= 0, "mesh.members",
+             "an integer >= 0 (0 = automatic)", config.mesh.members)
+    _require(_is_int(config.mesh.data) and config.mesh.data >= 1, "mesh.data", "an integer >= 1", config.mesh.data)
 
   d = config.dataset
   _require(d.name in data_lib.DATASETS, "dataset.name", f"one of {list(data_lib.DATASETS)}", d.name)

@@ -15,6 +15,11 @@ Execution modes (``member_map(fn, mode)``):
     except on CPU for models with convolutions, where ``loop`` is used (measured in
     `benchmarks/member_throughput.py`, see README "Performance").
 All modes compute the same function; tests check they agree.
+
+Scale-out (`make_mesh`): a device mesh (``members`` x ``data``) on which the train step's arrays are
+laid out (state split over members, each member's batch split over data) and XLA's SPMD partitioner
+runs the same jitted step over all devices and hosts. With a ``data`` axis > 1 members execute by
+``vmap`` (``sharded`` shards members only).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ PyTree = Any
 
 EXECUTION_MODES = ("auto", "vmap", "loop", "map", "sharded")
 MEMBER_AXIS = "members"
+DATA_AXIS = "data"
 
 
 def stack(trees: Sequence[PyTree]) -> PyTree:
@@ -62,10 +68,17 @@ def single_device_execution(has_conv: bool, backend: str | None = None) -> str:
 
 
 def resolve_execution(mode: str, has_conv: bool, backend: str | None = None, num_members: int = 1,
-                      num_devices: int | None = None) -> str:
-  """Turns ``auto`` into a concrete mode (see module docstring); checks ``sharded`` is possible."""
+                      num_devices: int | None = None, data_parallel: int = 1) -> str:
+  """Turns ``auto`` into a concrete mode (see module docstring); checks ``sharded`` is possible.
+  ``num_devices``: devices along the member axis (default: all); ``data_parallel``: the mesh's
+  data axis (> 1 rules out ``sharded`` and makes ``auto`` pick ``vmap``)."""
   if mode not in EXECUTION_MODES:
     raise ValueError(f"member_execution must be one of {EXECUTION_MODES}, got {mode!r}.")
+  if data_parallel > 1:
+    if mode == "sharded":
+      raise ValueError(f"member_execution='sharded' splits members only; with mesh.data={data_parallel} use "
+                       "'auto' or 'vmap' (XLA partitions the vmapped step over members and data).")
+    return "vmap" if mode == "auto" else mode
   num_devices = num_devices or jax.device_count()
   if mode == "sharded" and num_members % num_devices:
     raise ValueError(f"member_execution='sharded' needs num_members ({num_members}) divisible by the "
@@ -77,10 +90,97 @@ def resolve_execution(mode: str, has_conv: bool, backend: str | None = None, num
   return single_device_execution(has_conv, backend)
 
 
+def make_mesh(members: int = 0, data: int = 1, devices=None, num_members: int | None = None) -> jax.sharding.Mesh:
+  """A 2-D device mesh with axes (``members``, ``data``) over the first members·data of ``devices``
+  (default: all devices, across hosts). ``members`` = 0 takes all devices // data, or with
+  ``num_members`` = M the largest count <= devices // data that divides M.
+
+  Members are split over the ``members`` axis; each member's batch is split over the ``data`` axis
+  (data-parallel replicas of the member). The mesh axes are Auto: XLA's SPMD partitioner inserts
+  the cross-device reductions (gradients and BatchNorm statistics over ``data``; nothing is ever
+  reduced over ``members``, which is a vmapped axis).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if not (isinstance(data, int) and data >= 1):
+    raise ValueError(f"mesh.data must be an integer >= 1, got {data!r}.")
+  if not (isinstance(members, int) and members >= 0):
+    raise ValueError(f"mesh.members must be an integer >= 0 (0 = all devices / mesh.data), got {members!r}.")
+  if not members:
+    room = max(len(devices) // data, 1)
+    members = max(k for k in range(1, room + 1) if num_members is None or num_members % k == 0)
+  if members * data > len(devices):
+    raise ValueError(f"A mesh of mesh.members={members} x mesh.data={data} needs {members * data} devices; "
+                     f"{len(devices)} are available.")
+  return jax.sharding.Mesh(np.array(devices[: members * data]).reshape(members, data), (MEMBER_AXIS, DATA_AXIS))
+
+
 def member_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D mesh over ``devices`` (default: all) with the axis ``members``."""
-  devices = np.array(jax.devices() if devices is None else devices)
-  return jax.sharding.Mesh(devices, (MEMBER_AXIS,))
+  """All ``devices`` (default: all) on the ``members`` axis (``data`` axis of size 1)."""
+  return make_mesh(0, 1, devices)
+
+
+def check_layout(mesh: jax.sharding.Mesh, num_members: int, batch_size: int | None = None,
+                 eval_batch_size: int | None = None) -> None:
+  """Clear errors when M or the batch sizes do not divide over the mesh (we do not pad: a padded
+  member would train on nothing and change the step's cost silently)."""
+  k, d = mesh.shape[MEMBER_AXIS], mesh.shape[DATA_AXIS]
+  if num_members % k:
+    raise ValueError(f"num_members ({num_members}) must be divisible by mesh.members ({k}); choose M as a "
+                     f"multiple of {k} or set mesh.members to a divisor of {num_members}.")
+  if batch_size is not None and batch_size % d:
+    raise ValueError(f"training.batch_size ({batch_size}, per member) must be divisible by mesh.data ({d}).")
+  if eval_batch_size is not None and eval_batch_size % d:
+    raise ValueError(f"eval_batch_size ({eval_batch_size}) must be divisible by mesh.data ({d}).")
+
+
+def is_distributed(mesh: jax.sharding.Mesh | None) -> bool:
+  """True when ``mesh`` spans more than one device (arrays get shardings, XLA partitions the step)."""
+  return mesh is not None and mesh.size > 1
+
+
+def sharding(mesh: jax.sharding.Mesh, *axes: str | None) -> jax.sharding.NamedSharding:
+  """NamedSharding over ``mesh`` splitting leading dimensions by ``axes`` (none: replicated)."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*axes))
+
+
+def constrain(tree: PyTree, mesh: jax.sharding.Mesh | None, *axes: str | None) -> PyTree:
+  """Inside jit: every leaf laid out as `sharding`(mesh, *axes); identity without a distributed mesh."""
+  if not is_distributed(mesh):
+    return tree
+  return jax.lax.with_sharding_constraint(tree, sharding(mesh, *axes))
+
+
+def place(tree: PyTree, mesh: jax.sharding.Mesh | None, *axes: str | None) -> PyTree:
+  """Any arrays (host, one device, or global with another layout) laid out as `sharding`(mesh, *axes);
+  leaves already laid out so are kept. Identity without a distributed mesh."""
+  if not is_distributed(mesh):
+    return tree
+  target = sharding(mesh, *axes)
+
+  def one(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim):
+      return x
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, target)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
+
+  return jax.tree.map(one, tree)
+
+
+def put(tree: PyTree, mesh: jax.sharding.Mesh | None, *axes: str | None) -> PyTree:
+  """Host arrays -> global arrays laid out as `sharding`(mesh, *axes). Each process builds only the
+  shards of its own devices from its host copy (per-host input), so this also works across hosts;
+  without a distributed mesh it is `jax.device_put`."""
+  if not is_distributed(mesh):
+    return jax.device_put(tree)
+  target = sharding(mesh, *axes)
+
+  def one(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
+
+  return jax.tree.map(one, tree)
 
 
 def member_map(fn: Callable[..., PyTree], mode: str, *, has_conv: bool = False,

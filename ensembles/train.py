@@ -90,8 +90,9 @@ def make_optimizer(cfg: Any, total_steps: int, steps_per_epoch: int,
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
-               num_members: int, input_shape: tuple[int, ...]) -> TrainState:
-  """M members, each initialised from its own key: params, model_state, opt_state, rng."""
+               num_members: int, input_shape: tuple[int, ...], mesh: jax.sharding.Mesh | None = None) -> TrainState:
+  """M members, each initialised from its own key: params, model_state, opt_state, rng.
+  With a distributed ``mesh`` every leaf is created split over its ``members`` axis."""
 
   def init_one(member_key):
     init_key, rng = jax.random.split(member_key)
@@ -101,7 +102,8 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Arra
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                       opt_state=tx.init(params), rng=rng)
 
-  return jax.jit(jax.vmap(init_one))(jax.random.split(key, num_members))
+  out = members_lib.sharding(mesh, members_lib.MEMBER_AXIS) if members_lib.is_distributed(mesh) else None
+  return jax.jit(jax.vmap(init_one), out_shardings=out)(jax.random.split(key, num_members))
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
@@ -161,13 +163,18 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, execution: str,
                     mean: np.ndarray, std: np.ndarray, crop_padding: int = 0,
-                    flip: bool = False, batch_split: int = 1) -> Callable:
+                    flip: bool = False, batch_split: int = 1, mesh: jax.sharding.Mesh | None = None) -> Callable:
   """Returns ``train_step(state, images, labels, idx) -> (state, metrics)``, jitted.
 
   images [N, H, W, C] uint8 and labels [N] are the whole training set (shared by members, kept on
   device); idx [M, B] are each member's example indices for this step. metrics: {"loss",
   "accuracy"}, each [M]. ``execution`` is a concrete member-execution mode; ``batch_split`` see
   `make_member_gradients`.
+
+  With a distributed ``mesh`` (`members.make_mesh`) the same step is laid out over the devices: the
+  state split over ``members``, idx [M, B] over ``members`` x ``data``, the training set replicated;
+  XLA partitions the computation (a member's batch mean and BatchNorm statistics become reductions
+  over ``data``). Random numbers are partitionable, so the result equals the one-device step.
   """
   gradients = make_member_gradients(model, mean=mean, std=std, crop_padding=crop_padding, flip=flip,
                                     batch_split=batch_split)
@@ -182,36 +189,47 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, execu
                               model_state=aux["model_state"])
     return new_state, metrics
 
+  members_axis, data_axis = members_lib.MEMBER_AXIS, members_lib.DATA_AXIS
+
   @functools.partial(jax.jit, donate_argnums=0)
   def train_step(state, images, labels, idx):
+    state = members_lib.constrain(state, mesh, members_axis)
+    idx = members_lib.constrain(idx, mesh, members_axis, data_axis)
     step_fn = lambda s, i: member_step(s, i, images, labels)
-    return members_lib.member_map(step_fn, execution, has_conv=has_conv)(state, idx)
+    state, metrics = members_lib.member_map(step_fn, execution, has_conv=has_conv, mesh=mesh)(state, idx)
+    # metrics replicated: every host can read them for logging
+    return members_lib.constrain(state, mesh, members_axis), members_lib.constrain(metrics, mesh)
 
   return train_step
 
 
-def make_predict(model: nn.Module, *, execution: str, mean: np.ndarray, std: np.ndarray) -> Callable:
+def make_predict(model: nn.Module, *, execution: str, mean: np.ndarray, std: np.ndarray,
+                 mesh: jax.sharding.Mesh | None = None) -> Callable:
   """Returns ``predict(params, model_state, images) -> probs [M, B, K]`` (eval mode, jitted).
 
   params / model_state are stacked [M, ...]; images [B, H, W, C] uint8 are shared by members.
+  With a distributed ``mesh`` the members run split over ``members`` and the images over ``data``;
+  the probabilities come back replicated (readable on every host).
   """
   mean, std = jnp.asarray(mean), jnp.asarray(std)
   has_conv = getattr(model, "has_conv", False)
 
   @jax.jit
   def predict(params, model_state, images):
-    x = augment_lib.normalize(images, mean, std)
+    params, model_state = members_lib.constrain((params, model_state), mesh, members_lib.MEMBER_AXIS)
+    x = augment_lib.normalize(members_lib.constrain(images, mesh, members_lib.DATA_AXIS), mean, std)
 
     def one(p, ms):
       return jax.nn.softmax(model.apply({"params": p, **ms}, x, train=False))
 
-    return members_lib.member_map(one, execution, has_conv=has_conv)(params, model_state)
+    return members_lib.constrain(
+        members_lib.member_map(one, execution, has_conv=has_conv, mesh=mesh)(params, model_state), mesh)
 
   return predict
 
 
 def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array, execution: str, mean: np.ndarray,
-                    std: np.ndarray) -> Callable:
+                    std: np.ndarray, mesh: jax.sharding.Mesh | None = None) -> Callable:
   """MC dropout: ``predict(params, model_state, images) -> probs [M·T, B, K]``, T = num_passes
   stochastic passes per member (dropout on, BatchNorm in inference mode), vmapped over pass keys.
 
@@ -224,7 +242,8 @@ def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array, execut
 
   @jax.jit
   def predict(params, model_state, images):
-    x = augment_lib.normalize(images, mean, std)
+    params, model_state = members_lib.constrain((params, model_state), mesh, members_lib.MEMBER_AXIS)
+    x = augment_lib.normalize(members_lib.constrain(images, mesh, members_lib.DATA_AXIS), mean, std)
 
     def one(p, ms):
       def one_pass(k):
@@ -232,8 +251,8 @@ def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array, execut
 
       return jax.vmap(one_pass)(pass_keys)
 
-    probs = members_lib.member_map(one, execution, has_conv=has_conv)(params, model_state)
-    return probs.reshape(-1, *probs.shape[2:])
+    probs = members_lib.member_map(one, execution, has_conv=has_conv, mesh=mesh)(params, model_state)
+    return members_lib.constrain(probs.reshape(-1, *probs.shape[2:]), mesh)
 
   return predict
 

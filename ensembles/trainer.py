@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -19,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ensembles import checkpoints
+from ensembles import members as members_lib
 from ensembles import metrics as metrics_lib
 from ensembles import train as train_lib
 from ensembles.data import Dataset
@@ -26,6 +29,34 @@ from ensembles.data import Dataset
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN/inf loss; the last good checkpoint is left untouched."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived during training; the state of the last finished step was checkpointed."""
+
+
+def _preemption_flag() -> tuple[dict, Callable[[], None]]:
+  """Installs a SIGTERM handler (main thread only) that sets flag["signal"]; returns the flag and
+  a function restoring the previous handler."""
+  flag = {"signal": None}
+  if threading.current_thread() is not threading.main_thread():
+    return flag, lambda: None
+
+  def handler(signum, frame):
+    del frame
+    flag["signal"] = signum
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  return flag, lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _should_stop(flag: dict, step: int) -> bool:
+  """True once SIGTERM has arrived; across hosts, every process agrees on the same step through
+  JAX's preemption sync point (needs `jax.distributed.initialize`)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(multihost_utils.reached_preemption_sync_point(step))
+  return flag["signal"] is not None
 
 
 class MetricsLog:
@@ -36,6 +67,8 @@ class MetricsLog:
     self.path = path
 
   def write(self, record: dict) -> None:
+    if jax.process_index() != 0:  # one writer across hosts
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
@@ -48,12 +81,20 @@ def _mean_metrics(history: list[dict]) -> dict[str, np.ndarray]:
 
 def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, data: Dataset,
         cfg: Any, workdir: str, *, data_keys: jax.Array, log: MetricsLog,
-        desc: str = "train", hooks: Sequence[Callable] = ()) -> tuple[train_lib.TrainState, dict]:
+        desc: str = "train", hooks: Sequence[Callable] = (),
+        mesh: jax.sharding.Mesh | None = None) -> tuple[train_lib.TrainState, dict]:
   """Trains ``state`` for cfg.training.epochs epochs; returns (state, info).
 
   ``hooks`` run after every step as ``state = hook(state, done_steps, images, labels, idx)`` with
   the device-resident training set and the step's batch indices idx [M, B] (e.g. a sparse method's topology update every ΔT steps); they must be
   deterministic functions of the state and step so that resuming stays exact.
+
+  With a distributed ``mesh`` the state is laid out over its ``members`` axis, the training set
+  replicated and each step's idx [M, B] split over ``members`` x ``data`` (each host builds only its
+  own devices' shards).
+
+  SIGTERM (a preemption notice) makes the loop finish its step, save a checkpoint and raise
+  `Preempted`; rerunning resumes from it.
 
   info: {"train_time_s": wall time summed over resumed runs, "steps": total steps,
   "resumed_from": step restored from or 0}. Checkpoints go to ``workdir/checkpoints`` every
@@ -64,6 +105,7 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
   total_steps = t.epochs * steps_per_epoch
   manager = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
   start, train_time = 0, 0.0
+  state = members_lib.place(state, mesh, members_lib.MEMBER_AXIS)
   restored = checkpoints.restore_latest(manager, state)
   if restored is not None:
     state, meta = restored
@@ -73,7 +115,7 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
                        f"asks for {total_steps}; use a new --workdir.")
     print(f"Resuming from step {start}/{total_steps} ({workdir}).", file=sys.stderr)
 
-  images, labels = jax.device_put(data.x_train), jax.device_put(data.y_train)
+  images, labels = members_lib.put((data.x_train, data.y_train), mesh)
   last_saved = start if restored is not None else None
 
   def save(step):
@@ -90,6 +132,7 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
   indices, indices_epoch = None, None
   bar = tqdm(total=total_steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
              file=sys.stderr, mininterval=1.0)
+  flag, restore_handler = _preemption_flag()
   try:
     tick = time.perf_counter()
     for step in range(start, total_steps):
@@ -98,7 +141,7 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
         indices = train_lib.epoch_indices(data_keys, epoch, len(data.y_train), t.batch_size,
                                           t.shared_data_order)
         indices_epoch = epoch
-      idx = indices[:, position]
+      idx = members_lib.put(np.asarray(indices[:, position]), mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
       state, step_metrics = train_step(state, images, labels, idx)
       history.append(step_metrics)
       done = step + 1
@@ -129,12 +172,18 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
         log.write(val)
         postfix["val_acc"] = f"{val['val_accuracy']:.3f}"
         bar.set_postfix(postfix)
-      if done % cfg.checkpoint_every_steps == 0 or done == total_steps:
+      stop = _should_stop(flag, done)
+      if done % cfg.checkpoint_every_steps == 0 or done == total_steps or stop:
         jax.block_until_ready(state)
         train_time += time.perf_counter() - tick
         save(done)
         tick = time.perf_counter()
+      if stop and done < total_steps:
+        manager.wait_until_finished()
+        raise Preempted(f"SIGTERM received: saved the checkpoint of step {done}/{total_steps} in "
+                        f"{workdir}/checkpoints; rerun the same command to resume.")
   finally:
+    restore_handler()
     bar.close()
     manager.wait_until_finished()
     manager.close()

@@ -72,8 +72,7 @@ def run_comparison(comparison: dict, workdir: str) -> list[dict]:
         if _needs_evaluation(results, config):
           print(f"== {label}, seed {seed}: evaluating the saved ensemble", file=sys.stderr, flush=True)
           results = runner.evaluate_workdir(run_dir, **config.evaluation.to_dict())
-          with open(path, "w") as f:
-            json.dump(results, f, indent=2)
+          runner.write_atomic(path, json.dumps(results, indent=2))
       else:
         print(f"== {label}, seed {seed} -> {run_dir}", file=sys.stderr, flush=True)
         results = runner.run(config, run_dir)
@@ -163,7 +162,8 @@ def comparison_plots(all_results: list[dict], workdir: str) -> list[str]:
   by_label = {label: [r for r in all_results if r["label"] == label] for label in labels}
   paths = [plots.reliability_diagrams(os.path.join(workdir, "reliability.png"), {
       label: plots.merge_bins([r["test"]["ensemble"]["reliability"] for r in rs])
-      for label, rs in by_label.items() if all("reliability" in r["test"]["ensemble"] for r in rs)})]
+      for label, rs in by_label.items() if all("reliability" in r["test"]["ensemble"] for r in rs)},
+      ece_label="ECE of the seeds' pooled bins")]
   paths.append(plots.metrics_vs_flops(os.path.join(workdir, "metrics_vs_flops.png"), {
       label: {"flops": rs[0]["flops"]["train_x_dense"], "accuracy": [r["test"]["ensemble"]["accuracy"] for r in rs],
               "nll": [r["test"]["ensemble"]["nll"] for r in rs]} for label, rs in by_label.items()}))

@@ -1,4 +1,4 @@
-"""PNG plots of evaluation results (matplotlib, Agg backend): reliability diagrams, accuracy and NLL
+"""PNG plots of evaluation results (matplotlib): reliability diagrams, accuracy and NLL
 against training FLOPs, and accuracy / NLL against corruption severity.
 
 Every function takes plain numbers (as stored in results.json) and a path, and writes one PNG.
@@ -9,22 +9,18 @@ import math
 import os
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # figures without pyplot: no backend is chosen or changed
 
 
 def _save(fig, path: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
   return path
 
 
-def _draw_reliability(ax, bins: dict, title: str) -> None:
+def _draw_reliability(ax, bins: dict, title: str, ece_label: str = "ECE") -> None:
   n = len(bins["count"])
   edges = np.linspace(0.0, 1.0, n + 1)
   centers = (edges[:-1] + edges[1:]) / 2
@@ -37,18 +33,20 @@ def _draw_reliability(ax, bins: dict, title: str) -> None:
          color="tab:red", alpha=0.3, hatch="//", label="gap to confidence")
   ax.plot([0, 1], [0, 1], "k--", lw=1)
   ece = float(np.nansum(count * np.abs(acc - conf)) / max(count.sum(), 1))
-  ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=f"{title}\nECE {ece:.4f}")
+  ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=f"{title}\n{ece_label} {ece:.4f}")
   ax.legend(loc="upper left", fontsize=7)
 
 
-def reliability_diagrams(path: str, bins_by_label: dict[str, dict], columns: int = 4) -> str:
-  """One reliability diagram per label; ``bins`` as `metrics.reliability_bins` returns them."""
+def reliability_diagrams(path: str, bins_by_label: dict[str, dict], columns: int = 4, ece_label: str = "ECE") -> str:
+  """One reliability diagram per label; ``bins`` as `metrics.reliability_bins` returns them (the
+  title's ECE is computed from the bins, so for pooled bins it is the pooled ECE)."""
   k = len(bins_by_label)
   cols = min(columns, k)
   rows = math.ceil(k / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.3 * rows), squeeze=False)
+  fig = Figure(figsize=(3.3 * cols, 3.3 * rows))
+  axes = fig.subplots(rows, cols, squeeze=False)
   for ax, (label, bins) in zip(axes.flat, bins_by_label.items()):
-    _draw_reliability(ax, bins, label)
+    _draw_reliability(ax, bins, label, ece_label)
   for ax in list(axes.flat)[k:]:
     ax.axis("off")
   return _save(fig, path)
@@ -67,7 +65,8 @@ def merge_bins(bins_list: Sequence[dict]) -> dict:
 def metrics_vs_flops(path: str, points: dict[str, dict]) -> str:
   """Accuracy and NLL against training FLOPs (× one dense model).
   ``points``: {label: {"flops": x, "accuracy": [values over seeds], "nll": [...]}}; mean ± std bars."""
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  fig = Figure(figsize=(10, 4))
+  axes = fig.subplots(1, 2)
   for ax, key, name in ((axes[0], "accuracy", "test accuracy (%)"), (axes[1], "nll", "test NLL")):
     for label, p in points.items():
       values = np.asarray(p[key], float) * (100 if key == "accuracy" else 1)
@@ -84,7 +83,8 @@ def corruption_vs_severity(path: str, curves: dict[str, dict]) -> str:
   """Accuracy and NLL against corruption severity (0 = clean test set), mean over corruption types.
   ``curves``: {label: {"severities": [...], "accuracy": [[per severity] per seed], "nll": [...],
   "clean_accuracy": [per seed], "clean_nll": [per seed]}}."""
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  fig = Figure(figsize=(10, 4))
+  axes = fig.subplots(1, 2)
   for ax, key, name in ((axes[0], "accuracy", "accuracy (%)"), (axes[1], "nll", "NLL")):
     for label, c in curves.items():
       scale = 100 if key == "accuracy" else 1

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
+import jax
 import ml_collections
 
 from ensembles import config as config_lib
@@ -21,7 +23,7 @@ from experiments.configs import default
 
 # Fields that may change between a run and its resumption (they do not change the result).
 _RESUMABLE_FIELDS = ("log_every_steps", "eval_every_epochs", "eval_batch_size", "checkpoint_every_steps",
-                     "keep_checkpoints", "member_execution", "evaluation")
+                     "keep_checkpoints", "member_execution", "evaluation", "mesh")
 
 
 def _config_for_resume_check(config_dict: dict) -> dict:
@@ -41,17 +43,27 @@ def run(config, workdir: str) -> dict:
     if _config_for_resume_check(previous) != _config_for_resume_check(current):
       raise ValueError(f"{workdir} holds a run with a different config ({config_path}); resume with the "
                        "same config or choose a new --workdir.")
-  with open(config_path, "w") as f:
-    json.dump(current, f, indent=2)
+  main_process = jax.process_index() == 0  # one writer across hosts
+  if main_process:
+    write_atomic(config_path, json.dumps(current, indent=2))
   results = methods.get_method(config.method).train_and_evaluate(config, workdir)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  if config.evaluation.plots:
-    plots.run_plots(results, workdir)
-  table = report.run_table(results)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(table)
+  if main_process:
+    write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
+    if config.evaluation.plots:
+      plots.run_plots(results, workdir)
+    write_atomic(os.path.join(workdir, "results.md"), report.run_table(results))
   return results
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes ``text`` to a temporary file beside ``path`` and renames it over ``path``: a crash
+  leaves the old file or the new one, never half of one."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def _tuples(value):
@@ -83,8 +95,7 @@ def evaluate_workdir(workdir: str, **evaluation_overrides) -> dict:
   config.evaluation.update(evaluation_overrides)
   config_lib.validate_evaluation(config.evaluation, config.dataset.name)
   evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
-  run = common.build_run(config, workdir)
-  state, meta = common.load_saved_ensemble(run)
+  run, state, meta = load_ensemble(workdir, config)
   evaluation = common.evaluate_saved(run, state, meta["weights"], meta["combine"], config.evaluation)
   results_path = os.path.join(workdir, "results.json")
   results = {}
@@ -97,3 +108,13 @@ def evaluate_workdir(workdir: str, **evaluation_overrides) -> dict:
   results.setdefault("method", meta["method"])
   results.setdefault("num_members", meta["num_members"])
   return results
+
+
+def load_ensemble(workdir: str, config=None) -> tuple[common.Run, Any, dict]:
+  """A finished run's saved ensemble, ready to predict: (run, state, meta) where
+  ``train.predict_probs(run.predict, state, images, batch_size)`` gives member probabilities
+  [M, N, K], ``run.data`` is the run's dataset and meta holds method, num_members, weights, combine."""
+  config = config or load_run_config(workdir)
+  run = common.build_run(config, workdir)
+  state, meta = common.load_saved_ensemble(run)
+  return run, state, meta

@@ -14,11 +14,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ensembles import config as config_lib
+from ensembles import trainer
 from experiments import report
 from experiments.runner import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results.")
+_DISTRIBUTED = flags.DEFINE_boolean(
+    "distributed", False, "Multi-host: call jax.distributed.initialize() first (TPU pods and SLURM are "
+    "detected automatically; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
 
 
 def main(argv):
@@ -27,8 +31,14 @@ def main(argv):
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required.")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
+  if _DISTRIBUTED.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
   try:
     results = run(_CONFIG.value, _WORKDIR.value)
+  except trainer.Preempted as err:
+    print(f"preempted: {err}", file=sys.stderr)
+    sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process
   except (config_lib.ConfigError, ValueError, FileNotFoundError, FloatingPointError) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)

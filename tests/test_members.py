@@ -47,3 +47,23 @@ def test_resolve_execution():
     members.resolve_execution("sharded", has_conv=False, num_members=3, num_devices=2)
   with pytest.raises(ValueError, match="concrete mode"):
     members.member_map(lambda x: x, "auto")
+
+
+def test_resolve_execution_with_a_data_axis():
+  assert members.resolve_execution("auto", has_conv=True, backend="cpu", num_members=4, num_devices=2,
+                                   data_parallel=2) == "vmap"
+  assert members.resolve_execution("loop", has_conv=True, backend="cpu", num_devices=2, data_parallel=2) == "loop"
+  with pytest.raises(ValueError, match="'sharded' splits members only; with mesh.data=2"):
+    members.resolve_execution("sharded", has_conv=False, num_members=4, num_devices=2, data_parallel=2)
+
+
+def test_mesh_on_one_device():
+  mesh = members.make_mesh(num_members=3)
+  assert dict(mesh.shape) == {"members": 1, "data": 1} and not members.is_distributed(mesh)
+  members.check_layout(mesh, 3, 7, 5)  # everything divides by 1
+  tree = {"a": np.ones((3, 2))}
+  assert members.place(tree, mesh, "members") is tree  # no layout on one device
+  with pytest.raises(ValueError, match=r"mesh.members=2 x mesh.data=1 needs 2 devices; 1 are available"):
+    members.make_mesh(2, 1)
+  with pytest.raises(ValueError, match="mesh.data must be an integer >= 1"):
+    members.make_mesh(0, 0)

@@ -33,3 +33,25 @@ def test_readme_sparse_example_runs():
     assert int(flat[name].sum()) == count
   for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(opt_state.masks)):
     assert bool((p[~m] == 0).all())
+
+
+@requires_fashion_mnist
+def test_readme_api_overview_runs():
+  text = open(os.path.join(ROOT, "README.md")).read()
+  blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "subnetworks.partition_masks" in b]
+  assert len(blocks) == 1, "README's API overview is missing"
+  namespace = {}
+  exec(compile(blocks[0], "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  assert namespace["probs"].shape == (3, 500, 10)
+  assert set(namespace["scores"]) == {"ensemble", "members", "diversity"}
+  assert namespace["noisy"].shape == (100, 28, 28, 1)
+  assert namespace["report"]["corruption"]["num_examples"] == 100
+  plan, kept = namespace["plan"], namespace["kept"]
+  for layer, count in plan.counts.items():  # prune and grow kept every layer's exact count
+    assert round(kept[layer] * plan.sizes[layer]) == count
+  masks = namespace["child_masks"]
+  import jax
+  kernels = [m for path, m in jax.tree_util.tree_flatten_with_path(masks)[0] if "kernel" in jax.tree_util.keystr(path)]
+  assert kernels and all(bool((m.sum(0) == 1).all()) for m in kernels)  # every kernel weight in exactly one child
+  assert float(namespace["w"].mean()) == __import__("pytest").approx(1.0, rel=1e-5)
+  assert namespace["per_step"] < 3 * namespace["f_dense"]

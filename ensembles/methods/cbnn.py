@@ -61,7 +61,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   c, m = config.cbnn, config.num_members
   run = common.build_run(config, workdir, num_members=1)
   n = len(run.data.y_train)
-  state = train_lib.init_state(run.model, run.tx, run.init_key, 1, run.data.image_shape)
+  state = common.init_members(run, 1)
   state = state.replace(extra={"sample_weights": jnp.ones((1, n), jnp.float32)})
   total_steps = config.training.epochs * (n // config.training.batch_size)
   ends = {step: k for k, step in enumerate(segment_ends(total_steps, m))}
@@ -82,7 +82,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     return state.replace(extra={"sample_weights": weights[None]})
 
   state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
-                            data_keys=run.data_keys, log=run.log, desc=config.method, hooks=[boosting_hook])
+                            data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method, hooks=[boosting_hook])
   like = {**_member(state), "sample_weights": state.extra["sample_weights"][0]}
   members, metas = checkpoints.load_members(members_dir, like)
   alphas = [meta["alpha"] for meta in metas]

@@ -16,7 +16,7 @@ def validate(config: Any) -> None:
 
 def train_and_evaluate(config: Any, workdir: str) -> dict:
   run = common.build_run(config, workdir)
-  state = train_lib.init_state(run.model, run.tx, run.init_key, config.num_members, run.data.image_shape)
+  state = common.init_members(run, config.num_members)
   state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
-                            data_keys=run.data_keys, log=run.log, desc=config.method)
+                            data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method)
   return common.results(run, state, info, common.evaluate(run, state))

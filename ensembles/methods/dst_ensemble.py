@@ -28,7 +28,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   s = config.sparse
   run = common.build_run(config, workdir, sparse_training=True)
   inner = run.inner_tx
-  state = train_lib.init_state(run.model, run.tx, run.init_key, config.num_members, run.data.image_shape)
+  state = common.init_members(run, config.num_members)
   plan = sparse.make_plan(members_lib.member(state.params, 0), s.sparsity, s.density_rule)
   state = sparse_common.init_member_masks(state, inner, plan, s.init_rule, jax.random.fold_in(run.init_key, 1))
   static = config.method == "static_sparse_ensemble"
@@ -41,7 +41,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
         crop_padding=config.augment.crop_padding, flip=config.augment.flip)
     hooks.append(sparse_common.topology_hook(update, s, total_steps))
   state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
-                            data_keys=run.data_keys, log=run.log, desc=config.method, hooks=hooks)
+                            data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method, hooks=hooks)
   densities = sparse.density_of(state.opt_state.masks)
   rule = "static" if static else ("rigl" if s.growth == "gradient" else "set")
   flops = common.flops_summary(run, config.num_members, info["steps"], densities, rule, s.update_every)

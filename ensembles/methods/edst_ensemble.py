@@ -85,7 +85,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   inner = run.inner_tx
   steps_per_epoch = len(run.data.y_train) // t.batch_size
   total_steps = t.epochs * steps_per_epoch
-  state = train_lib.init_state(run.model, run.tx, run.init_key, 1, run.data.image_shape)
+  state = common.init_members(run, 1)
   plan = sparse.make_plan(members_lib.member(state.params, 0), s.sparsity, s.density_rule)
   state = sparse_common.init_member_masks(state, inner, plan, s.init_rule, jax.random.fold_in(run.init_key, 1))
 
@@ -115,7 +115,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     return state
 
   state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
-                            data_keys=run.data_keys, log=run.log, desc=config.method, hooks=[phase_hook])
+                            data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method, hooks=[phase_hook])
   tickets, _ = checkpoints.load_members(tickets_dir, _ticket(state))
   ensemble = common.collected_ensemble(run, tickets)
   densities = sparse.density_of(tickets["masks"])

@@ -31,14 +31,14 @@ def predictor(run: common.Run):
   (also used by `experiments.evaluate` on a saved run)."""
   return train_lib.make_mc_predict(run.model, num_passes=run.config.mc_dropout.num_passes,
                                    key=jax.random.fold_in(run.init_key, 3), execution=run.execution,
-                                   mean=run.data.mean, std=run.data.std)
+                                   mean=run.data.mean, std=run.data.std, mesh=run.mesh)
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict:
   run = common.build_run(config, workdir)
-  state = train_lib.init_state(run.model, run.tx, run.init_key, 1, run.data.image_shape)
+  state = common.init_members(run, 1)
   state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
-                            data_keys=run.data_keys, log=run.log, desc=config.method)
+                            data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method)
   t = config.mc_dropout.num_passes
   run.predict = predictor(run)
   flops = common.flops_summary(run, 1, info["steps"])

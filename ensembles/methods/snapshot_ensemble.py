@@ -41,7 +41,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   m = config.num_members
   schedule = lambda total, spe: cyclic_cosine(config.training.lr, total, m)
   run = common.build_run(config, workdir, num_members=1, schedule=schedule)
-  state = train_lib.init_state(run.model, run.tx, run.init_key, 1, run.data.image_shape)
+  state = common.init_members(run, 1)
   total_steps = config.training.epochs * (len(run.data.y_train) // config.training.batch_size)
   ends = {step: k for k, step in enumerate(cbnn.segment_ends(total_steps, m))}
   members_dir = os.path.join(workdir, "members")
@@ -54,7 +54,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     return state
 
   state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
-                            data_keys=run.data_keys, log=run.log, desc=config.method, hooks=[snapshot_hook])
+                            data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method, hooks=[snapshot_hook])
   like = {"params": members_lib.member(state.params, 0), "model_state": members_lib.member(state.model_state, 0)}
   members, _ = checkpoints.load_members(members_dir, like)
   ensemble = common.collected_ensemble(run, members)

@@ -66,13 +66,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   parent_cfg = _phase_config(config, parent_epochs)
   parent_dir = os.path.join(workdir, "parent")
   run_p = common.build_run(parent_cfg, parent_dir, num_members=1)
-  state = train_lib.init_state(run_p.model, run_p.tx, run_p.init_key, 1, run_p.data.image_shape)
+  state = common.init_members(run_p, 1)
   layer_order = [c.path for c in flops_lib.layer_costs(run_p.model, run_p.data.image_shape)]
   # fail before training the parent if the model cannot be split (e.g. fewer units than children)
   subnetworks.partition_masks(members_lib.member(state.params, 0), m, s.granularity, s.share_input_output,
                               layer_order=layer_order)
   state, info_p = trainer.fit(state, run_p.train_step, run_p.predict, run_p.data, parent_cfg, parent_dir,
-                              data_keys=run_p.data_keys, log=run_p.log, desc="parent")
+                              data_keys=run_p.data_keys, mesh=run_p.mesh, log=run_p.log, desc="parent")
   parent_params = members_lib.member(state.params, 0)
   parent_model_state = members_lib.member(state.model_state, 0)
   masks = subnetworks.partition_masks(parent_params, m, s.granularity, s.share_input_output, s.score,
@@ -81,13 +81,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   child_cfg = _phase_config(config, child_epochs)
   child_dir = os.path.join(workdir, "children")
   run = common.build_run(child_cfg, child_dir, sparse_training=True, key_salt=1)  # not the parent's streams
-  children = train_lib.init_state(run.model, run.tx, run.init_key, m, run.data.image_shape)
+  children = common.init_members(run, m)
   params = jax.tree.map(lambda p, k: jnp.where(k, p[None], 0.0), parent_params, masks)
   opt_state = jax.vmap(lambda p, k: sparse.SparseState(k, run.inner_tx.init(p)))(params, masks)
   children = children.replace(params=params, opt_state=opt_state,
                               model_state=jax.tree.map(lambda x: jnp.stack([x] * m), parent_model_state))
   children, info_c = trainer.fit(children, run.train_step, run.predict, run.data, child_cfg, child_dir,
-                                 data_keys=run.data_keys, log=run.log, desc="children")
+                                 data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc="children")
 
   masks = children.opt_state.masks  # the arrays passed in were donated to the train step
   densities = sparse.density_of(masks)

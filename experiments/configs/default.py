@@ -13,7 +13,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.method = "deep_ensemble"      # one of ensembles.methods.METHODS
   c.num_members = 4               # M, ensemble size (members trained in one compiled step)
   c.seed = 0                      # run seed: member init keys, augmentation, data order
-  c.member_execution = "auto"     # auto | vmap | loop | map (see ensembles/members.py)
+  c.member_execution = "auto"     # auto | vmap | loop | map | sharded (see ensembles/members.py)
+
+  c.mesh = ml_collections.ConfigDict()  # devices (README "Running at scale"); 1 device: no effect
+  c.mesh.members = 0              # devices along the member axis; 0 = the most (<= devices / data) dividing M
+  c.mesh.data = 1                 # data-parallel replicas per member: each member's batch split over them
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "fashion_mnist"  # fashion_mnist (offline IDX files) | cifar10 | cifar100 | svhn_cropped | mnist

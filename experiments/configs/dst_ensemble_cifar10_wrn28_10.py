@@ -28,5 +28,8 @@ def get_config():
   c.training.decay_factor = 0.1
   c.sparse.update_every = 1000
   c.eval_batch_size = 500
+  c.evaluation.ood_datasets = ("cifar100", "svhn_cropped")  # DESIGN §4 (prepare them with `tfds build`)
+  c.evaluation.corruptions = ("all",)                       # tfds cifar10_corrupted, 19 types x 5 severities
+  c.evaluation.corruption_examples = 0                      # all 10,000 images per set
   c.checkpoint_every_steps = 2000
   return c

@@ -1,0 +1,106 @@
+"""Scale-out on forced host devices: every method family trained on a (members x data) mesh equals
+the same run on one device; M or batch sizes that do not divide over the mesh get clear errors.
+
+XLA_FLAGS must be set before jax starts, so each check runs in a subprocess with 8 CPU devices.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = textwrap.dedent("""
+    import importlib, json, sys, tempfile
+    import jax, ml_collections, numpy as np
+    sys.path.insert(0, "tests")
+    from conftest import make_dataset, tiny_config
+    from ensembles.methods import common
+    from experiments import runner
+    assert jax.device_count() == 8, jax.devices()
+    dataset = make_dataset(n_train=128, n_val=16, n_test=32)
+    common.data_lib.load_dataset = lambda _: dataset
+
+    def config(module, overrides):
+      c = importlib.import_module(f"experiments.configs.{module}").get_config()
+      tiny = tiny_config()
+      for block in ("dataset", "training", "evaluation"):
+        c[block].update(tiny[block])
+      c.model.hidden = (16,)
+      c.log_every_steps, c.checkpoint_every_steps, c.eval_batch_size = 2, 4, 16
+      for k, v in overrides.items():
+        if k == "model":
+          c.model = ml_collections.ConfigDict(v)
+          continue
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+          node = node[p]
+        node[last] = tuple(v) if isinstance(v, list) else v
+      return c
+
+    out = {}
+    for name, module, overrides in json.loads(sys.argv[1]):
+      try:
+        res = {}
+        for layout in ("one_device", "mesh"):
+          cfg = config(module, overrides)
+          if layout == "one_device":
+            cfg.mesh.members, cfg.mesh.data = 1, 1
+          res[layout] = runner.run(cfg, tempfile.mkdtemp())
+        a, b = res["one_device"]["test"], res["mesh"]["test"]
+        close = np.allclose([m["nll"] for m in a["members"]], [m["nll"] for m in b["members"]], rtol=1e-4)
+        out[name] = {"equal": bool(close), "mesh": res["mesh"]["mesh"], "execution": res["mesh"]["member_execution"],
+                     "nll": [a["ensemble"]["nll"], b["ensemble"]["nll"]]}
+      except Exception as err:
+        out[name] = {"error": f"{type(err).__name__}: {err}"}
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def _run(cases):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.split("RESULT ", 1)[1])
+
+
+def test_every_method_family_on_a_mesh_equals_one_device():
+  cases = [
+      # members x data layouts of a deep ensemble (dropout and augmentation: random streams must match)
+      ("8x1", "deep_ensemble", {"num_members": 8, "mesh.data": 1, "member_execution": "vmap",
+                                "model.dropout_rate": 0.1, "augment.crop_padding": 1}),
+      ("4x2", "deep_ensemble", {"num_members": 4, "mesh.data": 2, "model.dropout_rate": 0.1, "augment.flip": True}),
+      # BatchNorm: statistics over the data axis only; reduced across members they would differ
+      ("2x4_batchnorm", "deep_ensemble", {"num_members": 2, "mesh.data": 4, "model": {"name": "resnet", "depth": 8}}),
+      ("dst_2x2", "dst_ensemble", {"num_members": 2, "mesh.data": 2, "sparse.update_every": 2}),
+      ("edst_1x2", "edst_ensemble", {"num_members": 2, "mesh.data": 2, "edst.exploration_epochs": 1,
+                                     "edst.refinement_epochs": 1, "training.epochs": 3, "sparse.update_every": 2}),
+      ("subnetwork_2x2", "subnetwork_ensemble", {"num_members": 2, "mesh.data": 2, "training.epochs": 2}),
+      ("cbnn_1x4", "cbnn", {"num_members": 2, "mesh.data": 4}),
+      ("snapshot_1x2", "snapshot_ensemble", {"num_members": 2, "mesh.data": 2, "training.epochs": 2}),
+      ("mc_dropout_1x2", "mc_dropout", {"mesh.data": 2}),
+  ]
+  out = _run(cases)
+  for name, *_ in cases:
+    assert out[name].get("equal"), (name, out[name])
+  assert out["8x1"]["mesh"] == {"members": 8, "data": 1}
+  assert out["4x2"]["mesh"] == {"members": 4, "data": 2} and out["4x2"]["execution"] == "vmap"
+  assert out["2x4_batchnorm"]["mesh"] == {"members": 2, "data": 4}
+
+
+def test_layouts_that_do_not_divide_are_refused():
+  out = _run([
+      ("m_not_divisible", "deep_ensemble", {"num_members": 3, "mesh.members": 2}),
+      ("batch_not_divisible", "deep_ensemble", {"num_members": 2, "mesh.data": 3, "training.batch_size": 32}),
+      ("too_many_devices", "deep_ensemble", {"num_members": 4, "mesh.members": 4, "mesh.data": 4}),
+      ("sharded_with_data", "deep_ensemble", {"num_members": 4, "mesh.data": 2, "member_execution": "sharded"}),
+      ("auto_members", "deep_ensemble", {"num_members": 3, "mesh.data": 2}),  # 0 = the most devices dividing M
+  ])
+  assert "num_members (3) must be divisible by mesh.members (2)" in out["m_not_divisible"]["error"]
+  assert "training.batch_size (32, per member) must be divisible by mesh.data (3)" in out["batch_not_divisible"]["error"]
+  assert "needs 16 devices; 8 are available" in out["too_many_devices"]["error"]
+  assert "member_execution='sharded' splits members only" in out["sharded_with_data"]["error"]
+  assert out["auto_members"]["mesh"] == {"members": 3, "data": 2} and out["auto_members"]["equal"]
