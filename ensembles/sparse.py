@@ -169,20 +169,40 @@ def density_of(masks: PyTree) -> dict[str, float]:
   return {jax.tree_util.keystr(p): float(jnp.mean(m)) for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
 
 
-def _select_top(score: jax.Array, eligible: jax.Array, k: jax.Array, max_k: int) -> jax.Array:
-  """Mask of the k highest-``score`` eligible positions (all eligible ones if fewer), k <= max_k.
+def _order_key(score: jax.Array) -> jax.Array:
+  """uint32 keys with the order of the float32 scores (IEEE bits, sign-flipped for negatives;
+  −0 counts as +0, so the two zeros tie as they compare)."""
+  score = score.astype(jnp.float32)
+  bits = jax.lax.bitcast_convert_type(jnp.where(score == 0, jnp.float32(0), score), jnp.uint32)
+  return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
 
-  One `lax.top_k` with the static ``max_k`` (much cheaper than a full sort when max_k << n);
+
+def _select_top(score: jax.Array, eligible: jax.Array, k: jax.Array, max_k: int) -> jax.Array:
+  """Mask of the min(k, max_k) highest-``score`` eligible positions (all eligible ones if fewer);
   ties go to the lower index. ``score`` must be finite on eligible positions.
+
+  Exact selection without sorting: the k-th largest order key T is found bit by bit (32 passes of
+  compare-and-count, T = max{t : #{key >= t} >= k}); then every key > T is taken, plus the first
+  k − #{key > T} positions with key = T. On XLA:CPU this is about 2.5x faster than `lax.top_k`
+  for a 400k-weight layer (benchmarks/sparse_overhead.py).
   """
-  values, index = jax.lax.top_k(jnp.where(eligible, score, -jnp.inf), max_k)
-  take = (jnp.arange(max_k) < k) & (values > -jnp.inf)
-  return jnp.zeros(score.shape, bool).at[index].set(take)
+  key = jnp.where(eligible, _order_key(score), jnp.uint32(0))  # eligible keys are all > 0
+  k = jnp.minimum(jnp.asarray(k, jnp.int32), max_k)
+
+  def refine(i, t):
+    candidate = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    return jnp.where(jnp.sum(key >= candidate, dtype=jnp.int32) >= k, candidate, t)
+
+  threshold = jax.lax.fori_loop(0, 32, refine, jnp.uint32(0))
+  above = key > threshold
+  tied = (key == threshold) & eligible
+  take = above | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= k - jnp.sum(above, dtype=jnp.int32)))
+  return take & eligible & (k > 0)
 
 
 def prune_and_grow_layer(key: jax.Array, weight: jax.Array, mask: jax.Array, grad: jax.Array | None,
                          drop_fraction: jax.Array | float, growth: str = "random",
-                         allow_regrow: bool = False, max_k: int | None = None
+                         allow_regrow: bool = False, max_k: int | None = None, active: int | None = None
                          ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One topology update of one layer; returns (weight, mask, grown).
 
@@ -191,8 +211,9 @@ def prune_and_grow_layer(key: jax.Array, weight: jax.Array, mask: jax.Array, gra
   largest |grad| of the effective weight). With fewer than k such positions, the rest are taken
   from the just-pruned ones so the count stays constant; ``allow_regrow`` makes just-pruned
   positions ordinary candidates (reference behaviour). Grown weights start at 0.
-  ``drop_fraction`` may be traced; the static ``max_k`` (default: the layer size) bounds k and sets
-  the size of the top-k selections.
+  ``drop_fraction`` may be traced; the static ``max_k`` (default: the layer size) bounds k. With the
+  static number of ``active`` weights (a plan's count), the fill from just-pruned positions is left
+  out when the inactive ones always suffice (n − active >= max_k), saving a third of the work.
   """
   shape = weight.shape
   w, m = weight.ravel(), mask.ravel()
@@ -208,7 +229,8 @@ def prune_and_grow_layer(key: jax.Array, weight: jax.Array, mask: jax.Array, gra
   else:
     raise ValueError(f"sparse.growth must be one of {GROWTH_RULES}, got {growth!r}.")
   grown = _select_top(score, ~m | pruned if allow_regrow else ~m, k, max_k)
-  if not allow_regrow:  # too few inactive positions: the rest from the just-pruned ones
+  fill_possible = active is None or w.size - active < max_k
+  if not allow_regrow and fill_possible:  # too few inactive positions: the rest from the just-pruned ones
     grown = grown | _select_top(score, pruned, k - jnp.sum(grown), max_k)
   new_mask = (m & ~pruned) | grown
   new_w = jnp.where(new_mask & ~grown, w, 0.0)
@@ -233,8 +255,9 @@ def prune_and_grow(key: jax.Array, params: PyTree, masks: PyTree, grads: PyTree 
   out_w, out_m, out_g = [], [], []
   for k, (path, w), m, g in zip(keys, leaves, mask_leaves, grad_leaves):
     if plan.is_sparse(path):
-      max_k = math.ceil(max_drop_fraction * plan.counts[jax.tree_util.keystr(path)])
-      w, m, grown = prune_and_grow_layer(k, w, m, g, drop_fraction, growth, allow_regrow, max_k)
+      count = plan.counts[jax.tree_util.keystr(path)]
+      max_k = math.ceil(max_drop_fraction * count)
+      w, m, grown = prune_and_grow_layer(k, w, m, g, drop_fraction, growth, allow_regrow, max_k, active=count)
     else:
       grown = jnp.zeros(w.shape, bool)
     out_w.append(w)

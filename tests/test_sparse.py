@@ -198,3 +198,22 @@ def test_drop_fraction_schedules():
 def test_bad_input_is_named(call, message):
   with pytest.raises(ValueError, match=message):
     call()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_select_top_equals_a_stable_sort(seed):
+  """The sort-free selection picks exactly what a stable descending sort would (ties: lower index)."""
+  rng = np.random.default_rng(seed)
+  n = 3000
+  score = np.round(rng.normal(size=n), 1 if seed % 2 else 4).astype(np.float32)  # many ties when rounded
+  score[rng.random(n) < 0.05] = 0.0
+  score[rng.random(n) < 0.05] = -0.0  # the two zeros compare equal: they tie, lower index first
+  eligible = rng.random(n) < 0.4
+  for k in (0, 1, 7, 300, int(eligible.sum()), int(eligible.sum()) + 10):
+    order = np.argsort(-np.where(eligible, score, -np.inf), kind="stable")
+    expected = np.zeros(n, bool)
+    expected[order[:min(k, int(eligible.sum()))]] = True
+    got = np.asarray(sparse._select_top(jnp.asarray(score), jnp.asarray(eligible), jnp.int32(k), n))
+    np.testing.assert_array_equal(got, expected)
+    capped = np.asarray(sparse._select_top(jnp.asarray(-score), jnp.asarray(eligible), jnp.int32(k), 5))
+    assert capped.sum() == min(k, 5, int(eligible.sum())) and not (capped & ~eligible).any()
