@@ -83,13 +83,13 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, uninterrupted, mod
   if mode == "sigterm":
     assert "SIGTERM received: saved the checkpoint of step 5/16" in first.stdout
   assert not os.path.exists(tmp_path / "results.json")
+  # killed mid-write, Orbax leaves step 6 in a temporary folder that is never listed (if the write
+  # had finished first, step 6 would be complete and used)
+  partial = any(name.startswith("6.") and "tmp" in name for name in os.listdir(tmp_path / "checkpoints"))
+  resumed_from = {"kill_in_save": 3 if partial else 6, "kill_at_step": 3, "sigterm": 5}[mode]
   second = _train(tmp_path)
   assert second.returncode == 0 and "FINISHED" in second.stdout, second.stderr[-3000:]
-  resumed_from = {"kill_in_save": None, "kill_at_step": 3, "sigterm": 5}[mode]
-  if resumed_from is not None:
-    assert f"Resuming from step {resumed_from}/16" in second.stderr
-  else:  # the interrupted write is either complete (6) or ignored (3); both resume exactly
-    assert "Resuming from step 6/16" in second.stderr or "Resuming from step 3/16" in second.stderr
+  assert f"Resuming from step {resumed_from}/16" in second.stderr
   np.testing.assert_allclose(_member_nll(tmp_path), uninterrupted, rtol=1e-6)
 
 
