@@ -12,8 +12,8 @@ Execution modes (``member_map(fn, mode)``):
   * ``sharded``: the member axis is split over all devices with `jax.shard_map` (mesh axis
     ``members``); each device runs its M / n_devices members with the single-device rule below.
   * ``auto``: ``sharded`` when there are several devices and they divide M; otherwise ``vmap``,
-    except on CPU for models with convolutions, where ``loop`` is used (measured in
-    `benchmarks/member_throughput.py`, see README "Performance").
+    except on CPU for models with convolutions, where ``loop`` is used
+    (measured in `benchmarks/member_throughput.py`, see README "Performance").
 All modes compute the same function; tests check they agree.
 
 Scale-out (`make_mesh`): a device mesh (``members`` x ``data``) on which the train step's arrays are
@@ -61,8 +61,11 @@ def num_members(tree: PyTree) -> int:
   return sizes.pop()
 
 
-def single_device_execution(has_conv: bool, backend: str | None = None) -> str:
-  """The measured-best mode on one device: ``loop`` for conv models on CPU, else ``vmap``."""
+def single_device_execution(has_conv: bool, backend: str | None = None, num_members: int | None = None) -> str:
+  """The measured-best mode on one device: ``loop`` for conv models on CPU, else ``vmap``
+  (benchmarks/member_throughput.py; README "Performance"). ``num_members`` is not used by the rule:
+  for MLPs on CPU the ranking of vmap and loop at M = 2 flipped between runs."""
+  del num_members
   backend = backend or jax.default_backend()
   return "loop" if (backend == "cpu" and has_conv) else "vmap"
 
@@ -87,7 +90,7 @@ def resolve_execution(mode: str, has_conv: bool, backend: str | None = None, num
     return mode
   if num_devices > 1 and num_members % num_devices == 0:
     return "sharded"
-  return single_device_execution(has_conv, backend)
+  return single_device_execution(has_conv, backend, num_members)
 
 
 def make_mesh(members: int = 0, data: int = 1, devices=None, num_members: int | None = None) -> jax.sharding.Mesh:

@@ -37,6 +37,7 @@ def test_member_map_modes_agree(mode):
 def test_resolve_execution():
   assert members.resolve_execution("auto", has_conv=True, backend="cpu", num_devices=1) == "loop"
   assert members.resolve_execution("auto", has_conv=False, backend="cpu", num_devices=1) == "vmap"
+  assert members.resolve_execution("auto", has_conv=False, backend="cpu", num_members=4, num_devices=1) == "vmap"
   assert members.resolve_execution("auto", has_conv=True, backend="gpu", num_devices=1) == "vmap"
   assert members.resolve_execution("auto", has_conv=True, backend="tpu", num_members=8, num_devices=4) == "sharded"
   assert members.resolve_execution("auto", has_conv=True, backend="cpu", num_members=3, num_devices=2) == "loop"
