@@ -62,6 +62,29 @@ def tiny_config(**overrides):
   return c
 
 
+def method_config(module, hidden=(32,), **overrides):
+  """A shipped method config (a module of experiments/configs) shrunk like `tiny_config`: its
+  dataset, training and evaluation blocks, a small MLP (``hidden``), frequent logs and checkpoints.
+  ``overrides``: dotted fields; a "model" dict replaces the model block."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c = module.get_config()
+  tiny = tiny_config()
+  for block in ("dataset", "training", "evaluation"):
+    c[block].update(tiny[block])
+  c.model.hidden = hidden
+  c.log_every_steps, c.checkpoint_every_steps, c.eval_batch_size = 2, 4, 50
+  for key, value in overrides.items():
+    if key == "model":
+      c.model = ml_collections.ConfigDict(value)
+      continue
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = tuple(value) if isinstance(value, list) else value
+  return c
+
+
 @pytest.fixture
 def fake_data(monkeypatch):
   """A tiny synthetic dataset that every method's `load_dataset` call returns."""

@@ -9,22 +9,11 @@ from ensembles import checkpoints, config as config_lib, metrics, trainer
 from ensembles.methods import cbnn, common, snapshot_ensemble
 from experiments.configs import cbnn as cbnn_config
 from experiments.configs import snapshot_ensemble as snapshot_config
-from conftest import tiny_config
+from conftest import method_config
 
 
 def _cfg(module, **overrides):
-  c = module.get_config()
-  tiny = tiny_config()
-  c.evaluation.update(tiny.evaluation)
-  for block in ("dataset", "training"):
-    c[block].update(tiny[block])
-  c.model.hidden = (32,)
-  c.training.epochs = 3
-  c.log_every_steps, c.checkpoint_every_steps, c.eval_batch_size = 2, 4, 50
-  for key, value in overrides.items():
-    block, name = key.split(".") if "." in key else (None, key)
-    (c[block] if block else c)[name] = value
-  return c
+  return method_config(module, **{"training.epochs": 3, **overrides})
 
 
 def test_segment_ends():

@@ -16,7 +16,7 @@ from experiments import runner
 from experiments.configs import cbnn as cbnn_config
 from experiments.configs import edst_ensemble as edst_config
 from experiments.configs import mc_dropout as mc_config
-from conftest import make_dataset, requires_fashion_mnist, tiny_config
+from conftest import make_dataset, method_config, requires_fashion_mnist, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,17 +99,9 @@ def test_bad_evaluation_settings_are_named(field, value, message):
 
 
 def _method_config(module, **overrides):
-  c = module.get_config()
-  tiny = tiny_config()
-  for block in ("dataset", "training", "evaluation"):
-    c[block].update(tiny[block])
-  c.model.hidden = (16,)
-  c.log_every_steps, c.checkpoint_every_steps, c.eval_batch_size = 2, 4, 50
+  c = method_config(module, hidden=(16,), **overrides)
   c.evaluation.update(ood_datasets=("digits",), resize_ood=True, corruptions=("contrast",),
                       corruption_severities=(3,), corruption_examples=16)
-  for key, value in overrides.items():
-    block, name = key.split(".")
-    c[block][name] = value
   return c
 
 

@@ -8,7 +8,7 @@ from ensembles import config as config_lib, metrics, train
 from ensembles.methods import common, mc_dropout
 from ensembles.models import build_model
 from experiments.configs import mc_dropout as mc_config
-from conftest import make_dataset, tiny_config
+from conftest import make_dataset, method_config
 
 
 def test_mc_predict_passes_differ_and_deterministic_predict_does_not(tiny_dataset):
@@ -29,17 +29,7 @@ def test_mc_predict_passes_differ_and_deterministic_predict_does_not(tiny_datase
 
 
 def _cfg(**overrides):
-  c = mc_config.get_config()
-  tiny = tiny_config()
-  c.evaluation.update(tiny.evaluation)
-  for block in ("dataset", "training"):
-    c[block].update(tiny[block])
-  c.model.hidden = (32,)
-  c.log_every_steps, c.checkpoint_every_steps, c.eval_batch_size = 2, 4, 50
-  for k, v in overrides.items():
-    block, name = k.split(".") if "." in k else (None, k)
-    (c[block] if block else c)[name] = v
-  return c
+  return method_config(mc_config, **overrides)
 
 
 def test_method_reports_the_mean_of_the_passes(tmp_path, monkeypatch):

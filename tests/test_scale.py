@@ -13,9 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent("""
     import importlib, json, sys, tempfile
-    import jax, ml_collections, numpy as np
+    import jax, numpy as np
     sys.path.insert(0, "tests")
-    from conftest import make_dataset, tiny_config
+    from conftest import make_dataset, method_config
     from ensembles.methods import common
     from experiments import runner
     assert jax.device_count() == 8, jax.devices()
@@ -23,21 +23,8 @@ SCRIPT = textwrap.dedent("""
     common.data_lib.load_dataset = lambda _: dataset
 
     def config(module, overrides):
-      c = importlib.import_module(f"experiments.configs.{module}").get_config()
-      tiny = tiny_config()
-      for block in ("dataset", "training", "evaluation"):
-        c[block].update(tiny[block])
-      c.model.hidden = (16,)
-      c.log_every_steps, c.checkpoint_every_steps, c.eval_batch_size = 2, 4, 16
-      for k, v in overrides.items():
-        if k == "model":
-          c.model = ml_collections.ConfigDict(v)
-          continue
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-          node = node[p]
-        node[last] = tuple(v) if isinstance(v, list) else v
+      c = method_config(importlib.import_module(f"experiments.configs.{module}"), hidden=(16,), **overrides)
+      c.eval_batch_size = 16
       return c
 
     out = {}
