@@ -138,10 +138,10 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
     for step in range(start, total_steps):
       epoch, position = divmod(step, steps_per_epoch)
       if indices_epoch != epoch:
-        indices = train_lib.epoch_indices(data_keys, epoch, len(data.y_train), t.batch_size,
-                                          t.shared_data_order)
+        indices = np.asarray(train_lib.epoch_indices(data_keys, epoch, len(data.y_train), t.batch_size,
+                                                     t.shared_data_order))  # [M, steps, B] on the host
         indices_epoch = epoch
-      idx = members_lib.put(np.asarray(indices[:, position]), mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
+      idx = members_lib.put(indices[:, position], mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
       state, step_metrics = train_step(state, images, labels, idx)
       history.append(step_metrics)
       done = step + 1

@@ -103,7 +103,7 @@ def collected_ensemble(run: Run, members: Any) -> train_lib.TrainState:
   run.mesh, run.execution = mesh_and_execution(run.config, run.model, m)
   run.predict = train_lib.make_predict(run.model, execution=run.execution, mean=run.data.mean, std=run.data.std,
                                        mesh=run.mesh)
-  members = members_lib.put(members, run.mesh, members_lib.MEMBER_AXIS)
+  members = members_lib.place(members, run.mesh, members_lib.MEMBER_AXIS)
   return train_lib.TrainState(step=jnp.zeros(m, jnp.int32), params=members["params"],
                               model_state=members["model_state"], opt_state=None, rng=jnp.zeros((m, 2), jnp.uint32))
 
