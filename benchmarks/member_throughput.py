@@ -94,7 +94,7 @@ class Bench:
   def time_step(self, m, execution, min_time, mesh=None):
     state, step, idx = self.state_and_step(m, execution, mesh)
     if mesh is not None:
-      idx = members_lib.put(np.asarray(idx), mesh, members_lib.MEMBER_AXIS)
+      idx = members_lib.place(np.asarray(idx), mesh, members_lib.MEMBER_AXIS)
     box = [state]
 
     def run():
@@ -119,7 +119,7 @@ class Bench:
 def member_mesh(m):
   """All devices on the ``members`` axis (the mesh the library builds); None if M is not divisible.
   Inputs must be laid out on this same mesh: arrays sharded over another mesh object of the same
-  devices made the shard_map step 6x slower here."""
+  devices made the shard_map step several times slower here."""
   devices = jax.devices()
   if len(devices) < 2 or m % len(devices):
     return None

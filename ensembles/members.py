@@ -154,10 +154,12 @@ def constrain(tree: PyTree, mesh: jax.sharding.Mesh | None, *axes: str | None) -
 
 
 def place(tree: PyTree, mesh: jax.sharding.Mesh | None, *axes: str | None) -> PyTree:
-  """Any arrays (host, one device, or global with another layout) laid out as `sharding`(mesh, *axes);
-  leaves already laid out so are kept. Identity without a distributed mesh."""
+  """Arrays (host, one device, or global with another layout) laid out as `sharding`(mesh, *axes);
+  leaves already laid out so are kept. Host arrays become global arrays of which each process builds
+  only its own devices' shards (`jax.make_array_from_callback`: per-host input, also across hosts).
+  Without a distributed mesh: `jax.device_put`."""
   if not is_distributed(mesh):
-    return tree
+    return jax.device_put(tree)
   target = sharding(mesh, *axes)
 
   def one(x):
@@ -165,21 +167,6 @@ def place(tree: PyTree, mesh: jax.sharding.Mesh | None, *axes: str | None) -> Py
       return x
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       return jax.device_put(x, target)
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
-
-  return jax.tree.map(one, tree)
-
-
-def put(tree: PyTree, mesh: jax.sharding.Mesh | None, *axes: str | None) -> PyTree:
-  """Host arrays -> global arrays laid out as `sharding`(mesh, *axes). Each process builds only the
-  shards of its own devices from its host copy (per-host input), so this also works across hosts;
-  without a distributed mesh it is `jax.device_put`."""
-  if not is_distributed(mesh):
-    return jax.device_put(tree)
-  target = sharding(mesh, *axes)
-
-  def one(x):
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
 

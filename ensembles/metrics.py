@@ -118,8 +118,9 @@ def evaluate_ensemble(member_probs: np.ndarray, labels: np.ndarray,
   "diversity": {"disagreement", "kl"}}.
   """
   member_probs = np.asarray(member_probs, np.float64)
-  if member_probs.ndim != 3 or member_probs.shape[1] != len(labels):
-    raise ValueError(f"member_probs must be [M, N, K] with N = {len(labels)}, got {member_probs.shape}.")
+  if member_probs.ndim != 3 or member_probs.shape[1] != len(labels) or 0 in member_probs.shape:
+    raise ValueError(f"member_probs must be [M, N, K] with N = {len(labels)} labels and M, N, K >= 1, got "
+                     f"{member_probs.shape}.")
   ens = combine_probs(member_probs, weights, combine)
   out = {
       "ensemble": {**predictive_metrics(ens, labels), "per_class_accuracy": per_class_accuracy(ens, labels),

@@ -183,8 +183,8 @@ def _select_top(score: jax.Array, eligible: jax.Array, k: jax.Array, max_k: int)
 
   Exact selection without sorting: the k-th largest order key T is found bit by bit (32 passes of
   compare-and-count, T = max{t : #{key >= t} >= k}); then every key > T is taken, plus the first
-  k − #{key > T} positions with key = T. On XLA:CPU this is about 2.5x faster than `lax.top_k`
-  for a 400k-weight layer (benchmarks/sparse_overhead.py).
+  k − #{key > T} positions with key = T. On XLA:CPU this beat `lax.top_k` for large layers
+  (topology-update cost in benchmarks/sparse_overhead.py, README).
   """
   key = jnp.where(eligible, _order_key(score), jnp.uint32(0))  # eligible keys are all > 0
   k = jnp.minimum(jnp.asarray(k, jnp.int32), max_k)

@@ -115,7 +115,7 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
                        f"asks for {total_steps}; use a new --workdir.")
     print(f"Resuming from step {start}/{total_steps} ({workdir}).", file=sys.stderr)
 
-  images, labels = members_lib.put((data.x_train, data.y_train), mesh)
+  images, labels = members_lib.place((data.x_train, data.y_train), mesh)
   last_saved = start if restored is not None else None
 
   def save(step):
@@ -141,7 +141,7 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
         indices = np.asarray(train_lib.epoch_indices(data_keys, epoch, len(data.y_train), t.batch_size,
                                                      t.shared_data_order))  # [M, steps, B] on the host
         indices_epoch = epoch
-      idx = members_lib.put(indices[:, position], mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
+      idx = members_lib.place(indices[:, position], mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
       state, step_metrics = train_step(state, images, labels, idx)
       history.append(step_metrics)
       done = step + 1

@@ -63,7 +63,8 @@ def test_mesh_on_one_device():
   assert dict(mesh.shape) == {"members": 1, "data": 1} and not members.is_distributed(mesh)
   members.check_layout(mesh, 3, 7, 5)  # everything divides by 1
   tree = {"a": np.ones((3, 2))}
-  assert members.place(tree, mesh, "members") is tree  # no layout on one device
+  placed = members.place(tree, mesh, "members")  # on one device: just device_put
+  assert isinstance(placed["a"], jax.Array) and placed["a"].shape == (3, 2)
   with pytest.raises(ValueError, match=r"mesh.members=2 x mesh.data=1 needs 2 devices; 1 are available"):
     members.make_mesh(2, 1)
   with pytest.raises(ValueError, match="mesh.data must be an integer >= 1"):

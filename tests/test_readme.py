@@ -7,25 +7,26 @@ from conftest import requires_fashion_mnist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@requires_fashion_mnist
-def test_readme_python_example_runs():
+def _run_block(marker: str) -> dict:
+  """Executes the one README Python block containing ``marker``; returns its namespace."""
   text = open(os.path.join(ROOT, "README.md")).read()
-  blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-  assert blocks, "README has no Python example"
-  assert "train.make_train_step" in blocks[0]
+  blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if marker in b]
+  assert len(blocks) == 1, f"README has {len(blocks)} Python blocks with {marker!r}"
   namespace = {}
   exec(compile(blocks[0], "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  return namespace
+
+
+@requires_fashion_mnist
+def test_readme_python_example_runs():
+  namespace = _run_block("keys = jax.random.split(jax.random.PRNGKey(1), 4)")
   probs = namespace["probs"]
   assert probs.shape == (4, 10000, 10)
   assert (probs.argmax(-1) == namespace["ds"].y_test).mean() > 0.7
 
 
 def test_readme_sparse_example_runs():
-  text = open(os.path.join(ROOT, "README.md")).read()
-  blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "sparse.masked" in b]
-  assert len(blocks) == 1, "README's sparse example is missing"
-  namespace = {}
-  exec(compile(blocks[0], "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  namespace = _run_block("tx = sparse.masked(inner)")
   params, opt_state, plan = namespace["params"], namespace["opt_state"], namespace["plan"]
   import jax
   flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(opt_state.masks)[0]}
@@ -37,11 +38,7 @@ def test_readme_sparse_example_runs():
 
 @requires_fashion_mnist
 def test_readme_api_overview_runs():
-  text = open(os.path.join(ROOT, "README.md")).read()
-  blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "subnetworks.partition_masks" in b]
-  assert len(blocks) == 1, "README's API overview is missing"
-  namespace = {}
-  exec(compile(blocks[0], "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  namespace = _run_block("subnetworks.partition_masks")
   assert namespace["probs"].shape == (3, 500, 10)
   assert set(namespace["scores"]) == {"ensemble", "members", "diversity"}
   assert namespace["noisy"].shape == (100, 28, 28, 1)
