@@ -86,8 +86,9 @@ class Bench:
 
   def state_and_step(self, m, execution, mesh=None):
     state = train_lib.init_state(self.model, self.tx, jax.random.PRNGKey(0), m, self.shape, mesh)
+    execution = members_lib.Execution(execution, mesh, bool(self.model.has_conv))
     step = train_lib.make_train_step(self.model, self.tx, execution=execution, mean=self.mean, std=self.std,
-                                     batch_split=self.batch_split, mesh=mesh)
+                                     batch_split=self.batch_split)
     idx = jnp.tile(jnp.arange(self.batch, dtype=jnp.int32)[None], (m, 1))
     return state, step, idx
 

@@ -23,6 +23,7 @@ runs the same jitted step over all devices and hosts. With a ``data`` axis > 1 m
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import jax
@@ -141,6 +142,29 @@ def is_distributed(mesh: jax.sharding.Mesh | None) -> bool:
   return mesh is not None and mesh.size > 1
 
 
+def synchronous_steps(mesh: jax.sharding.Mesh | None) -> bool:
+  """True on a multi-device CPU mesh, where the trainer waits for each step before dispatching the
+  next. XLA:CPU runs the collectives of all its devices on one shared thread pool (as many threads
+  as cores); with more devices than cores, several queued steps can block every thread in a
+  rendezvous that the remaining devices never reach (measured: a deadlock after a few steps with 4
+  forced host devices on 2 cores and the full Fashion-MNIST training set). Accelerators keep
+  asynchronous dispatch."""
+  return is_distributed(mesh) and mesh.devices.flat[0].platform == "cpu"
+
+
+def to_host(tree: PyTree) -> PyTree:
+  """Numpy copies of ``tree``'s leaves; arrays spread over several hosts are gathered first
+  (`multihost_utils.process_allgather`), so every process reads the whole value."""
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+  return jax.tree.map(one, tree)
+
+
 def sharding(mesh: jax.sharding.Mesh, *axes: str | None) -> jax.sharding.NamedSharding:
   """NamedSharding over ``mesh`` splitting leading dimensions by ``axes`` (none: replicated)."""
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*axes))
@@ -174,27 +198,76 @@ def place(tree: PyTree, mesh: jax.sharding.Mesh | None, *axes: str | None) -> Py
 
 
 def member_map(fn: Callable[..., PyTree], mode: str, *, has_conv: bool = False,
-               mesh: jax.sharding.Mesh | None = None) -> Callable[..., PyTree]:
+               mesh: jax.sharding.Mesh | None = None, num_shared: int = 0) -> Callable[..., PyTree]:
   """Lifts ``fn`` (written for one member) to stacked arguments with a leading member axis.
 
-  All positional arguments must be stacked trees with the same M; outputs are stacked.
-  ``mode`` is a concrete mode (use `resolve_execution` for ``auto``). For ``sharded``, ``mesh``
-  (default: all devices) must have a ``members`` axis, and ``has_conv`` picks the per-device mode.
+  The first positional arguments are stacked trees with the same M; the last ``num_shared`` are
+  shared by all members (e.g. the training set) and passed to every member unchanged. Outputs are
+  stacked. ``mode`` is a concrete mode (use `resolve_execution` for ``auto``). For ``sharded``,
+  ``mesh`` (default: all devices) must have a ``members`` axis, shared arguments are replicated on
+  it, and ``has_conv`` picks the per-device mode.
   """
+
+  def split(args):
+    cut = len(args) - num_shared
+    return args[:cut], args[cut:]
+
   if mode == "vmap":
-    return jax.vmap(fn)
+    return lambda *args: jax.vmap(fn, in_axes=(0,) * (len(args) - num_shared) + (None,) * num_shared)(*args)
   if mode == "map":
-    return lambda *args: jax.lax.map(lambda a: fn(*a), args)
+
+    def mapped(*args):
+      stacked, shared = split(args)
+      return jax.lax.map(lambda a: fn(*a, *shared), stacked)
+
+    return mapped
   if mode == "loop":
 
     def looped(*args):
-      m = num_members(args)
-      return stack([fn(*member(args, i)) for i in range(m)])
+      stacked, shared = split(args)
+      return stack([fn(*member(stacked, i), *shared) for i in range(num_members(stacked))])
 
     return looped
   if mode == "sharded":
     mesh = mesh or member_mesh()
-    inner = member_map(fn, single_device_execution(has_conv, mesh.devices.flat[0].platform))
-    spec = jax.sharding.PartitionSpec(MEMBER_AXIS)
-    return jax.shard_map(inner, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+    inner = member_map(fn, single_device_execution(has_conv, mesh.devices.flat[0].platform), num_shared=num_shared)
+    spec, replicated = jax.sharding.PartitionSpec(MEMBER_AXIS), jax.sharding.PartitionSpec()
+
+    def sharded(*args):
+      # shared arguments enter as explicit replicated inputs: closed over, they would carry the
+      # outer (Auto) mesh into the shard_map body and fail there
+      in_specs = (spec,) * (len(args) - num_shared) + (replicated,) * num_shared
+      return jax.shard_map(inner, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)(*args)
+
+    return sharded
   raise ValueError(f"member_map needs a concrete mode from {EXECUTION_MODES[1:]}, got {mode!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+  """How the members of a run execute, carried as one value to every jitted function of the run
+  (train step, prediction, topology updates), so none can use another mode or mesh.
+
+  mode: a concrete mode (`resolve_execution`); mesh: the run's device mesh (None: one device);
+  has_conv: the model has convolutions (picks the per-device mode of ``sharded``).
+  """
+
+  mode: str
+  mesh: jax.sharding.Mesh | None = None
+  has_conv: bool = False
+
+  def __post_init__(self):
+    if self.mode not in EXECUTION_MODES[1:]:
+      raise ValueError(f"Execution needs a concrete mode from {EXECUTION_MODES[1:]}, got {self.mode!r}.")
+
+  def map(self, fn: Callable[..., PyTree], num_shared: int = 0) -> Callable[..., PyTree]:
+    """`member_map` of ``fn`` with this execution's mode, mesh and conv flag."""
+    return member_map(fn, self.mode, has_conv=self.has_conv, mesh=self.mesh, num_shared=num_shared)
+
+
+
+def as_execution(execution: "str | Execution", model: Any = None) -> Execution:
+  """``execution`` as an `Execution` (a concrete mode name gets no mesh and ``model``'s conv flag)."""
+  if isinstance(execution, Execution):
+    return execution
+  return Execution(execution, None, bool(getattr(model, "has_conv", False)))

@@ -161,24 +161,26 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
   return gradients
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, execution: str,
-                    mean: np.ndarray, std: np.ndarray, crop_padding: int = 0,
-                    flip: bool = False, batch_split: int = 1, mesh: jax.sharding.Mesh | None = None) -> Callable:
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
+                    execution: str | members_lib.Execution, mean: np.ndarray, std: np.ndarray,
+                    crop_padding: int = 0, flip: bool = False, batch_split: int = 1) -> Callable:
   """Returns ``train_step(state, images, labels, idx) -> (state, metrics)``, jitted.
 
   images [N, H, W, C] uint8 and labels [N] are the whole training set (shared by members, kept on
   device); idx [M, B] are each member's example indices for this step. metrics: {"loss",
-  "accuracy"}, each [M]. ``execution`` is a concrete member-execution mode; ``batch_split`` see
+  "accuracy"}, each [M], laid out like the members (no collective is needed to produce them).
+  ``execution``: a `members.Execution` (or a concrete mode name: one device); ``batch_split`` see
   `make_member_gradients`.
 
-  With a distributed ``mesh`` (`members.make_mesh`) the same step is laid out over the devices: the
+  With a distributed mesh (`members.make_mesh`) the same step is laid out over the devices: the
   state split over ``members``, idx [M, B] over ``members`` x ``data``, the training set replicated;
   XLA partitions the computation (a member's batch mean and BatchNorm statistics become reductions
   over ``data``). Random numbers are partitionable, so the result equals the one-device step.
   """
   gradients = make_member_gradients(model, mean=mean, std=std, crop_padding=crop_padding, flip=flip,
                                     batch_split=batch_split)
-  has_conv = getattr(model, "has_conv", False)
+  execution = members_lib.as_execution(execution, model)
+  mesh = execution.mesh
 
   def member_step(state: TrainState, idx: jax.Array, images: jax.Array, labels: jax.Array):
     grads, aux = gradients(state, idx, images, labels)
@@ -195,41 +197,39 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, execu
   def train_step(state, images, labels, idx):
     state = members_lib.constrain(state, mesh, members_axis)
     idx = members_lib.constrain(idx, mesh, members_axis, data_axis)
-    step_fn = lambda s, i: member_step(s, i, images, labels)
-    state, metrics = members_lib.member_map(step_fn, execution, has_conv=has_conv, mesh=mesh)(state, idx)
-    # metrics replicated: every host can read them for logging
-    return members_lib.constrain(state, mesh, members_axis), members_lib.constrain(metrics, mesh)
+    state, metrics = execution.map(member_step, num_shared=2)(state, idx, images, labels)
+    return members_lib.constrain((state, metrics), mesh, members_axis)
 
   return train_step
 
 
-def make_predict(model: nn.Module, *, execution: str, mean: np.ndarray, std: np.ndarray,
-                 mesh: jax.sharding.Mesh | None = None) -> Callable:
+def make_predict(model: nn.Module, *, execution: str | members_lib.Execution, mean: np.ndarray,
+                 std: np.ndarray) -> Callable:
   """Returns ``predict(params, model_state, images) -> probs [M, B, K]`` (eval mode, jitted).
 
   params / model_state are stacked [M, ...]; images [B, H, W, C] uint8 are shared by members.
-  With a distributed ``mesh`` the members run split over ``members`` and the images over ``data``;
-  the probabilities come back replicated (readable on every host).
+  On a distributed mesh (``execution.mesh``) the members run split over ``members`` and the images
+  over ``data``; the probabilities come back replicated (readable on every host).
   """
   mean, std = jnp.asarray(mean), jnp.asarray(std)
-  has_conv = getattr(model, "has_conv", False)
+  execution = members_lib.as_execution(execution, model)
+  mesh = execution.mesh
 
   @jax.jit
   def predict(params, model_state, images):
     params, model_state = members_lib.constrain((params, model_state), mesh, members_lib.MEMBER_AXIS)
     x = augment_lib.normalize(members_lib.constrain(images, mesh, members_lib.DATA_AXIS), mean, std)
 
-    def one(p, ms):
+    def one(p, ms, x):
       return jax.nn.softmax(model.apply({"params": p, **ms}, x, train=False))
 
-    return members_lib.constrain(
-        members_lib.member_map(one, execution, has_conv=has_conv, mesh=mesh)(params, model_state), mesh)
+    return members_lib.constrain(execution.map(one, num_shared=1)(params, model_state, x), mesh)
 
   return predict
 
 
-def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array, execution: str, mean: np.ndarray,
-                    std: np.ndarray, mesh: jax.sharding.Mesh | None = None) -> Callable:
+def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array,
+                    execution: str | members_lib.Execution, mean: np.ndarray, std: np.ndarray) -> Callable:
   """MC dropout: ``predict(params, model_state, images) -> probs [M·T, B, K]``, T = num_passes
   stochastic passes per member (dropout on, BatchNorm in inference mode), vmapped over pass keys.
 
@@ -237,7 +237,8 @@ def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array, execut
   """
   mean, std = jnp.asarray(mean), jnp.asarray(std)
   mc_model = model.clone(mc_dropout=True)
-  has_conv = getattr(model, "has_conv", False)
+  execution = members_lib.as_execution(execution, model)
+  mesh = execution.mesh
   pass_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(num_passes))
 
   @jax.jit
@@ -245,13 +246,13 @@ def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array, execut
     params, model_state = members_lib.constrain((params, model_state), mesh, members_lib.MEMBER_AXIS)
     x = augment_lib.normalize(members_lib.constrain(images, mesh, members_lib.DATA_AXIS), mean, std)
 
-    def one(p, ms):
+    def one(p, ms, x):
       def one_pass(k):
         return jax.nn.softmax(mc_model.apply({"params": p, **ms}, x, train=False, rngs={"dropout": k}))
 
       return jax.vmap(one_pass)(pass_keys)
 
-    probs = members_lib.member_map(one, execution, has_conv=has_conv, mesh=mesh)(params, model_state)
+    probs = execution.map(one, num_shared=1)(params, model_state, x)
     return members_lib.constrain(probs.reshape(-1, *probs.shape[2:]), mesh)
 
   return predict

@@ -74,9 +74,9 @@ class MetricsLog:
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, np.ndarray]:
-  """Averages per-step metrics over steps: each value [M]."""
-  stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *history))
-  return {k: np.asarray(v).mean(axis=0) for k, v in stacked.items()}
+  """Averages per-step metrics over steps: each value [M] (gathered from all hosts)."""
+  stacked = members_lib.to_host(jax.tree.map(lambda *xs: jnp.stack(xs), *history))
+  return {k: v.mean(axis=0) for k, v in stacked.items()}
 
 
 def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, data: Dataset,
@@ -91,7 +91,8 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
 
   With a distributed ``mesh`` the state is laid out over its ``members`` axis, the training set
   replicated and each step's idx [M, B] split over ``members`` x ``data`` (each host builds only its
-  own devices' shards).
+  own devices' shards). On a multi-device CPU mesh each step (and hook) finishes before the next is
+  dispatched (`members.synchronous_steps`).
 
   SIGTERM (a preemption notice) makes the loop finish its step, save a checkpoint and raise
   `Preempted`; rerunning resumes from it.
@@ -116,6 +117,7 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
     print(f"Resuming from step {start}/{total_steps} ({workdir}).", file=sys.stderr)
 
   images, labels = members_lib.place((data.x_train, data.y_train), mesh)
+  synchronous = members_lib.synchronous_steps(mesh)
   last_saved = start if restored is not None else None
 
   def save(step):
@@ -147,6 +149,8 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
       done = step + 1
       for hook in hooks:
         state = hook(state, done, images, labels, idx)
+      if synchronous:
+        jax.block_until_ready(state)
       bar.update(1)
       if done % cfg.log_every_steps == 0 or done == total_steps:
         averaged = _mean_metrics(history)

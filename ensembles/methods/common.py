@@ -33,13 +33,16 @@ class Run:
   model: Any
   tx: optax.GradientTransformation  # what the train step uses (sparse.masked(inner_tx) for sparse methods)
   inner_tx: optax.GradientTransformation  # the configured optimizer
-  execution: str  # concrete member-execution mode
-  mesh: jax.sharding.Mesh  # devices: members x data (`members.make_mesh`); 1 x 1 on one device
+  execution: members_lib.Execution  # concrete mode, device mesh (members x data; 1 x 1 on one device), conv flag
   init_key: jax.Array
   data_keys: jax.Array  # [M] per-member data-order keys
   train_step: Callable
   predict: Callable
   log: trainer.MetricsLog
+
+  @property
+  def mesh(self) -> jax.sharding.Mesh:
+    return self.execution.mesh
 
 
 def build_run(config: Any, workdir: str, num_members: int | None = None, sparse_training: bool = False,
@@ -64,29 +67,28 @@ def build_run(config: Any, workdir: str, num_members: int | None = None, sparse_
   inner_tx = train_lib.make_optimizer(t, total_steps, steps_per_epoch,
                                       schedule(total_steps, steps_per_epoch) if schedule else None)
   tx = sparse.masked(inner_tx) if sparse_training else inner_tx
-  mesh, execution = mesh_and_execution(config, model, m, t.batch_size)
+  execution = run_execution(config, model, m, t.batch_size)
   key = jax.random.PRNGKey(config.seed)
   init_key, data_key = jax.random.split(jax.random.fold_in(key, key_salt) if key_salt else key)
   train_step = train_lib.make_train_step(model, tx, execution=execution, mean=data.mean, std=data.std,
                                          crop_padding=config.augment.crop_padding, flip=config.augment.flip,
-                                         batch_split=t.batch_split, mesh=mesh)
-  predict = train_lib.make_predict(model, execution=execution, mean=data.mean, std=data.std, mesh=mesh)
+                                         batch_split=t.batch_split)
+  predict = train_lib.make_predict(model, execution=execution, mean=data.mean, std=data.std)
   os.makedirs(workdir, exist_ok=True)
-  return Run(config, workdir, data, model, tx, inner_tx, execution, mesh, init_key, jax.random.split(data_key, m),
+  return Run(config, workdir, data, model, tx, inner_tx, execution, init_key, jax.random.split(data_key, m),
              train_step, predict, trainer.MetricsLog(os.path.join(workdir, "metrics.jsonl")))
 
 
-def mesh_and_execution(config: Any, model: Any, num_members: int,
-                       batch_size: int | None = None) -> tuple[jax.sharding.Mesh, str]:
-  """The device mesh of ``config.mesh`` for M = ``num_members`` (checked: M and the batch sizes
-  divide over it) and the concrete member-execution mode on it."""
+def run_execution(config: Any, model: Any, num_members: int, batch_size: int | None = None) -> members_lib.Execution:
+  """How M = ``num_members`` members run: the device mesh of ``config.mesh`` (checked: M and the
+  batch sizes divide over it), the concrete member-execution mode on it and the model's conv flag."""
   mesh_cfg = config.get("mesh") or {"members": 0, "data": 1}
   mesh = members_lib.make_mesh(mesh_cfg["members"], mesh_cfg["data"], num_members=num_members)
   members_lib.check_layout(mesh, num_members, batch_size, config.eval_batch_size)
-  execution = members_lib.resolve_execution(
+  mode = members_lib.resolve_execution(
       config.member_execution, model.has_conv, num_members=num_members,
       num_devices=mesh.shape[members_lib.MEMBER_AXIS], data_parallel=mesh.shape[members_lib.DATA_AXIS])
-  return mesh, execution
+  return members_lib.Execution(mode, mesh, bool(model.has_conv))
 
 
 def init_members(run: Run, num_members: int, tx: optax.GradientTransformation | None = None) -> train_lib.TrainState:
@@ -100,9 +102,8 @@ def collected_ensemble(run: Run, members: Any) -> train_lib.TrainState:
   ``members`` holds stacked ``params`` and ``model_state`` [M, ...]; also points ``run.predict``
   at a predictor for M members."""
   m = members_lib.num_members(members["params"])
-  run.mesh, run.execution = mesh_and_execution(run.config, run.model, m)
-  run.predict = train_lib.make_predict(run.model, execution=run.execution, mean=run.data.mean, std=run.data.std,
-                                       mesh=run.mesh)
+  run.execution = run_execution(run.config, run.model, m)
+  run.predict = train_lib.make_predict(run.model, execution=run.execution, mean=run.data.mean, std=run.data.std)
   members = members_lib.place(members, run.mesh, members_lib.MEMBER_AXIS)
   return train_lib.TrainState(step=jnp.zeros(m, jnp.int32), params=members["params"],
                               model_state=members["model_state"], opt_state=None, rng=jnp.zeros((m, 2), jnp.uint32))
@@ -184,7 +185,7 @@ def results(run: Run, state: train_lib.TrainState, info: dict, evaluation: dict,
       "model": run.config.model.name,
       "num_members": m,
       "seed": run.config.seed,
-      "member_execution": run.execution,
+      "member_execution": run.execution.mode,
       "mesh": {axis: int(size) for axis, size in run.mesh.shape.items()},
       "backend": jax.default_backend(),
       "params_per_member": per_member,

@@ -31,7 +31,7 @@ def predictor(run: common.Run):
   (also used by `experiments.evaluate` on a saved run)."""
   return train_lib.make_mc_predict(run.model, num_passes=run.config.mc_dropout.num_passes,
                                    key=jax.random.fold_in(run.init_key, 3), execution=run.execution,
-                                   mean=run.data.mean, std=run.data.std, mesh=run.mesh)
+                                   mean=run.data.mean, std=run.data.std)
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict:

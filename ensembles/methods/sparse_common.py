@@ -57,14 +57,15 @@ def init_member_masks(state: train_lib.TrainState, inner: optax.GradientTransfor
 
 
 def make_topology_update(model, inner: optax.GradientTransformation, plan: sparse.SparsityPlan, cfg: Any, *,
-                         execution: str, mean, std, crop_padding: int = 0, flip: bool = False,
+                         execution: str | members_lib.Execution, mean, std, crop_padding: int = 0, flip: bool = False,
                          max_drop_fraction: float | None = None) -> Callable:
   """Returns jitted ``update(state, images, labels, idx, drop_fraction) -> state`` for all members:
-  one `sparse.update_topology` per member, with the gradient of its batch ``idx`` for RigL growth.
+  one `sparse.update_topology` per member, with the gradient of its batch ``idx`` for RigL growth,
+  executed as the run's train step is (``execution``: mode, mesh, conv flag).
   drop_fraction may not exceed ``max_drop_fraction`` (default cfg.drop_fraction, the schedule's max)."""
   max_drop_fraction = cfg.drop_fraction if max_drop_fraction is None else max_drop_fraction
   gradients = train_lib.make_member_gradients(model, mean=mean, std=std, crop_padding=crop_padding, flip=flip)
-  has_conv = getattr(model, "has_conv", False)
+  execution = members_lib.as_execution(execution, model)
 
   def member_update(state, idx, images, labels, drop_fraction):
     key = jax.random.fold_in(jax.random.fold_in(state.rng, _TOPOLOGY_SALT), state.step)
@@ -75,8 +76,10 @@ def make_topology_update(model, inner: optax.GradientTransformation, plan: spars
 
   @functools.partial(jax.jit, donate_argnums=0)
   def update(state, images, labels, idx, drop_fraction):
-    fn = lambda s, i: member_update(s, i, images, labels, drop_fraction)
-    return members_lib.member_map(fn, execution, has_conv=has_conv)(state, idx)
+    state = members_lib.constrain(state, execution.mesh, members_lib.MEMBER_AXIS)
+    idx = members_lib.constrain(idx, execution.mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
+    state = execution.map(member_update, num_shared=3)(state, idx, images, labels, drop_fraction)
+    return members_lib.constrain(state, execution.mesh, members_lib.MEMBER_AXIS)
 
   return update
 
