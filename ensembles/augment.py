@@ -9,8 +9,15 @@ import jax.numpy as jnp
 
 
 def normalize(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
-  """uint8 images [B, H, W, C] -> float32 (x/255 - mean) / std, mean and std per channel [C]."""
-  return (x.astype(jnp.float32) / 255.0 - mean) / std
+  """Inputs [B, ..., C] -> float32 (s(x) - mean) / std, mean and std per channel [C].
+
+  The input contract: integer inputs are images in 0..255 and are first scaled to [0, 1]
+  (s(x) = x / 255; `data.Dataset` stores its mean and std in those units); float inputs (features,
+  images already scaled) are used as they are (s(x) = x), so mean and std must be in their units.
+  """
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    return (x.astype(jnp.float32) / 255.0 - mean) / std
+  return (x.astype(jnp.float32) - mean) / std
 
 
 def random_crop(key: jax.Array, x: jax.Array, padding: int) -> jax.Array:

@@ -24,13 +24,26 @@ def normalize(weights: jax.Array) -> jax.Array:
   return weights / jnp.mean(weights)
 
 
-def cap_ratio(weights: jax.Array, max_ratio: float, iterations: int = 20) -> jax.Array:
-  """Mean-1 weights whose max / mean is at most ``max_ratio`` (clip at max_ratio · mean and
-  renormalise, repeated; converges because clipping only lowers the largest weights)."""
-  def body(_, w):
-    return normalize(jnp.minimum(w, max_ratio))
+def cap_ratio(weights: jax.Array, max_ratio: float) -> jax.Array:
+  """Mean-1 weights whose max / mean is exactly ``max_ratio`` when it was larger (unchanged otherwise).
 
-  return jax.lax.fori_loop(0, iterations, body, normalize(weights))
+  Water-filling: the result is min(w, c) / mean(min(w, c)) with the clip level c solving
+  c = r · mean(min(w, c)). With w sorted ascending and j weights below c, mean(min(w, c)) =
+  (S_j + (N − j)·c) / N (S_j the sum of the j smallest), so c = r·S_j / (N − r·(N − j)).
+  g(c) = N·c − r·Σ min(w, c) is negative just above 0 and increasing past its minimum, so the root
+  lies between the last sorted weight with g < 0 and the first with g >= 0. weights [N] > 0, r >= 1.
+  """
+  w = normalize(weights)
+  n = w.shape[0]
+  ws = jnp.sort(w)
+  below = jnp.concatenate([jnp.zeros(1, w.dtype), jnp.cumsum(ws)[:-1]])  # S_j, j = index in ws
+  j = jnp.arange(n)
+  g = n * ws - max_ratio * (below + (n - j) * ws)
+  first = jnp.argmax(g >= 0)  # first sorted weight at or above the clip level
+  denominator = n - max_ratio * (n - first)  # <= 0 only when every weight is clipped (r = 1): all equal
+  c = jnp.where(denominator > 0, max_ratio * below[first] / jnp.where(denominator > 0, denominator, 1.0), ws[0])
+  capped = normalize(jnp.minimum(w, c))
+  return jnp.where(jnp.max(w) > max_ratio, capped, w)
 
 
 def samme_alpha(error: jax.Array, num_classes: int, eps: float = 1e-6) -> jax.Array:

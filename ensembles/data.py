@@ -48,7 +48,9 @@ class DataNotFoundError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """A dataset held in memory. Images uint8 [N, H, W, C]; labels int32 [N] in [0, num_classes)."""
+  """A dataset held in memory. Inputs [N, ..., C]: uint8 images (0..255, scaled by 1/255 before
+  normalisation) or float features (used as they are); labels int32 [N] in [0, num_classes).
+  mean / std are in the units the model sees before normalisation (`augment.normalize`)."""
 
   name: str
   x_train: np.ndarray
@@ -58,7 +60,7 @@ class Dataset:
   x_test: np.ndarray
   y_test: np.ndarray
   num_classes: int
-  mean: np.ndarray  # [C] per-channel mean of the training images, in [0, 1] units
+  mean: np.ndarray  # [C] per-channel mean of the training inputs ([0, 1] units for uint8 images)
   std: np.ndarray  # [C] per-channel std of the training images
 
   @property

@@ -1,3 +1,6 @@
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,6 +52,33 @@ def test_cap_on_max_over_mean():
   probs, labels = _case()
   w, _, _ = boosting.reweight(jnp.ones(8), probs, labels, "samme", max_ratio=1.5)
   assert float(jnp.max(w) / jnp.mean(w)) <= 1.5 + 1e-5 and float(jnp.mean(w)) == pytest.approx(1.0)
+
+
+def test_cap_is_exact_where_repeated_clipping_was_not():
+  # 20 clip-and-renormalise passes left max/mean at 2.063 here
+  w = boosting.cap_ratio(jnp.concatenate([jnp.full(400, 100.0), jnp.ones(600)]), 2.0)
+  assert float(jnp.max(w) / jnp.mean(w)) == pytest.approx(2.0, rel=1e-6)
+  np.testing.assert_allclose(w[:400], 2.0, rtol=1e-6)  # the clipped group sits exactly at the cap
+  np.testing.assert_allclose(w[400:], 1 / 3, rtol=1e-6)  # the rest keep their ratios (mean 1)
+
+
+@hypothesis.settings(deadline=None, max_examples=60, derandomize=True)
+@hypothesis.given(
+    hnp.arrays(np.float32, st.integers(2, 50), elements=st.floats(0.015625, 1000.0, width=32)),
+    st.floats(1.0, 10.0, width=32))
+def test_cap_random_weights(raw, ratio):
+  w = np.asarray(boosting.cap_ratio(jnp.asarray(raw), ratio), np.float64)
+  mean_one = raw / raw.mean()
+  assert w.mean() == pytest.approx(1.0, rel=1e-5)
+  if mean_one.max() <= ratio:
+    np.testing.assert_allclose(w, mean_one, rtol=1e-5)  # nothing to cap
+    return
+  assert w.max() == pytest.approx(ratio, rel=1e-4)
+  # order is kept and unclipped weights keep their ratios to each other
+  assert np.all(np.diff(w[np.argsort(raw, kind="stable")]) >= -1e-5 * ratio)
+  free = w < ratio * (1 - 1e-4)
+  if free.sum() >= 2:
+    np.testing.assert_allclose(w[free] / w[free].max(), raw[free] / raw[free].max(), rtol=1e-4)
 
 
 def test_vmapped_over_runs_equals_per_run():

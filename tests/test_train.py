@@ -179,3 +179,34 @@ def test_batch_split_refuses_batchnorm(tiny_dataset):
     step = train.make_train_step(model, optax.sgd(0.1), execution="vmap", mean=tiny_dataset.mean,
                                  std=tiny_dataset.std, batch_split=2)
     step(state, jnp.asarray(tiny_dataset.x_train), jnp.asarray(tiny_dataset.y_train), idx[:, 0])
+
+
+def test_float_features_are_not_rescaled_as_images():
+  """A 30-feature tabular task in raw float units (mean ~1000, std ~50 per feature), normalised by
+  the features' own mean and std: an MLP ensemble must learn it (dividing floats by 255 as if they
+  were uint8 pixels left it at the majority class)."""
+  rng = np.random.default_rng(0)
+  n, d = 2048, 30
+  z = rng.normal(size=(n, d)).astype(np.float32)
+  direction = rng.normal(size=d).astype(np.float32)
+  y = (z @ direction > 0.5).astype(np.int32)  # unbalanced: the majority class is ~65%
+  x = 1000.0 + 50.0 * z
+  mean, std = x.mean(axis=0), x.std(axis=0)
+  model = build_model("mlp", 2, {"hidden": (32,)})
+  tx = optax.adam(1e-2)
+  state = train.init_state(model, tx, jax.random.PRNGKey(0), 2, (d,))
+  step = train.make_train_step(model, tx, execution="vmap", mean=mean, std=std)
+  predict = train.make_predict(model, execution="vmap", mean=mean, std=std)
+  keys = jax.random.split(jax.random.PRNGKey(1), 2)
+  images, labels = jnp.asarray(x), jnp.asarray(y)
+  for epoch in range(3):
+    idx = train.epoch_indices(keys, epoch, n, 64)
+    for t in range(idx.shape[1]):
+      state, _ = step(state, images, labels, idx[:, t])
+  probs = train.predict_probs(predict, state, x, 512)
+  accuracy = (probs.mean(0).argmax(-1) == y).mean()
+  majority = max(y.mean(), 1 - y.mean())
+  assert accuracy > 0.95 > majority + 0.2, (accuracy, majority)
+  # uint8 images are still scaled to [0, 1] before (x - mean) / std
+  image = jnp.full((1, 2, 2, 1), 255, jnp.uint8)
+  np.testing.assert_allclose(augment.normalize(image, jnp.array([0.5]), jnp.array([0.25])), 2.0)
