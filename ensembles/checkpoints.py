@@ -111,6 +111,19 @@ def save_member(directory: str, index: int, tree: PyTree, meta: dict) -> None:
   manager.close()
 
 
+def member_meta(directory: str, index: int) -> dict | None:
+  """The meta saved with item ``index`` by `save_member`, or None when there is no such item."""
+  if not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  try:
+    if index not in manager.all_steps():
+      return None
+    return dict(manager.restore(index, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+  finally:
+    manager.close()
+
+
 def load_members(directory: str, like: PyTree) -> tuple[PyTree, list[dict]]:
   """All members saved by `save_member` in ``directory``, stacked as one tree with leaves
   [M, ...] (in index order), and their metas. ``like`` is one member's tree."""

@@ -147,6 +147,17 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
       state, step_metrics = train_step(state, images, labels, idx)
       history.append(step_metrics)
       done = step + 1
+      # validation of the state the step produced, before hooks change it (an EDST ticket is
+      # validated before the global exploration that follows it)
+      if done % steps_per_epoch == 0 and (done // steps_per_epoch) % cfg.eval_every_epochs == 0 \
+          and len(data.y_val):
+        probs = train_lib.predict_probs(predict, state, data.x_val, cfg.eval_batch_size)
+        ens = metrics_lib.ensemble_probs(probs)
+        val = {"step": done, "epoch": done // steps_per_epoch,
+               "val_accuracy": metrics_lib.accuracy(ens, data.y_val), "val_nll": metrics_lib.nll(ens, data.y_val)}
+        log.write(val)
+        postfix["val_acc"] = f"{val['val_accuracy']:.3f}"
+        bar.set_postfix(postfix)
       for hook in hooks:
         state = hook(state, done, images, labels, idx)
       if synchronous:
@@ -166,15 +177,6 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
                   "train_loss_members": averaged["loss"].tolist()}
         log.write(record)
         postfix.update(loss=f"{record['train_loss']:.4f}", acc=f"{record['train_accuracy']:.3f}")
-        bar.set_postfix(postfix)
-      if done % steps_per_epoch == 0 and (done // steps_per_epoch) % cfg.eval_every_epochs == 0 \
-          and len(data.y_val):
-        probs = train_lib.predict_probs(predict, state, data.x_val, cfg.eval_batch_size)
-        ens = metrics_lib.ensemble_probs(probs)
-        val = {"step": done, "epoch": done // steps_per_epoch,
-               "val_accuracy": metrics_lib.accuracy(ens, data.y_val), "val_nll": metrics_lib.nll(ens, data.y_val)}
-        log.write(val)
-        postfix["val_acc"] = f"{val['val_accuracy']:.3f}"
         bar.set_postfix(postfix)
       stop = _should_stop(flag, done)
       if done % cfg.checkpoint_every_steps == 0 or done == total_steps or stop:

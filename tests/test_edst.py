@@ -37,6 +37,28 @@ def test_phase_schedule():
   assert got == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.01, 0.001, 0.001])
 
 
+def _update_steps(cfg, steps_per_epoch=10):
+  p = edst_ensemble.regular_updates(cfg.sparse, cfg.edst, 3, steps_per_epoch)
+  return {t: p(t) for t in range(1, 5 * steps_per_epoch + 1) if p(t) is not None}
+
+
+def test_drop_schedule_restarts_per_phase_and_updates_stop_before_each_ticket():
+  cfg = _cfg()  # phases: exploration [0, 20), refinement [20, 30), [30, 40), [40, 50); ΔT = 2
+  cfg.sparse.drop_schedule, cfg.sparse.drop_fraction, cfg.edst.refine_stop_fraction = "cosine", 0.5, 0.6
+  updates = _update_steps(cfg)
+  assert sorted(updates) == [2, 4, 6, 8, 10, 12, 14, 16, 18, 22, 24, 32, 34, 42, 44]  # none in [26, 30] etc.
+  window = 6  # 0.6 of a 10-step phase
+  for a in (20, 30, 40):  # the cosine restarts at every phase start: p = ½·0.5·(1 + cos(π (t − a) / 6))
+    for t in (a + 2, a + 4):
+      assert updates[t] == pytest.approx(0.25 * (1 + np.cos(np.pi * (t - a) / window)), rel=1e-6)
+  assert updates[2] == pytest.approx(0.25 * (1 + np.cos(np.pi * 2 / 20)), rel=1e-6)  # exploration: T_end = 20
+  # 'global' with no stop: the schedule decays once over the run (the behaviour before per_phase)
+  cfg.edst.drop_schedule, cfg.edst.refine_stop_fraction = "global", 1.0
+  updates = _update_steps(cfg)
+  assert 20 not in updates and 30 not in updates and 28 in updates and 48 in updates
+  assert updates[42] == pytest.approx(0.25 * (1 + np.cos(np.pi * 42 / 50)), rel=1e-6)
+
+
 def test_global_exploration_replaces_at_least_q_of_each_layer():
   params = build_model("lenet", 10, {"features": (8, 16), "hidden": (32,), "kernel_size": 3}).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 1)))["params"]
@@ -78,10 +100,36 @@ def test_edst_end_to_end_tickets_differ_and_resume(tmp_path, monkeypatch):
   assert again["test"]["ensemble"] == results["test"]["ensemble"]
 
 
+def test_best_validation_tickets(tmp_path, monkeypatch):
+  dataset = make_dataset(n_train=128, n_val=16, n_test=32)
+  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  cfg = _cfg()
+  cfg.edst.refinement_epochs, cfg.training.epochs = 2, 8
+  cfg.edst.ticket = "best_val"
+  cfg.edst.refine_lr, cfg.edst.refine_decay = 0.5, 1.0  # a noisy refinement: the last epoch is not always best
+  config_lib.validate(cfg)
+  results = edst_ensemble.train_and_evaluate(cfg, str(tmp_path))
+  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  # the trainer's own validation at every epoch end, and the chosen tickets
+  val = {r["step"]: r["val_nll"] for r in records if "val_nll" in r and "event" not in r}
+  from ensembles import checkpoints
+  for k, (a, b) in enumerate(edst_ensemble.phase_boundaries(cfg.edst, 3, 4)):
+    meta = checkpoints.member_meta(str(tmp_path / "tickets"), k)
+    candidates = {t: v for t, v in val.items() if a < t <= b}
+    assert len(candidates) == 2
+    best_step = min(candidates, key=candidates.get)
+    assert meta["step"] == best_step and meta["val_nll"] == pytest.approx(candidates[best_step], rel=1e-5)
+  again = edst_ensemble.train_and_evaluate(cfg, str(tmp_path))
+  assert again["test"]["ensemble"] == results["test"]["ensemble"]
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("edst.exploration_epochs", 0, "config.edst.exploration_epochs must be an integer >= 1"),
     ("edst.global_drop_fraction", 1.0, r"config.edst.global_drop_fraction must be in \(0, 1\)"),
     ("training.epochs", 7, "config.training.epochs must equal edst.exploration_epochs"),
+    ("edst.drop_schedule", "cosine", "config.edst.drop_schedule must be one of"),
+    ("edst.refine_stop_fraction", 1.5, r"config.edst.refine_stop_fraction must be in \[0, 1\]"),
+    ("edst.ticket", "best", "config.edst.ticket must be one of"),
 ])
 def test_bad_edst_config(field, value, message):
   cfg = _cfg()

@@ -7,22 +7,33 @@ Recipe (one sparse network, trained in a single `trainer.fit` driven by step hoo
   3. before every refinement phase after the first: global exploration, one prune-and-grow of every
      sparse layer with the large drop fraction ``edst.global_drop_fraction`` (q), so the next ticket
      lies in a different region;
-  4. the ticket of a phase is its final state, saved with Orbax in ``workdir/tickets``; the tickets
-     are loaded back as one stacked M-member ensemble for evaluation.
-Our choices (the paper is silent or we differ, each a config field): growth rule of the global
-exploration (``edst.exploration_growth``, default random); the ticket is the phase's final state.
+  4. the ticket of a phase is saved with Orbax in ``workdir/tickets``; the tickets are loaded back as
+     one stacked M-member ensemble for evaluation.
+Our choices (the paper is silent or we differ, each a config field):
+  * growth rule of the global exploration (``edst.exploration_growth``, default random);
+  * ``edst.drop_schedule``: ``per_phase`` (default) restarts the drop-fraction schedule
+    (``sparse.drop_schedule``, e.g. cosine p_0 -> p_min) at the start of exploration and of every
+    refinement phase, decaying over the phase's update window; ``global`` decays it once over the
+    whole run (kept for ablation: the later phases then barely update). The official CIFAR code keeps
+    p constant, its ImageNet code restarts it per phase;
+  * ``edst.refine_stop_fraction`` f: regular DST updates run in the first f of each refinement
+    phase only, so a ticket is not taken right after connections were regrown at zero;
+  * ``edst.ticket``: ``final`` (the phase's last state) or ``best_val`` (the state of lowest
+    validation NLL among the phase's epoch ends; validation is carved from the training set).
 """
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ensembles import checkpoints
 from ensembles import members as members_lib
+from ensembles import metrics as metrics_lib
 from ensembles import sparse
 from ensembles import train as train_lib
 from ensembles import trainer
@@ -55,6 +66,50 @@ def validate(config: Any) -> None:
     raise ConfigError(f"config.edst.refine_decay must be in (0, 1], got {e.refine_decay!r}.")
   if not (isinstance(e.reference_epochs, int) and e.reference_epochs >= 1):
     raise ConfigError(f"config.edst.reference_epochs must be an integer >= 1, got {e.reference_epochs!r}.")
+  if e.drop_schedule not in DROP_SCHEDULES:
+    raise ConfigError(f"config.edst.drop_schedule must be one of {DROP_SCHEDULES}, got {e.drop_schedule!r}.")
+  if not (isinstance(e.refine_stop_fraction, (int, float)) and 0.0 <= e.refine_stop_fraction <= 1.0):
+    raise ConfigError(f"config.edst.refine_stop_fraction must be in [0, 1], got {e.refine_stop_fraction!r}.")
+  if e.ticket not in TICKETS:
+    raise ConfigError(f"config.edst.ticket must be one of {TICKETS}, got {e.ticket!r}.")
+  if e.ticket == "best_val" and config.dataset.val_size < 1:
+    raise ConfigError("config.edst.ticket='best_val' needs a validation split: set config.dataset.val_size >= 1.")
+
+
+DROP_SCHEDULES = ("per_phase", "global")
+TICKETS = ("final", "best_val")
+
+
+def regular_updates(s: Any, e: Any, num_tickets: int, steps_per_epoch: int) -> Callable[[int], float | None]:
+  """The regular DST updates of an EDST run: ``p(step)`` is the drop fraction of the update made
+  after ``step`` steps, or None when there is none at that step.
+
+  Updates every ``sparse.update_every`` steps while step < ``sparse.stop_fraction`` of the run, not
+  at phase ends (the global exploration or nothing happens there), and in each refinement phase
+  [a, b) only while step < a + refine_stop_fraction·(b − a). ``per_phase``: the drop schedule
+  restarts at 0 and at every phase start a, with T_end = the phase's update window; ``global``: one
+  schedule over the run's update window (T_end = stop_fraction · total steps).
+  """
+  phases = phase_boundaries(e, num_tickets, steps_per_epoch)
+  total = phases[-1][1]
+  stop = int(s.stop_fraction * total)
+  windows = [(0, phases[0][0])] + [(a, a + int(e.refine_stop_fraction * (b - a))) for a, b in phases]
+  if e.drop_schedule == "global":
+    schedule = sparse.drop_fraction_schedule(s.drop_fraction, s.drop_schedule, stop, s.drop_fraction_min)
+    starts_and_schedules = [(0, schedule)] * len(windows)
+  else:
+    starts_and_schedules = [(a, sparse.drop_fraction_schedule(s.drop_fraction, s.drop_schedule, end - a,
+                                                              s.drop_fraction_min)) for a, end in windows]
+
+  def p(step: int) -> float | None:
+    if step % s.update_every or step >= stop:
+      return None
+    for (a, end), (origin, schedule) in zip(windows, starts_and_schedules):
+      if a < step < end:
+        return float(schedule(step - origin))
+    return None
+
+  return p
 
 
 def phase_boundaries(e: Any, num_tickets: int, steps_per_epoch: int) -> list[tuple[int, int]]:
@@ -96,18 +151,48 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   explore_cfg.growth = e.exploration_growth
   global_update = sparse_common.make_topology_update(run.model, inner, plan, explore_cfg, **aug,
                                                      max_drop_fraction=e.global_drop_fraction)
-  dst_hook = sparse_common.topology_hook(dst_update, s, total_steps)
+  regular_p = regular_updates(s, e, m, steps_per_epoch)
   phases = phase_boundaries(e, m, steps_per_epoch)
   starts = {start: k for k, (start, _) in enumerate(phases) if k > 0}
   ends = {end: k for k, (_, end) in enumerate(phases)}
   tickets_dir = os.path.join(workdir, "tickets")
+  best_val_nll: dict[int, float] = {}  # best_val: phase -> lowest validation NLL saved so far
+
+  def phase_of(step: int) -> int | None:
+    return next((k for k, (a, b) in enumerate(phases) if a < step <= b), None)
+
+  def validation_nll(state) -> float:
+    probs = train_lib.predict_probs(run.predict, state, run.data.x_val, config.eval_batch_size)[0]
+    return float(metrics_lib.nll(probs, run.data.y_val))
+
+  def save_ticket(state, k: int, done: int, val_nll: float | None = None) -> None:
+    checkpoints.save_member(tickets_dir, k, _ticket(state), {"phase": k, "step": done, "val_nll": val_nll})
+
+  def select_best(state, done: int) -> None:
+    """best_val: at an epoch end of refinement phase k, keep the state if its validation NLL is the
+    phase's lowest so far (a resumed run reads the saved ticket's NLL back: same choice)."""
+    k = phase_of(done)
+    if k is None or done % steps_per_epoch:
+      return
+    if k not in best_val_nll:
+      saved = checkpoints.member_meta(tickets_dir, k)
+      best_val_nll[k] = saved["val_nll"] if saved and saved.get("val_nll") is not None else np.inf
+    val_nll = validation_nll(state)
+    if val_nll < best_val_nll[k]:
+      best_val_nll[k] = val_nll
+      save_ticket(state, k, done, val_nll)
+      run.log.write({"step": done, "event": f"ticket {k} candidate", "val_nll": val_nll})
 
   def phase_hook(state, done, images, labels, idx):
-    """At a phase end: save the ticket (the trained state, before any topology change), then the
-    global exploration (before every phase after the first) instead of a regular DST update."""
+    """Regular DST updates (`regular_updates`); at a phase end: the ticket (the trained state,
+    before any topology change), then the global exploration before every phase after the first."""
+    if e.ticket == "best_val":
+      select_best(state, done)
     if done not in ends:
-      return dst_hook(state, done, images, labels, idx)
-    checkpoints.save_member(tickets_dir, ends[done], _ticket(state), {"phase": ends[done], "step": done})
+      p = regular_p(done)
+      return state if p is None else dst_update(state, images, labels, idx, jnp.float32(p))
+    if e.ticket == "final":
+      save_ticket(state, ends[done], done)
     run.log.write({"step": done, "event": f"ticket {ends[done]} saved"})
     if done in starts:
       state = global_update(state, images, labels, idx, jnp.float32(e.global_drop_fraction))
