@@ -4,17 +4,22 @@ Forward FLOPs count conv and dense layers only, 2 per multiply-accumulate:
   f_l = 2 · (output elements per example) · (fan-in of one output) ; a sparse layer costs d_l · f_l.
 Training FLOPs per example and step:
   dense 3·f_D;  static sparse and SET 3·f_S;  RigL (3·f_S·ΔT + 2·f_S + f_D) / (ΔT + 1).
+Methods count what their run really did (`sparse_training_flops`: the gradient-growth updates made,
+none after the stop fraction) plus the passes their algorithm needs (CBNN's training-set
+predictions, EDST's validation for best tickets), each pass f per example.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ensembles.models import layers
+
+PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +62,9 @@ def forward_flops(costs: list[LayerCost], densities: Mapping[str, float] | None 
 
 
 def train_step_flops(f_dense: float, f_sparse: float, rule: str, update_every: int = 1) -> float:
-  """Training FLOPs per example of one step under ``rule`` in {dense, static, set, rigl}."""
+  """Average training FLOPs per example and step under ``rule`` in {dense, static, set, rigl}
+  (RigL's formula, one gradient-growth update every ΔT + 1 steps; `sparse_training_flops` counts
+  the updates a run really made)."""
   if rule == "dense":
     return 3.0 * f_dense
   if rule in ("static", "set"):
@@ -66,3 +73,47 @@ def train_step_flops(f_dense: float, f_sparse: float, rule: str, update_every: i
     dt = update_every
     return (3.0 * f_sparse * dt + 2.0 * f_sparse + f_dense) / (dt + 1)
   raise ValueError(f"FLOPs rule must be one of ('dense', 'static', 'set', 'rigl'), got {rule!r}.")
+
+
+def sparse_training_flops(f_dense: float, f_sparse: float, steps: int, batch_size: int,
+                          gradient_updates: int = 0) -> float:
+  """B · (3·f_S·steps + (f_D − f_S)·U): every step costs 3·f_S per example, and each of the U
+  topology updates that grow by gradient (RigL) takes a dense weight gradient instead of a sparse one
+  (2·f_S + f_D for that step). With U = steps / (ΔT + 1) this is RigL's per-step formula;
+  prune-and-grow by magnitude and random growth add no FLOPs. f_S = f_D gives the dense cost."""
+  return batch_size * (3.0 * f_sparse * steps + (f_dense - f_sparse) * gradient_updates)
+
+
+def live_input_densities(model: nn.Module, variables: dict, input_shape: tuple[int, ...],
+                         masks: PyTree | None = None) -> dict[str, float]:
+  """Fraction of each conv/dense layer's multiply-accumulates that a masked network really does
+  (keyed by kernel path): kernel weights that are kept and read an input channel that is not
+  structurally zero. A unit removed from a layer (kernel column and bias masked, then ReLU) outputs
+  zeros whatever the input, so the next layer's weights from it do no work.
+
+  Structural, not data-dependent: the network is run with every kept parameter set to a positive
+  value, BatchNorm statistics to mean 0 / variance 1, and positive inputs, so a channel is zero only
+  if the masks make it so (a dead ReLU of the trained weights still counts as work).
+  ``variables``: one network's {"params": ..., other collections}; ``masks``: a bool tree like
+  its params (None: dense)."""
+  params = variables["params"]
+  masks = jax.tree.map(lambda x: jnp.ones(x.shape, bool), params) if masks is None else masks
+  positive = {"params": jax.tree.map(lambda m: jnp.where(m, 1.0, 0.0).astype(jnp.float32), masks)}
+  for collection, tree in variables.items():
+    if collection != "params":
+      positive[collection] = jax.tree_util.tree_map_with_path(
+          lambda p, x: jnp.ones_like(x) if jax.tree_util.keystr(p).endswith("['var']") else jnp.zeros_like(x), tree)
+  live: dict[str, jax.Array] = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name == "__call__" and isinstance(module, (nn.Dense, nn.Conv, layers.Conv)):
+      x = args[0]
+      path = "".join(f"['{p}']" for p in module.scope.path) + "['kernel']"
+      live[path] = jnp.any(x.reshape(-1, x.shape[-1]) != 0, axis=0)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    model.apply(positive, jnp.ones((1, *input_shape)), train=False)
+  flat_masks = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(masks)[0]}
+  return {path: float(jnp.mean(flat_masks[path] & channels.reshape(-1, 1))) for path, channels in live.items()}

@@ -34,3 +34,60 @@ def test_training_flops_rules():
   assert flops.train_step_flops(10.0, 2.0, "rigl", 4) == pytest.approx((3 * 2 * 4 + 2 * 2 + 10) / 5)
   with pytest.raises(ValueError, match="FLOPs rule"):
     flops.train_step_flops(1.0, 1.0, "snip")
+
+
+# Training FLOPs of whole runs against counts by hand (fake_data: 128 images of 8x8x1, 4 classes;
+# batch 32 -> 4 steps per epoch). A (in -> out) dense layer costs 2·in·out FLOPs per example.
+def _run(tmp_path, module, hidden, **overrides):
+  import importlib
+  from conftest import method_config
+  from ensembles import config as config_lib, methods
+  cfg = method_config(importlib.import_module(f"experiments.configs.{module}"), hidden=hidden, **overrides)
+  config_lib.validate(cfg)
+  return cfg, methods.get_method(cfg.method).train_and_evaluate(cfg, str(tmp_path))["flops"]
+
+
+def test_dst_counts_each_gradient_update_before_the_stop(tmp_path, fake_data):
+  cfg, f = _run(tmp_path, "dst_ensemble", (16,), **{"training.epochs": 4, "sparse.update_every": 3,
+                                                     "sparse.stop_fraction": 0.5})
+  f_dense = 2 * (64 * 16 + 16 * 4)
+  assert f["forward_flops_dense"] == f_dense
+  f_sparse = f["inference_flops"] / 3  # M = 3 members at the realised densities
+  # 16 steps, stop at step 8: RigL updates after steps 3 and 6 only
+  hand = 3 * 32 * (16 * 3 * f_sparse + 2 * (f_dense - f_sparse))
+  assert f["train_flops"] == pytest.approx(hand, rel=1e-9)
+  assert f["train_x_dense"] == pytest.approx(hand / (16 * 32 * 3 * f_dense), rel=1e-9)
+
+
+def test_edst_counts_global_explorations_and_validation(tmp_path, fake_data):
+  overrides = {"edst.exploration_epochs": 1, "edst.refinement_epochs": 1, "training.epochs": 4,
+               "sparse.update_every": 2, "edst.exploration_growth": "gradient", "edst.ticket": "best_val",
+               "edst.refine_stop_fraction": 0.75, "edst.reference_epochs": 2}
+  cfg, f = _run(tmp_path, "edst_ensemble", (16,), **overrides)
+  f_dense = 2 * (64 * 16 + 16 * 4)
+  f_sparse = f["inference_flops"] / 3
+  # phases: exploration [0, 4), refinement [4, 8), [8, 12), [12, 16); ΔT = 2, updates in the first
+  # 3 of 4 steps of each refinement phase: after steps 2 (exploration) and 6, 10, 14 -> 4 RigL updates,
+  # plus 2 global explorations by gradient; best_val: 3 validation passes over 16 images
+  hand = 32 * (16 * 3 * f_sparse + (4 + 2) * (f_dense - f_sparse)) + 3 * 16 * f_sparse
+  assert f["train_flops"] == pytest.approx(hand, rel=1e-9)
+  assert f["train_x_dense"] == pytest.approx(hand / (8 * 32 * 3 * f_dense), rel=1e-9)
+
+
+def test_cbnn_counts_its_training_set_passes(tmp_path, fake_data):
+  cfg, f = _run(tmp_path, "cbnn", (16,), **{"training.epochs": 3})
+  f_dense = 2 * (64 * 16 + 16 * 4)
+  hand = 12 * 32 * 3 * f_dense + 3 * 128 * f_dense  # 12 steps, then M = 3 passes over 128 images
+  assert f["train_flops"] == pytest.approx(hand, rel=1e-9)
+
+
+def test_unit_children_charged_at_their_real_compute(tmp_path, fake_data):
+  cfg, f = _run(tmp_path, "subnetwork_ensemble", (16, 16), num_members=2,
+                **{"subnetwork.granularity": "unit", "subnetwork.share_input_output": True, "training.epochs": 2})
+  # input layer 64 -> 16 shared; the middle 16 -> 16 split by units: each child keeps 8 of its
+  # outputs, reading 16 live inputs; the output layer 16 -> 4 is shared but reads 8 live units
+  f_dense = 2 * (64 * 16 + 16 * 16 + 16 * 4)
+  f_child = 2 * (64 * 16 + 16 * 8 + 8 * 4)
+  assert f["inference_flops"] == pytest.approx(2 * f_child, rel=1e-9)
+  hand = 4 * 32 * 3 * f_dense + 2 * 4 * 32 * 3 * f_child  # 1 parent epoch, 1 child epoch, 4 steps each
+  assert f["train_flops"] == pytest.approx(hand, rel=1e-9)

@@ -87,7 +87,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   members, metas = checkpoints.load_members(members_dir, like)
   alphas = [meta["alpha"] for meta in metas]
   ensemble = common.collected_ensemble(run, members)
-  flops = common.flops_summary(run, m, info["steps"], trained_members=1)
+  flops = common.flops_summary(run, m, info["steps"], trained_members=1, extra_passes=m * n)  # M training-set passes
   out = common.results(run, ensemble, info, common.evaluate(run, ensemble, alphas, c.combine), flops)
   w = np.asarray(members["sample_weights"])
   out["cbnn"] = {"alphas": alphas, "train_errors": [meta["train_error"] for meta in metas],

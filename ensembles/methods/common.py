@@ -149,24 +149,29 @@ def load_saved_ensemble(run: Run) -> tuple[train_lib.TrainState, dict]:
 
 
 def flops_summary(run: Run, num_members: int, steps: int, densities: dict[str, float] | None = None,
-                  rule: str = "dense", update_every: int = 1, trained_members: int | None = None,
-                  reference_epochs: int | None = None) -> dict:
+                  rule: str = "dense", gradient_updates: int = 0, trained_members: int | None = None,
+                  reference_epochs: int | None = None, extra_passes: float = 0.0) -> dict:
   """Inference FLOPs of ``num_members`` members and training FLOPs (DESIGN §5) of
-  ``trained_members`` (default: the same) trained ``steps`` steps; training also as a multiple of
-  one dense model trained for ``reference_epochs`` (default: the configured epochs) -- x_dense."""
+  ``trained_members`` (default: the same) trained ``steps`` steps each at ``densities``
+  (`flops.sparse_training_flops`), with ``gradient_updates`` RigL updates in all, plus
+  ``extra_passes`` forward passes of one example through the (sparse) network that the algorithm
+  needs besides training (e.g. CBNN's training-set predictions). Training also as a multiple of one
+  dense model trained for ``reference_epochs`` (default: the configured epochs) -- x_dense.
+  ``rule`` names the counting for the report."""
   t = run.config.training
   trained_members = trained_members or num_members
   reference_steps = (reference_epochs or t.epochs) * (len(run.data.y_train) // t.batch_size)
   costs = flops_lib.layer_costs(run.model, run.data.image_shape)
   f_dense = flops_lib.forward_flops(costs)
   f_sparse = flops_lib.forward_flops(costs, densities)
-  per_example_step = flops_lib.train_step_flops(f_dense, f_sparse, rule, update_every)
+  train = (flops_lib.sparse_training_flops(f_dense, f_sparse, trained_members * steps, t.batch_size, gradient_updates)
+           + extra_passes * f_sparse)
   return {
       "forward_flops_dense": f_dense,
       "inference_flops": num_members * f_sparse,
       "inference_x_dense": num_members * f_sparse / f_dense,
-      "train_flops": trained_members * steps * t.batch_size * per_example_step,
-      "train_x_dense": trained_members * steps * per_example_step / (reference_steps * 3.0 * f_dense),
+      "train_flops": train,
+      "train_x_dense": train / (reference_steps * t.batch_size * 3.0 * f_dense),
       "flops_rule": rule,
   }
 

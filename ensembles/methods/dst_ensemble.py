@@ -44,7 +44,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
                             data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method, hooks=hooks)
   densities = sparse.density_of(state.opt_state.masks)
   rule = "static" if static else ("rigl" if s.growth == "gradient" else "set")
-  flops = common.flops_summary(run, config.num_members, info["steps"], densities, rule, s.update_every)
+  gradient_updates = len(sparse_common.update_steps(s, total_steps)) if rule == "rigl" else 0
+  flops = common.flops_summary(run, config.num_members, info["steps"], densities, rule,
+                               config.num_members * gradient_updates)
   out = common.results(run, state, info, common.evaluate(run, state), flops, masks=state.opt_state.masks)
   out["sparsity"] = {"target": s.sparsity, "realised_prunable_density": _prunable_density(state, plan),
                      "layer_densities": {k: densities[k] for k in plan.sizes}}

@@ -112,6 +112,24 @@ def regular_updates(s: Any, e: Any, num_tickets: int, steps_per_epoch: int) -> C
   return p
 
 
+def edst_gradient_updates(s: Any, e: Any, num_tickets: int, steps_per_epoch: int) -> int:
+  """Topology updates of an EDST run that take a dense gradient: the regular ones with gradient
+  growth, and the M − 1 global explorations when they grow by gradient."""
+  p = regular_updates(s, e, num_tickets, steps_per_epoch)
+  total = phase_boundaries(e, num_tickets, steps_per_epoch)[-1][1]
+  regular = sum(p(t) is not None for t in range(1, total + 1)) if s.growth == "gradient" else 0
+  return regular + (num_tickets - 1 if e.exploration_growth == "gradient" else 0)
+
+
+def validation_steps(e: Any, num_tickets: int, steps_per_epoch: int) -> list[int]:
+  """Steps at which best-on-validation ticket selection evaluates the network (epoch ends inside
+  refinement phases); none for ``edst.ticket = final``."""
+  if e.ticket != "best_val":
+    return []
+  return [t for a, b in phase_boundaries(e, num_tickets, steps_per_epoch)
+          for t in range(a + steps_per_epoch, b + 1, steps_per_epoch)]
+
+
 def phase_boundaries(e: Any, num_tickets: int, steps_per_epoch: int) -> list[tuple[int, int]]:
   """[(start, end)] steps of the M refinement phases; exploration is [0, start of phase 0)."""
   ex = e.exploration_epochs * steps_per_epoch
@@ -206,7 +224,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   densities = sparse.density_of(tickets["masks"])
   rule = "rigl" if s.growth == "gradient" else "set"
   flops = common.flops_summary(run, m, info["steps"], sparse.density_of(state.opt_state.masks), rule,
-                               s.update_every, trained_members=1, reference_epochs=e.reference_epochs)
+                               edst_gradient_updates(s, e, m, steps_per_epoch), trained_members=1,
+                               reference_epochs=e.reference_epochs,
+                               extra_passes=len(validation_steps(e, m, steps_per_epoch)) * len(run.data.y_val))
   out = common.results(run, ensemble, info, common.evaluate(run, ensemble), flops, masks=tickets["masks"])
   out["sparsity"] = {"target": s.sparsity, "ticket_nonzero_density": {k: densities[k] for k in plan.sizes}}
   out["tickets"] = {"mask_overlap": ticket_overlaps(tickets["masks"], plan)}

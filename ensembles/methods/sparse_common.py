@@ -84,6 +84,12 @@ def make_topology_update(model, inner: optax.GradientTransformation, plan: spars
   return update
 
 
+def update_steps(cfg: Any, total_steps: int) -> list[int]:
+  """Steps after which `topology_hook` prunes and grows: multiples of ΔT before the stop fraction."""
+  stop = int(cfg.stop_fraction * total_steps)
+  return [done for done in range(cfg.update_every, total_steps + 1, cfg.update_every) if done < stop]
+
+
 def topology_hook(update: Callable, cfg: Any, total_steps: int) -> Callable:
   """Trainer hook: prune-and-grow every cfg.update_every steps until cfg.stop_fraction of training,
   with the drop fraction of `sparse.drop_fraction_schedule` at that step."""

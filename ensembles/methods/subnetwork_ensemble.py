@@ -59,6 +59,19 @@ def _phase_config(config: Any, epochs: int) -> Any:
   return c
 
 
+def child_densities(run: common.Run, children: train_lib.TrainState, masks: Any,
+                    layer_order: list[str]) -> dict[str, float]:
+  """Per conv/dense layer, the fraction of its multiply-accumulates the children really do, averaged
+  over children (`flops.live_input_densities`): their masks, and for unit granularity also the
+  weights reading units another child owns (zero inputs)."""
+  per_child = []
+  for i in range(members_lib.num_members(children.params)):
+    variables = {"params": members_lib.member(children.params, i), **members_lib.member(children.model_state, i)}
+    per_child.append(flops_lib.live_input_densities(run.model, variables, run.data.image_shape,
+                                                    members_lib.member(masks, i)))
+  return {k: sum(d[k] for d in per_child) / len(per_child) for k in layer_order}
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict:
   s, m = config.subnetwork, config.num_members
   parent_epochs, child_epochs = split_epochs(config)
@@ -90,7 +103,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
                                  data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc="children")
 
   masks = children.opt_state.masks  # the arrays passed in were donated to the train step
-  densities = sparse.density_of(masks)
+  densities = child_densities(run, children, masks, layer_order)
   parent_flops = common.flops_summary(run_p, 1, info_p["steps"], reference_epochs=config.training.epochs)
   child_flops = common.flops_summary(run, m, info_c["steps"], densities, "static",
                                      reference_epochs=config.training.epochs)
