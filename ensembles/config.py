@@ -55,6 +55,7 @@ def validate(config: Any) -> None:
 
   _require(_is_number(d.imbalance_ratio) and d.imbalance_ratio >= 1, "dataset.imbalance_ratio", "a number >= 1",
            d.imbalance_ratio)
+  _require(isinstance(d.get("download", False), bool), "dataset.download", "True or False", d.get("download"))
 
   m = config.model
   _require(m.name in models_lib.MODELS, "model.name", f"one of {sorted(models_lib.MODELS)}", m.name)

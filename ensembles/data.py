@@ -118,11 +118,12 @@ def _read_tfds_split(name: str, split: str, data_dir: str | None,
   return x, np.asarray(labels, dtype=np.int32)
 
 
-def load_tfds(name: str, data_dir: str | None = None) -> dict[str, np.ndarray]:
-  """A named dataset through `tfds.data_source` (works without TensorFlow and under mock_data)."""
+def load_tfds(name: str, data_dir: str | None = None, download: bool = False) -> dict[str, np.ndarray]:
+  """A named dataset through `tfds.data_source` (works without TensorFlow and under mock_data);
+  ``download``: let tfds fetch and prepare it when missing (needs network)."""
   test_split, _ = TFDS_DATASETS[name]
-  x_train, y_train = _read_tfds_split(name, "train", data_dir)
-  x_test, y_test = _read_tfds_split(name, test_split, data_dir)
+  x_train, y_train = _read_tfds_split(name, "train", data_dir, download)
+  x_test, y_test = _read_tfds_split(name, test_split, data_dir, download)
   return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
@@ -166,14 +167,14 @@ def check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) -> 
     raise ValueError(f"{where}: labels must lie in [0, {num_classes}), found [{y.min()}, {y.max()}].")
 
 
-DEFAULT_FIELDS = {"name": "fashion_mnist", "data_dir": "", "val_size": 5000, "split_seed": 0,
+DEFAULT_FIELDS = {"name": "fashion_mnist", "data_dir": "", "download": False, "val_size": 5000, "split_seed": 0,
                   "train_subset": 0, "test_subset": 0, "imbalance_ratio": 1.0}
 
 
 def load_dataset(config: Any = None, **fields: Any) -> Dataset:
   """Loads a dataset from the config's ``dataset`` block, or from keyword fields over the defaults.
 
-  Fields: name, data_dir ('' = default), val_size (examples carved from train), split_seed,
+  Fields: name, data_dir ('' = default), download (let tfds fetch a missing named dataset), val_size (examples carved from train), split_seed,
   train_subset / test_subset (0 = all; for quick runs and tests), imbalance_ratio (ρ > 1 makes the
   training set long-tailed with `long_tailed_counts`; validation and test sets stay balanced).
   ``load_dataset(name="fashion_mnist", val_size=1000)`` works without a config.
@@ -187,21 +188,23 @@ def load_dataset(config: Any = None, **fields: Any) -> Dataset:
   if name not in TFDS_DATASETS:
     raise ValueError(f"dataset.name must be one of {list(DATASETS)}, got {name!r}.")
   num_classes = TFDS_DATASETS[name][1]
+  check_training_source(config)
   data_dir = config.data_dir or None
+  download = bool(getattr(config, "download", False))
   if name == "fashion_mnist":
     directory = data_dir or os.environ.get("ENSEMBLES_FASHION_MNIST_DIR", FASHION_MNIST_DIR)
     try:
       arrays = load_fashion_mnist_idx(directory)
     except FileNotFoundError:
       try:
-        arrays = load_tfds(name, data_dir)
+        arrays = load_tfds(name, data_dir, download)
       except Exception as err:  # no network / not prepared: say how to get the files.
         raise DataNotFoundError(MISSING_FASHION_MNIST.format(
             dir=directory, err=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}",
             files=list(FASHION_MNIST_FILES.values()))) from err
   else:
     try:
-      arrays = load_tfds(name, data_dir)
+      arrays = load_tfds(name, data_dir, download)
     except Exception as err:
       raise DataNotFoundError(
           f"tensorflow-datasets could not provide {name!r} ({type(err).__name__}: {err}). "
@@ -269,25 +272,62 @@ def load_test_split(name: str, data_dir: str = "") -> tuple[np.ndarray, np.ndarr
   return _read_prepared(name, TFDS_DATASETS[name][0], data_dir)
 
 
-def _read_prepared(name: str, split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
-  """An evaluation set that tfds must already hold (never downloads, so offline runs fail at once)."""
+EVALUATION_ADVICE = "or leave it out of the evaluation block"
+TRAINING_ADVICE = "or set dataset.download=True to let tensorflow-datasets fetch it (needs network)"
+
+
+def _read_prepared(name: str, split: str, data_dir: str, advice: str = EVALUATION_ADVICE) -> tuple[np.ndarray, np.ndarray]:
+  """A set that tfds must already hold (never downloads, so offline runs fail at once)."""
   try:
     return _read_tfds_split(name, split, data_dir or None, download=False)
   except Exception as err:
     raise DataNotFoundError(
         f"tensorflow-datasets has not prepared {name!r} in {data_dir or 'its default data folder'} "
         f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Prepare it on a machine with network access "
-        f"(`tfds build {name.split('/')[0]}`) and point dataset.data_dir at that tfds data folder, or leave it "
-        "out of the evaluation block.") from err
+        f"(`tfds build {name.split('/')[0]}`) and point dataset.data_dir at that tfds data folder, {advice}.") from err
 
 
-def check_prepared(name: str, split: str, data_dir: str = "") -> None:
+def check_prepared(name: str, split: str, data_dir: str = "", advice: str = EVALUATION_ADVICE) -> None:
   """Raises DataNotFoundError unless tfds holds ``name``'s ``split`` (cheap: opens, reads nothing)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # tfds warns about every empty folder it looks into
   try:
     tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
   except Exception:  # the message comes from the reader, which says how to prepare it
-    _read_prepared(name, split, data_dir)
+    _read_prepared(name, split, data_dir, advice)
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def _has_idx_files(directory: str) -> bool:
+  return all(os.path.isfile(os.path.join(directory, f)) for f in FASHION_MNIST_FILES.values())
+
+
+def check_training_source(config: Any) -> None:
+  """Fails at once (no network wait, before any work) when the training set of the ``dataset``
+  block cannot be read: an explicit ``data_dir`` that does not exist, or holds neither the files
+  nor a prepared tfds copy; a named tfds dataset that is not prepared (unless ``download``)."""
+  name, data_dir = config.name, config.data_dir
+  download = bool(getattr(config, "download", False))
+  if name == "fashion_mnist":
+    expected = f"Fashion-MNIST's IDX files {list(FASHION_MNIST_FILES.values())} or a tfds data folder with fashion_mnist"
+  else:
+    expected = f"a tfds data folder with {name!r} prepared (`tfds build {name} --data_dir DIR`)"
+  if data_dir and not os.path.isdir(data_dir):
+    raise DataNotFoundError(f"dataset.data_dir {data_dir!r} does not exist; it must hold {expected}.")
+  if name == "fashion_mnist":
+    if _has_idx_files(data_dir or os.environ.get("ENSEMBLES_FASHION_MNIST_DIR", FASHION_MNIST_DIR)):
+      return
+    if data_dir:
+      try:
+        check_prepared(name, "train", data_dir)
+      except DataNotFoundError as err:
+        raise DataNotFoundError(f"dataset.data_dir {data_dir!r} holds neither {expected}.") from err
+    return  # the default folder: `load_dataset` explains how to get the files
+  if not download:
+    check_prepared(name, "train", data_dir, TRAINING_ADVICE)
 
 
 def match_image_shape(images: np.ndarray, shape: tuple[int, ...], resize: bool, what: str) -> np.ndarray:

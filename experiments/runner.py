@@ -14,6 +14,7 @@ import jax
 import ml_collections
 
 from ensembles import config as config_lib
+from ensembles import data as data_lib
 from ensembles import evaluation as evaluation_lib
 from ensembles import methods
 from ensembles.methods import common
@@ -33,6 +34,7 @@ def _config_for_resume_check(config_dict: dict) -> dict:
 def run(config, workdir: str) -> dict:
   """Validates ``config``, trains and evaluates its method in ``workdir``; returns the results."""
   config_lib.validate(config)
+  data_lib.check_training_source(config.dataset)  # the training set first, then the evaluation's sets
   evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
   os.makedirs(workdir, exist_ok=True)
   config_path = os.path.join(workdir, "config.json")

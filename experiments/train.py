@@ -11,40 +11,65 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from ensembles import config as config_lib
 from ensembles import trainer
+from experiments import cli
 from experiments import report
 from experiments.runner import run
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Config file.")
+_CONFIG = flags.DEFINE_string("config", "experiments/configs/default.py",
+                              "Config file; override fields with --config.BLOCK.FIELD=VALUE (experiments/cli.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results.")
 _DISTRIBUTED = flags.DEFINE_boolean(
     "distributed", False, "Multi-host: call jax.distributed.initialize() first (TPU pods and SLURM are "
     "detected automatically; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
 
 
+_OVERRIDES: list[tuple[str, str]] = []
+
+
+def parse_flags(argv):
+  """absl's flags without the --config.FIELD overrides (kept for `cli.apply_overrides`); a mistake
+  is one line on stderr and exit status 2."""
+  rest, overrides = cli.split_overrides(argv)
+  _OVERRIDES[:] = overrides
+  try:
+    return flags.FLAGS(rest)
+  except flags.Error as err:
+    _fail(str(err).splitlines()[0])
+
+
+def _fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _fail(f"unexpected arguments {argv[1:]}; fields are set as --config.BLOCK.FIELD=VALUE.")
   if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required.")
+    _fail("--workdir is required.")
+  if os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
+    _fail(f"--workdir {_WORKDIR.value!r} is a file; give a folder (new, or a run to resume).")
+  try:
+    config = cli.apply_overrides(cli.load_config_file(_CONFIG.value), _OVERRIDES)
+  except cli.CliError as err:
+    _fail(str(err))
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
   if _DISTRIBUTED.value:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
   try:
-    results = run(_CONFIG.value, _WORKDIR.value)
+    results = run(config, _WORKDIR.value)
   except trainer.Preempted as err:
     print(f"preempted: {err}", file=sys.stderr)
     sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process
   except (config_lib.ConfigError, ValueError, FileNotFoundError, FloatingPointError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(err))
   print(report.run_table(results))
   print(f"Wrote {os.path.join(_WORKDIR.value, 'results.md')} and results.json.")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -63,3 +63,63 @@ def test_run_on_tfds_mock_data(tmp_path):
     results = runner.run(cfg, str(tmp_path))
   assert results["dataset"] == "mnist" and results["train_steps"] == 2
   assert os.path.exists(tmp_path / "results.md")
+
+
+def _one_line_error(out, *needles):
+  """Exit status 2, no traceback, and the error as the last line of stderr naming every needle."""
+  lines = [l for l in out.stderr.strip().splitlines() if l.strip()]
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert lines and lines[-1].startswith("error: "), out.stderr[-2000:]
+  for needle in needles:
+    assert needle in lines[-1], (needle, lines[-1])
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--config", "experiments/configs/missing.py"], ["no config file 'experiments/configs/missing.py'",
+                                                      "deep_ensemble.py"]),
+    (["--config.training.lrr=0.1"], ["no field 'lrr' in config.training", "valid fields: batch_size",
+                                     "did you mean 'lr'?"]),
+    (["--config.model.features=(6,16)"], ["no field 'features' in config.model", "valid fields: dropout_rate, hidden, name"]),
+    (["--config.num_members=two"], ["config.num_members must be an int like its default (4), got 'two'"]),
+    (["--config.dataset.data_dir=/nonexistent"], ["dataset.data_dir '/nonexistent' does not exist",
+                                                  "train-images-idx3-ubyte.gz"]),
+])
+def test_cli_mistakes_are_one_line_before_any_work(tmp_path, args, needles):
+  out = _cli("--workdir", str(tmp_path / "run"), *args)
+  _one_line_error(out, *needles)
+  assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_cli_workdir_that_is_a_file(tmp_path):
+  (tmp_path / "file").write_text("x")
+  _one_line_error(_cli("--workdir", str(tmp_path / "file")), "is a file")
+
+
+def test_cli_data_dir_without_the_files(tmp_path):
+  (tmp_path / "empty").mkdir()
+  _one_line_error(_cli("--workdir", str(tmp_path / "run"), f"--config.dataset.data_dir={tmp_path / 'empty'}"),
+                  f"dataset.data_dir '{tmp_path / 'empty'}' holds neither", "t10k-labels-idx1-ubyte.gz")
+
+
+def test_cli_unprepared_tfds_training_set_is_reported_first(tmp_path):
+  # cifar10 would also need the CIFAR-10-C sets of the default evaluation: the training set comes first
+  out = _cli("--workdir", str(tmp_path / "run"), "--config.dataset.name=cifar10",
+             f"--config.dataset.data_dir={tmp_path}")
+  _one_line_error(out, "has not prepared 'cifar10'", "tfds build cifar10", "dataset.download=True")
+
+
+@requires_fashion_mnist
+def test_cli_sets_fields_of_another_model(tmp_path):
+  workdir = tmp_path / "run"
+  out = _cli("--workdir", str(workdir), "--config.model.name=lenet", "--config.model.features=(6,16)",
+             "--config.model.hidden=(12,)", "--config.model.kernel_size=3", "--config.dataset.train_subset=256",
+             "--config.dataset.test_subset=100", "--config.dataset.val_size=100", "--config.training.epochs=1",
+             "--config.num_members=2", "--config.evaluation.ood_datasets=()", "--config.evaluation.corruptions=()",
+             "--config.evaluation.plots=False")
+  assert out.returncode == 0, out.stderr[-3000:]
+  config = json.load(open(workdir / "config.json"))
+  assert config["model"] == {"name": "lenet", "features": [6, 16], "hidden": [12], "kernel_size": 3,
+                             "dropout_rate": 0.0, "conv_impl": "auto"}
+  results = json.load(open(workdir / "results.json"))
+  assert results["params_per_member"] == (3 * 3 * 1 * 6 + 6) + (3 * 3 * 6 * 16 + 16) + (7 * 7 * 16 * 12 + 12) + (12 * 10 + 10)

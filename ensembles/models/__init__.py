@@ -19,6 +19,15 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
+def model_fields(name: str) -> dict[str, Any]:
+  """The fields a config's ``model`` block may set for model ``name``, with their defaults."""
+  if name not in MODELS:
+    raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {name!r}.")
+  skip = {"num_classes", "parent", "name", "mc_dropout"}
+  return {f.name: f.default for f in dataclasses.fields(MODELS[name])
+          if f.name not in skip and f.default is not dataclasses.MISSING}
+
+
 def build_model(name: str, num_classes: int, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
   """Instantiates the model called ``name`` with ``kwargs`` (the config's ``model`` fields)."""
   if name not in MODELS:
@@ -35,4 +44,4 @@ def build_model(name: str, num_classes: int, kwargs: Mapping[str, Any] | None = 
   return cls(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "build_model", "MLP", "LeNet", "ResNet", "WideResNet"]
+__all__ = ["MODELS", "build_model", "model_fields", "MLP", "LeNet", "ResNet", "WideResNet"]

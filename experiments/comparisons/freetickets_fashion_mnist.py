@@ -4,7 +4,7 @@ static sparse, DST and EDST ensembles (M = 3, S = 0.8), three seeds.
   python -m experiments.compare --comparison experiments/comparisons/freetickets_fashion_mnist.py \
       --workdir runs/compare_freetickets
 
-About 10 minutes on a 2-core CPU.
+About 12 minutes on a 2-core CPU.
 """
 
 
@@ -20,5 +20,10 @@ def get_comparison():
           ("static_sparse_ensemble", "experiments/configs/static_sparse_ensemble.py", {}),
           ("dst_ensemble", "experiments/configs/dst_ensemble.py", {}),
           ("edst_ensemble", "experiments/configs/edst_ensemble.py", {}),
+          # ablations of our EDST choices: best-on-validation tickets; the schedule before them
+          # (one drop-fraction decay over the whole run, updates up to each ticket)
+          ("edst_best_val", "experiments/configs/edst_ensemble.py", {"edst.ticket": "best_val"}),
+          ("edst_global_nostop", "experiments/configs/edst_ensemble.py",
+           {"edst.drop_schedule": "global", "edst.refine_stop_fraction": 1.0}),
       ],
   }

@@ -21,7 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "fashion_mnist"  # fashion_mnist (offline IDX files) | cifar10 | cifar100 | svhn_cropped | mnist
-  c.dataset.data_dir = ""           # '' = default (/usr/share/datasets/fashion-mnist or tfds's folder)
+  c.dataset.data_dir = ""           # '' = default (/usr/share/datasets/fashion-mnist or tfds's folder); must exist
+  c.dataset.download = False        # True: tensorflow-datasets may download a missing training set (network)
   c.dataset.val_size = 5000         # examples carved from train for validation (never the test set)
   c.dataset.split_seed = 0          # seed of the train/val split, shared by all methods
   c.dataset.train_subset = 0        # >0: keep this many training examples (quick runs, tests)

@@ -27,7 +27,8 @@ def get_config():
   c.edst.exploration_growth = "random"   # our choice: growth rule of the global exploration
   c.edst.reference_epochs = 10           # the single dense model's epochs, for train FLOPs x dense
   c.edst.drop_schedule = "per_phase"     # our choice: per_phase (drop schedule restarts each phase) | global
-  c.edst.refine_stop_fraction = 0.75     # our choice: regular updates in the first 75% of each refinement phase
+  c.edst.refine_stop_fraction = 0.5      # our choice (validation, README): regular updates in each refinement
+                                         #   phase's first half only
   c.edst.ticket = "final"                # final (phase's last state) | best_val (lowest validation NLL)
   c.training.epochs = c.edst.exploration_epochs + c.num_members * c.edst.refinement_epochs
   c.training.lr_schedule = "constant"    # unused: EDST builds its own phase schedule from c.edst
