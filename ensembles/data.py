@@ -324,7 +324,9 @@ def check_training_source(config: Any) -> None:
       try:
         check_prepared(name, "train", data_dir)
       except DataNotFoundError as err:
-        raise DataNotFoundError(f"dataset.data_dir {data_dir!r} holds neither {expected}.") from err
+        raise DataNotFoundError(f"dataset.data_dir {data_dir!r} holds neither {expected} (Debian's "
+                                "`apt-get install dataset-fashion-mnist` puts the IDX files in "
+                                f"{FASHION_MNIST_DIR}).") from err
     return  # the default folder: `load_dataset` explains how to get the files
   if not download:
     check_prepared(name, "train", data_dir, TRAINING_ADVICE)

@@ -87,7 +87,7 @@ def test_val_size_too_large(tmp_path):
 def test_tfds_datasets_under_mock_data(name, shape, classes, tmp_path):
   with tfds.testing.mock_data(num_examples=24):
     arrays = data_lib.load_tfds(name)
-    ds = data_lib.load_dataset(_cfg(name, data_dir=str(tmp_path / "none"), val_size=4)) \
+    ds = data_lib.load_dataset(_cfg(name, data_dir=str(tmp_path), val_size=4)) \
         if name != "fashion_mnist" else None
   assert arrays["x_train"].shape == (24, *shape) and arrays["x_train"].dtype == np.uint8
   assert arrays["y_train"].dtype == np.int32
