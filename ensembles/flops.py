@@ -84,6 +84,18 @@ def sparse_training_flops(f_dense: float, f_sparse: float, steps: int, batch_siz
   return batch_size * (3.0 * f_sparse * steps + (f_dense - f_sparse) * gradient_updates)
 
 
+def positive_variables(variables: dict, masks: PyTree) -> dict:
+  """``variables`` for structural analysis: every kept parameter (``masks``) 1, masked ones 0,
+  normalisation statistics mean 0 and variance 1, so that with positive inputs an activation is
+  zero exactly when the masks make it so."""
+  positive = {"params": jax.tree.map(lambda m: jnp.where(m, 1.0, 0.0).astype(jnp.float32), masks)}
+  for collection, tree in variables.items():
+    if collection != "params":
+      positive[collection] = jax.tree_util.tree_map_with_path(
+          lambda p, x: jnp.ones_like(x) if jax.tree_util.keystr(p).endswith("['var']") else jnp.zeros_like(x), tree)
+  return positive
+
+
 def live_input_densities(model: nn.Module, variables: dict, input_shape: tuple[int, ...],
                          masks: PyTree | None = None) -> dict[str, float]:
   """Fraction of each conv/dense layer's multiply-accumulates that a masked network really does
@@ -96,13 +108,8 @@ def live_input_densities(model: nn.Module, variables: dict, input_shape: tuple[i
   if the masks make it so (a dead ReLU of the trained weights still counts as work).
   ``variables``: one network's {"params": ..., other collections}; ``masks``: a bool tree like
   its params (None: dense)."""
-  params = variables["params"]
-  masks = jax.tree.map(lambda x: jnp.ones(x.shape, bool), params) if masks is None else masks
-  positive = {"params": jax.tree.map(lambda m: jnp.where(m, 1.0, 0.0).astype(jnp.float32), masks)}
-  for collection, tree in variables.items():
-    if collection != "params":
-      positive[collection] = jax.tree_util.tree_map_with_path(
-          lambda p, x: jnp.ones_like(x) if jax.tree_util.keystr(p).endswith("['var']") else jnp.zeros_like(x), tree)
+  masks = jax.tree.map(lambda x: jnp.ones(x.shape, bool), variables["params"]) if masks is None else masks
+  positive = positive_variables(variables, masks)
   live: dict[str, jax.Array] = {}
 
   def interceptor(next_fun, args, kwargs, context):

@@ -7,9 +7,11 @@ the M children, so each child gets an equal share of strong and weak parts:
     pairwise disjoint and together cover every weight of the layer;
   * ``unit`` granularity: parts are output units (neurons / channels, the kernel's last axis),
     scored by the L1 norm of their incoming weights; a child keeps its units' incoming weights and
-    biases; units of other children are removed from it (in models with BatchNorm after a
-    convolution, a removed channel still carries the norm's constant shift). The output layer's
-    units are the classes, so unit granularity requires ``share_input_output``.
+    biases; units of other children are removed from it, and `silence_removed_units` also masks
+    the scale and bias of the BatchNorm channels they feed, so a removed unit outputs exactly zero.
+    In residual models the shortcut still carries every channel of a block's input into its sum:
+    a removed channel of a block's last convolution is zero in the residual branch only. The output
+    layer's units are the classes, so unit granularity requires ``share_input_output``.
 Layers that are not partitioned (non-prunable leaves such as biases and norms at weight
 granularity, and the input / output layers when shared) are kept whole by every child.
 """
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ensembles import flops
 from ensembles import sparse
 
 PyTree = Any
@@ -120,3 +124,48 @@ def child_shares(masks: PyTree, params: PyTree, share_input_output: bool, layer_
   kept = sum(np.asarray(flat[n]).reshape(flat[n].shape[0], -1).sum(1) for n in names)
   total = sum(int(np.prod(flat[n].shape[1:])) for n in names)
   return kept / total
+
+
+def silence_removed_units(model: nn.Module, variables: dict, masks: PyTree, input_shape: tuple[int, ...]) -> PyTree:
+  """Child masks [M, ...] extended to the BatchNorm layers: a norm's scale and bias are masked on
+  every channel whose input is structurally zero in that child (a removed unit), so the channel
+  outputs exactly zero instead of ReLU(bias). Channels a residual shortcut keeps alive stay.
+
+  Structural: each child runs with every kept parameter set to 1, norm statistics mean 0 / variance
+  1 and an input of ones, until no more channels are silenced (a silenced norm can silence the
+  next). ``variables``: the parent's {"params": ..., "batch_stats": ...}."""
+  flat_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(masks)[0]]
+  treedef = jax.tree_util.tree_structure(masks)
+  children = []
+  for i in range(jax.tree.leaves(masks)[0].shape[0]):
+    child = dict(zip(flat_paths, jax.tree.leaves(jax.tree.map(lambda m: m[i], masks))))
+    while True:
+      zero_inputs = _norm_zero_inputs(model, variables, jax.tree_util.tree_unflatten(treedef, list(child.values())),
+                                      input_shape)
+      changed = False
+      for module, zero in zero_inputs.items():
+        for leaf in ("scale", "bias"):
+          path = f"{module}['{leaf}']"
+          if path in child and bool(jnp.any(child[path] & zero)):
+            child[path] = child[path] & ~zero
+            changed = True
+      if not changed:
+        break
+    children.append(jax.tree_util.tree_unflatten(treedef, list(child.values())))
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *children)
+
+
+def _norm_zero_inputs(model, variables, masks, input_shape) -> dict[str, jax.Array]:
+  """{BatchNorm module path: [C] bool, True where its input channel is structurally zero}."""
+  positive = flops.positive_variables(variables, masks)
+  zero: dict[str, jax.Array] = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    if context.method_name == "__call__" and isinstance(context.module, nn.BatchNorm):
+      x = args[0]
+      zero["".join(f"['{p}']" for p in context.module.scope.path)] = jnp.all(x.reshape(-1, x.shape[-1]) == 0, axis=0)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    model.apply(positive, jnp.ones((1, *input_shape)), train=False)
+  return zero

@@ -93,3 +93,41 @@ def test_shared_layers_are_the_input_and_output_layers(name, kwargs, first, last
   assert flat[first].all() and flat[last].all()  # shared: every child keeps all classes and inputs
   partitioned = subnetworks.partitioned_kernels(params, True, order)
   assert first not in partitioned and last not in partitioned and len(partitioned) == len(order) - 2
+
+
+def test_removed_units_output_exactly_zero_through_batchnorm():
+  """Unit-level children of a ResNet: a channel that reaches a BatchNorm as all zeros (a removed
+  unit) must leave it as zeros, in training and in inference mode (before: ReLU(bias))."""
+  import flax.linen as nn
+  from ensembles.models import build_model
+  model = build_model("resnet", 4, {"depth": 8})
+  variables = dict(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3))))
+  params = variables.pop("params")
+  key = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
+  # a trained parent: nonzero norm biases and running statistics
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + 0.5 + jax.random.uniform(next(key), x.shape) if "BatchNorm" in jax.tree_util.keystr(p) else x,
+      params)
+  variables = jax.tree.map(lambda x: x + jax.random.uniform(next(key), x.shape), variables)
+  order = [c.path for c in flops.layer_costs(model, (8, 8, 3))]
+  masks = subnetworks.partition_masks(params, 2, "unit", True, layer_order=order)
+  masks = subnetworks.silence_removed_units(model, {"params": params, **variables}, masks, (8, 8, 3))
+  x = jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 3))
+  silenced = 0
+  for i in range(2):
+    child = jax.tree.map(lambda p, m: jnp.where(m[i], p, 0.0), params, masks)
+    for train in (False, True):
+      seen = []
+
+      def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and isinstance(context.module, nn.BatchNorm):
+          seen.append((jnp.all(args[0] == 0, axis=(0, 1, 2)), out))
+        return out
+
+      with nn.intercept_methods(interceptor):
+        model.apply({"params": child, **variables}, x, train=train, mutable=["batch_stats"] if train else False)
+      for zero_in, out in seen:
+        np.testing.assert_array_equal(np.asarray(out)[..., np.asarray(zero_in)], 0.0)
+        silenced += int(zero_in.sum())
+  assert silenced > 0  # the check is not vacuous: removed channels reach the norms

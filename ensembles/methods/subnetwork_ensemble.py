@@ -90,6 +90,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   parent_model_state = members_lib.member(state.model_state, 0)
   masks = subnetworks.partition_masks(parent_params, m, s.granularity, s.share_input_output, s.score,
                                       jax.random.fold_in(run_p.init_key, 2), layer_order)
+  if s.granularity == "unit":  # removed units output exactly zero, also through BatchNorm
+    masks = subnetworks.silence_removed_units(run_p.model, {"params": parent_params, **parent_model_state},
+                                              masks, run_p.data.image_shape)
 
   child_cfg = _phase_config(config, child_epochs)
   child_dir = os.path.join(workdir, "children")
