@@ -61,20 +61,6 @@ def forward_flops(costs: list[LayerCost], densities: Mapping[str, float] | None 
   return float(sum(densities.get(c.path, 1.0) * c.flops for c in costs))
 
 
-def train_step_flops(f_dense: float, f_sparse: float, rule: str, update_every: int = 1) -> float:
-  """Average training FLOPs per example and step under ``rule`` in {dense, static, set, rigl}
-  (RigL's formula, one gradient-growth update every ΔT + 1 steps; `sparse_training_flops` counts
-  the updates a run really made)."""
-  if rule == "dense":
-    return 3.0 * f_dense
-  if rule in ("static", "set"):
-    return 3.0 * f_sparse
-  if rule == "rigl":
-    dt = update_every
-    return (3.0 * f_sparse * dt + 2.0 * f_sparse + f_dense) / (dt + 1)
-  raise ValueError(f"FLOPs rule must be one of ('dense', 'static', 'set', 'rigl'), got {rule!r}.")
-
-
 def sparse_training_flops(f_dense: float, f_sparse: float, steps: int, batch_size: int,
                           gradient_updates: int = 0) -> float:
   """B · (3·f_S·steps + (f_D − f_S)·U): every step costs 3·f_S per example, and each of the U

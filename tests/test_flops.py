@@ -28,12 +28,14 @@ def test_strided_resnet_layers_and_wrn28_10():
   assert sum(c.macs for c in wrn) == pytest.approx(5.25e9, rel=0.01)  # WRN-28-10: 5.25 GMACs
 
 
-def test_training_flops_rules():
-  assert flops.train_step_flops(10.0, 2.0, "dense") == 30.0
-  assert flops.train_step_flops(10.0, 2.0, "static") == 6.0 == flops.train_step_flops(10.0, 2.0, "set")
-  assert flops.train_step_flops(10.0, 2.0, "rigl", 4) == pytest.approx((3 * 2 * 4 + 2 * 2 + 10) / 5)
-  with pytest.raises(ValueError, match="FLOPs rule"):
-    flops.train_step_flops(1.0, 1.0, "snip")
+def test_training_flops_formulas():
+  f_dense, f_sparse, dt, batch = 10.0, 2.0, 4, 8
+  assert flops.sparse_training_flops(f_dense, f_dense, 7, batch) == batch * 7 * 3 * f_dense  # dense
+  assert flops.sparse_training_flops(f_dense, f_sparse, 7, batch) == batch * 7 * 3 * f_sparse  # static, SET
+  # one gradient update every ΔT + 1 steps: RigL's per-step formula (3·f_S·ΔT + 2·f_S + f_D)/(ΔT + 1)
+  steps = 5 * (dt + 1)
+  rigl = (3 * f_sparse * dt + 2 * f_sparse + f_dense) / (dt + 1)
+  assert flops.sparse_training_flops(f_dense, f_sparse, steps, batch, 5) == pytest.approx(batch * steps * rigl)
 
 
 # Training FLOPs of whole runs against counts by hand (fake_data: 128 images of 8x8x1, 4 classes;
