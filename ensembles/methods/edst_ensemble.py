@@ -175,6 +175,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   ends = {end: k for k, (_, end) in enumerate(phases)}
   tickets_dir = os.path.join(workdir, "tickets")
   best_val_nll: dict[int, float] = {}  # best_val: phase -> lowest validation NLL saved so far
+  selection_steps = set(validation_steps(e, m, steps_per_epoch))  # the same steps the FLOPs count charges
 
   def phase_of(step: int) -> int | None:
     return next((k for k, (a, b) in enumerate(phases) if a < step <= b), None)
@@ -189,9 +190,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   def select_best(state, done: int) -> None:
     """best_val: at an epoch end of refinement phase k, keep the state if its validation NLL is the
     phase's lowest so far (a resumed run reads the saved ticket's NLL back: same choice)."""
-    k = phase_of(done)
-    if k is None or done % steps_per_epoch:
+    if done not in selection_steps:
       return
+    k = phase_of(done)
     if k not in best_val_nll:
       saved = checkpoints.member_meta(tickets_dir, k)
       best_val_nll[k] = saved["val_nll"] if saved and saved.get("val_nll") is not None else np.inf

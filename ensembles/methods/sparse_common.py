@@ -95,9 +95,10 @@ def topology_hook(update: Callable, cfg: Any, total_steps: int) -> Callable:
   with the drop fraction of `sparse.drop_fraction_schedule` at that step."""
   stop = int(cfg.stop_fraction * total_steps)
   schedule = sparse.drop_fraction_schedule(cfg.drop_fraction, cfg.drop_schedule, stop, cfg.drop_fraction_min)
+  steps = set(update_steps(cfg, total_steps))  # the same steps the FLOPs count charges
 
   def hook(state, done, images, labels, idx):
-    if done % cfg.update_every or done >= stop:
+    if done not in steps:
       return state
     return update(state, images, labels, idx, jnp.float32(schedule(done)))
 
