@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: install data demo test test-slow benchmark clean
+.PHONY: install data demo test test-slow mutation-test benchmark clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ test: data
 
 test-slow: data
 	$(PY) -m pytest -q -m slow
+
+# Applies each curated plausible bug (scripts/mutations.py) to a scratch copy and runs the tests
+# that must catch it; fails if any survives. Not part of `make test`.
+mutation-test: data
+	$(PY) scripts/mutation_test.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -5,6 +5,13 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Property tests draw the same examples on every run (CI included): a failure found once is found
+# again. HYPOTHESIS_PROFILE=explore draws new examples (and keeps hypothesis' example database).
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

@@ -27,6 +27,18 @@ def test_samme_textbook_case():
   assert bool((w[wrong] > 1).all()) and bool((w[~wrong] < 1).all())
 
 
+def test_samme_with_unequal_weights_by_hand():
+  """The error is weighted by the current sample weights: the same two mistakes cost more when they
+  fall on heavy examples (weights 3 on the misclassified 5 and 6, 1 elsewhere: err = 6 / 12)."""
+  probs, labels = _case()
+  start = jnp.array([1.0, 1, 1, 1, 1, 3, 3, 1])
+  w, alpha, err = boosting.reweight(start, probs, labels, "samme", eps=1e-3)
+  assert float(err) == pytest.approx(6 / 12)
+  assert float(alpha) == pytest.approx(np.log(0.5 / 0.5) + np.log(2))
+  raw = np.where(np.isin(np.arange(8), [5, 6]), np.asarray(start) * 2.0, np.asarray(start))  # e^alpha = 2
+  np.testing.assert_allclose(w, raw / raw.mean(), rtol=1e-6)
+
+
 @pytest.mark.parametrize("rule", ["samme", "samme_r"])
 def test_misclassified_gain_weight_and_mean_stays_one(rule):
   probs, labels = _case()

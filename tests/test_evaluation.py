@@ -51,6 +51,39 @@ def test_evaluate_all_with_ood_and_corruptions():
   assert c["types"]["brightness"][1]["accuracy"] < c["clean"]["accuracy"] == c["types"]["contrast"][0]["accuracy"]
 
 
+def _typicality_model(data, members=3):
+  """Members that know what in-distribution images look like: near a class prototype (the class
+  mean of the training images) they agree on its class; far from every prototype each member is
+  confident in a different class (so the ensemble is uncertain and the members disagree)."""
+  x_train = data.x_train.reshape(len(data.x_train), -1).astype(np.float64)
+  prototypes = np.stack([x_train[data.y_train == k].mean(0) for k in range(data.num_classes)])
+  scale = 1.5 * np.median(np.linalg.norm(x_train - prototypes[data.y_train], axis=1))
+
+  def member_probs(images):
+    x = images.reshape(len(images), -1).astype(np.float64)
+    dist = np.linalg.norm(x[:, None] - prototypes[None], axis=-1)  # [N, K]
+    typical = np.exp(-(dist.min(1) / scale) ** 2)[:, None]
+    near = np.exp(-(dist - dist.min(1, keepdims=True)) / 50.0)
+    near /= near.sum(1, keepdims=True)
+    out = [typical * near + (1 - typical) * (np.eye(data.num_classes)[m % data.num_classes] * 0.9 +
+                                             0.1 / data.num_classes) for m in range(members)]
+    return np.stack(out)
+  return member_probs
+
+
+def test_ood_scores_are_oriented_end_to_end():
+  """An in-distribution test set against obviously different images (digits) through the whole
+  evaluation: every score ranks the OoD images as more uncertain (AUROC near 1; swapping the two
+  sets anywhere on the way gives near 0)."""
+  data = make_dataset(n_train=200, n_test=100, shape=(28, 28, 1))
+  model = _typicality_model(data)
+  assert np.mean(model(data.x_test).mean(0).argmax(1) == data.y_test) > 0.9  # a good in-distribution model
+  out = evaluation.evaluate_all(model, data, {"ood_datasets": ("digits",), "ood_examples": 200}, progress=False)
+  for score in ("msp", "entropy", "mutual_information"):
+    assert out["ood"]["digits"][score]["auroc"] > 0.95, (score, out["ood"]["digits"][score])
+    assert out["ood"]["digits"][score]["fpr95"] < 0.1, (score, out["ood"]["digits"][score])
+
+
 def test_ood_images_of_another_shape():
   data = make_dataset(n_test=20, shape=(8, 8, 1))
   with pytest.raises(ValueError, match=r"'digits' has images of shape \(28, 28, 1\) but the model takes "

@@ -1,0 +1,142 @@
+"""The curated mutations of `scripts/mutation_test.py`: plausible bugs, each a small edit of one file
+(``before`` must occur exactly once in it), and the tests that must catch it.
+
+Keep ``tests`` narrow (the tests written for that behaviour), so the whole check stays minutes long.
+When a refactor moves the code, update ``before``/``after``; the runner stops on a stale entry.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+  name: str
+  file: str
+  before: str
+  after: str
+  tests: tuple[str, ...]
+
+
+E2E = "tests/test_methods_end_to_end.py"
+INDEPENDENCE = "tests/test_independence.py"
+
+MUTATIONS = [
+    # --- members: independence of the members' random streams, and the member map ---------------
+    Mutation("members share one data-order key", "ensembles/methods/common.py",
+             "jax.random.split(data_key, m),", "jax.numpy.stack([data_key] * m),",
+             (f"{INDEPENDENCE}::test_members_train_on_different_batches_each_epoch",)),
+    Mutation("members share one dropout/augmentation key per step", "ensembles/train.py",
+             "jax.random.fold_in(state.rng, state.step)", "jax.random.fold_in(jax.random.PRNGKey(0), state.step)",
+             (f"{INDEPENDENCE}::test_each_member_and_step_draws_its_own_dropout_mask",
+              f"{INDEPENDENCE}::test_each_member_augments_its_batch_differently")),
+    Mutation("init gives every member the same rng", "ensembles/train.py",
+             "init_key, rng = jax.random.split(member_key)",
+             "init_key, rng = jax.random.split(member_key)[0], jax.random.PRNGKey(7)",
+             (INDEPENDENCE,)),
+    Mutation("data order not reshuffled between epochs", "ensembles/train.py",
+             "jax.random.permutation(jax.random.fold_in(k, epoch), n)", "jax.random.permutation(k, n)",
+             (f"{INDEPENDENCE}::test_members_train_on_different_batches_each_epoch",)),
+    Mutation("loop execution runs member 0 for every member", "ensembles/members.py",
+             "fn(*member(stacked, i), *shared) for i in", "fn(*member(stacked, 0), *shared) for i in",
+             ("tests/test_members.py::test_member_map_modes_agree",)),
+    # --- train ------------------------------------------------------------------------------------
+    Mutation("sample weights ignored by the loss", "ensembles/train.py",
+             'weights = state.extra["sample_weights"][idx] if "sample_weights" in state.extra else jnp.ones(y.shape)',
+             "weights = jnp.ones(y.shape)",
+             ("tests/test_train.py::test_sample_weights_scale_the_loss",)),
+    # --- trainer and checkpoints: resume ---------------------------------------------------------
+    Mutation("resume skips the step after the checkpoint", "ensembles/trainer.py",
+             'start, train_time = int(meta["step"]), float(meta["train_time_s"])',
+             'start, train_time = int(meta["step"]) + 1, float(meta["train_time_s"])',
+             (f"{E2E}::test_resume_mid_run_equals_the_uninterrupted_run",)),
+    Mutation("restore tries the oldest checkpoint first", "ensembles/checkpoints.py",
+             "for step in sorted(manager.all_steps(), reverse=True):", "for step in sorted(manager.all_steps()):",
+             ("tests/test_preemption.py::test_checkpoint_not_matching_its_fingerprint_is_set_aside",)),
+    Mutation("fingerprint ignores shapes and dtypes", "ensembles/checkpoints.py",
+             '    crc = zlib.crc32(f"{x.shape}{x.dtype}".encode(), crc)\n', "",
+             ("tests/test_preemption.py::test_fingerprint_changes_with_any_value",)),
+    # --- metrics ----------------------------------------------------------------------------------
+    Mutation("ECE as one overall gap instead of per bin", "ensembles/metrics.py",
+             "return float(np.sum(np.abs(sum_acc - sum_conf)) / len(labels))",
+             "return float(np.abs(np.sum(sum_acc - sum_conf)) / len(labels))",
+             ("tests/test_metrics.py",)),
+    Mutation("Brier summed over the wrong axis", "ensembles/metrics.py",
+             "return float(np.mean(np.sum((p - onehot) ** 2, axis=-1)))",
+             "return float(np.mean(np.sum((p - onehot) ** 2, axis=0)))",
+             ("tests/test_metrics.py",)),
+    Mutation("disagreement compares a member with itself", "ensembles/metrics.py",
+             "np.mean(preds[i] != preds[j])", "np.mean(preds[i] != preds[i])",
+             ("tests/test_metrics.py",)),
+    Mutation("AUROC ranks ties without averaging", "ensembles/metrics.py",
+             "np.repeat(0.5 * (starts + 1 + ends), ends - starts)", "np.arange(1, len(both) + 1)",
+             ("tests/test_ood.py",)),
+    # --- evaluation -------------------------------------------------------------------------------
+    Mutation("OoD metrics called with in- and out-of-distribution swapped", "ensembles/evaluation.py",
+             "metrics_lib.ood_detection(test_probs, member_probs(x), weights)",
+             "metrics_lib.ood_detection(member_probs(x), test_probs, weights)",
+             ("tests/test_evaluation.py::test_ood_scores_are_oriented_end_to_end",)),
+    Mutation("corrupted sets yield the clean images", "ensembles/evaluation.py",
+             "      yield name, int(severity), images, y", "      yield name, int(severity), x, y",
+             ("tests/test_evaluation.py::test_evaluate_all_with_ood_and_corruptions",)),
+    # --- boosting ---------------------------------------------------------------------------------
+    Mutation("SAMME down-weights the misclassified", "ensembles/boosting.py",
+             "new = w * jnp.exp(alpha * wrong)", "new = w * jnp.exp(-alpha * wrong)",
+             ("tests/test_boosting.py",)),
+    Mutation("boosting error unweighted", "ensembles/boosting.py",
+             "error = jnp.sum(w * wrong) / jnp.sum(w)", "error = jnp.mean(wrong)",
+             ("tests/test_boosting.py",)),
+    # --- sparse training ----------------------------------------------------------------------------
+    Mutation("prune the largest weights", "ensembles/sparse.py",
+             "pruned = _select_top(-jnp.abs(w), m, k, max_k)", "pruned = _select_top(jnp.abs(w), m, k, max_k)",
+             ("tests/test_sparse.py",)),
+    Mutation("momentum not reset after prune-and-grow", "ensembles/sparse.py",
+             "return params, SparseState(masks, reset_moments(inner, state.inner_state, keep))",
+             "return params, SparseState(masks, state.inner_state)",
+             (f"{E2E}::test_sparse_methods_flops_by_hand_and_moments_reset",)),
+    Mutation("gradients of pruned weights reach the optimizer", "ensembles/sparse.py",
+             "grads = apply_masks(updates, state.masks)", "grads = updates",
+             (f"{E2E}::test_sparse_methods_flops_by_hand_and_moments_reset",)),
+    # --- subnetworks --------------------------------------------------------------------------------
+    Mutation("children's weight masks overlap", "ensembles/subnetworks.py",
+             "      owner = round_robin(jnp.abs(leaf).ravel(), num_children).reshape(leaf.shape)\n"
+             "      masks.append(owner[None] == children.reshape(-1, *([1] * leaf.ndim)))",
+             "      owner = round_robin(jnp.abs(leaf).ravel(), num_children).reshape(leaf.shape)\n"
+             "      masks.append(owner[None] >= children.reshape(-1, *([1] * leaf.ndim)))",
+             ("tests/test_subnetworks.py",)),
+    # --- FLOPs --------------------------------------------------------------------------------------
+    Mutation("DST training FLOPs ignore ΔT (a gradient update every step)", "ensembles/methods/dst_ensemble.py",
+             "gradient_updates = len(sparse_common.update_steps(s, total_steps)) if rule == \"rigl\" else 0",
+             "gradient_updates = total_steps if rule == \"rigl\" else 0",
+             (f"{E2E}::test_sparse_methods_flops_by_hand_and_moments_reset",)),
+    Mutation("RigL update charged as a full dense training step", "ensembles/flops.py",
+             "return batch_size * (3.0 * f_sparse * steps + (f_dense - f_sparse) * gradient_updates)",
+             "return batch_size * (3.0 * f_sparse * steps + 3.0 * (f_dense - f_sparse) * gradient_updates)",
+             ("tests/test_flops.py",)),
+    # --- methods ------------------------------------------------------------------------------------
+    Mutation("snapshot saved one step before its cycle's end", "ensembles/methods/snapshot_ensemble.py",
+             "ends = {step: k for k, step in enumerate(cbnn.segment_ends(total_steps, m))}",
+             "ends = {step - 1: k for k, step in enumerate(cbnn.segment_ends(total_steps, m))}",
+             (f"{E2E}::test_checkpoints_are_taken_exactly_at_segment_ends",)),
+    Mutation("CBNN checkpoint one step after its segment's end", "ensembles/methods/cbnn.py",
+             "ends = {step: k for k, step in enumerate(segment_ends(total_steps, m))}",
+             "ends = {min(step + 1, total_steps): k for k, step in enumerate(segment_ends(total_steps, m))}",
+             (f"{E2E}::test_checkpoints_are_taken_exactly_at_segment_ends",)),
+    Mutation("CBNN ignores cbnn.combine", "ensembles/methods/cbnn.py",
+             "common.evaluate(run, ensemble, alphas, c.combine)", "common.evaluate(run, ensemble, alphas)",
+             ("tests/test_cbnn_snapshot.py::test_cbnn_weighted_vote_end_to_end",)),
+    Mutation("CBNN averages without the alphas", "ensembles/methods/cbnn.py",
+             "common.evaluate(run, ensemble, alphas, c.combine)", "common.evaluate(run, ensemble, None, c.combine)",
+             ("tests/test_cbnn_snapshot.py::test_cbnn_prediction_is_alpha_weighted_mean",)),
+    Mutation("EDST ticket saved after the global exploration", "ensembles/methods/edst_ensemble.py",
+             "    if e.ticket == \"final\":\n      save_ticket(state, ends[done], done)\n",
+             "    if e.ticket == \"final\" and done not in starts:\n      save_ticket(state, ends[done], done)\n"
+             "    if e.ticket == \"final\" and done in starts:\n"
+             "      save_ticket(global_update(state, images, labels, idx, jnp.float32(e.global_drop_fraction)),"
+             " ends[done], done)\n",
+             (f"{E2E}::test_edst_tickets_are_the_states_at_phase_ends_before_exploring",)),
+    Mutation("MC dropout passes share one dropout key", "ensembles/train.py",
+             "pass_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(num_passes))",
+             "pass_keys = jax.vmap(lambda t: key)(jnp.arange(num_passes))",
+             ("tests/test_mc_dropout.py",)),
+]
