@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: install data demo test test-slow mutation-test benchmark clean
+.PHONY: install data demo test test-slow mutation-test mutmut benchmark clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,13 @@ test-slow: data
 # that must catch it; fails if any survives. Not part of `make test`.
 mutation-test: data
 	$(PY) scripts/mutation_test.py
+
+# mutmut's generic mutations of ensembles/metrics.py (config: [mutmut] in setup.cfg); survivors listed.
+mutmut: data
+	$(PY) -m pip install -q "mutmut>=3.8,<4"
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2 || true
+	$(VENV)/bin/mutmut results --all true | awk '{print $$NF}' | sort | uniq -c
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
