@@ -56,9 +56,12 @@ def validate(config: Any) -> None:
   _require(_is_number(d.imbalance_ratio) and d.imbalance_ratio >= 1, "dataset.imbalance_ratio", "a number >= 1",
            d.imbalance_ratio)
   _require(isinstance(d.get("download", False), bool), "dataset.download", "True or False", d.get("download"))
+  _require(isinstance(d.get("data_dir", ""), str), "dataset.data_dir",
+           "a folder path (a string; '' = the default location)", d.get("data_dir"))
+  _require(_is_int(d.get("split_seed", 0)) and d.get("split_seed", 0) >= 0, "dataset.split_seed", "an integer >= 0",
+           d.get("split_seed"))
 
-  m = config.model
-  _require(m.name in models_lib.MODELS, "model.name", f"one of {sorted(models_lib.MODELS)}", m.name)
+  validate_model(config.model)
 
   a = config.augment
   _require(_is_int(a.crop_padding) and a.crop_padding >= 0, "augment.crop_padding", "an integer >= 0",
@@ -81,6 +84,8 @@ def validate(config: Any) -> None:
            "fractions of training in (0, 1)", t.decay_milestones)
   _require(_is_number(t.decay_factor) and 0 < t.decay_factor <= 1, "training.decay_factor", "in (0, 1]",
            t.decay_factor)
+  for field in ("nesterov", "shared_data_order"):
+    _require(isinstance(t.get(field, False), bool), f"training.{field}", "True or False", t.get(field))
   _require(_is_int(t.batch_split) and t.batch_split >= 1 and t.batch_size % t.batch_split == 0,
            "training.batch_split", f"an integer >= 1 dividing training.batch_size={t.batch_size}", t.batch_split)
 
@@ -91,6 +96,35 @@ def validate(config: Any) -> None:
   if "evaluation" in config:
     validate_evaluation(config.evaluation, d.name)
   methods.METHODS[config.method].validate(config)
+
+
+def validate_model(m: Any) -> None:
+  """Raises ConfigError for the first invalid field of the ``model`` block: an unknown name or
+  field, or a value its model cannot take (the allowed values of each model's fields)."""
+  from ensembles.models import layers  # pylint: disable=g-import-not-at-top
+  _require(m.name in models_lib.MODELS, "model.name", f"one of {sorted(models_lib.MODELS)}", m.name)
+  fields = models_lib.model_fields(m.name)
+  for field in m:
+    if field == "name":
+      continue
+    _require(field in fields, f"model.{field}", f"a field of model {m.name!r} ({sorted(fields)})", m[field])
+    value = m[field]
+    if field == "dropout_rate":
+      _require(_is_number(value) and 0 <= value < 1, "model.dropout_rate", "in [0, 1)", value)
+    elif field == "bn_momentum":
+      _require(_is_number(value) and 0 < value < 1, "model.bn_momentum", "in (0, 1)", value)
+    elif field == "conv_impl":
+      _require(value in layers.CONV_IMPLS, "model.conv_impl", f"one of {layers.CONV_IMPLS}", value)
+    elif field in ("hidden", "features"):
+      _require(isinstance(value, (tuple, list)) and all(_is_int(v) and v >= 1 for v in value), f"model.{field}",
+               "a tuple of integers >= 1 (layer widths)", value)
+    elif isinstance(fields[field], int) and not isinstance(fields[field], bool):
+      _require(_is_int(value) and value >= 1, f"model.{field}", "an integer >= 1", value)
+  depth_rule = {"resnet": (6, 2, "(20, 32, 56, 110, ...)"), "wide_resnet": (6, 4, "(16, 22, 28, 40, ...)")}
+  if m.name in depth_rule and "depth" in m:
+    step, offset, examples = depth_rule[m.name]
+    _require(_is_int(m.depth) and m.depth > offset and (m.depth - offset) % step == 0, "model.depth",
+             f"{step}n+{offset} for {m.name} {examples}", m.depth)
 
 
 def validate_evaluation(e: Any, dataset_name: str) -> None:

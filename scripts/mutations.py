@@ -22,6 +22,13 @@ E2E = "tests/test_methods_end_to_end.py"
 INDEPENDENCE = "tests/test_independence.py"
 
 MUTATIONS = [
+    # --- config validation ---------------------------------------------------------------------
+    Mutation("model fields not validated", "ensembles/config.py",
+             "  validate_model(config.model)\n", "",
+             ("tests/test_config_fields.py",)),
+    Mutation("momentum accepted outside [0, 1)", "ensembles/config.py",
+             "0 <= t.momentum < 1", "0 <= t.momentum",
+             ("tests/test_config_fields.py", "tests/test_hostile.py::test_any_config_trains_or_fails_with_a_named_field")),
     # --- members: independence of the members' random streams, and the member map ---------------
     Mutation("members share one data-order key", "ensembles/methods/common.py",
              "jax.random.split(data_key, m),", "jax.numpy.stack([data_key] * m),",

@@ -41,6 +41,8 @@ def validate(config: Any) -> None:
     raise ConfigError(f"config.sparse.drop_fraction_min must be in [0, drop_fraction], got {s.drop_fraction_min!r}.")
   if not 0.0 < s.stop_fraction <= 1.0:
     raise ConfigError(f"config.sparse.stop_fraction must be in (0, 1], got {s.stop_fraction!r}.")
+  if not isinstance(s.allow_regrow, bool):
+    raise ConfigError(f"config.sparse.allow_regrow must be True or False, got {s.allow_regrow!r}.")
 
 
 def init_member_masks(state: train_lib.TrainState, inner: optax.GradientTransformation,

@@ -41,6 +41,8 @@ def validate(config: Any) -> None:
                       f"got {s.granularity!r}.")
   if s.score not in subnetworks.SCORES:
     raise ConfigError(f"config.subnetwork.score must be one of {subnetworks.SCORES}, got {s.score!r}.")
+  if not isinstance(s.share_input_output, bool):
+    raise ConfigError(f"config.subnetwork.share_input_output must be True or False, got {s.share_input_output!r}.")
   parent, children = split_epochs(config)
   if parent < 1 or children < 1:
     raise ConfigError(f"config.subnetwork.parent_fraction={s.parent_fraction} of training.epochs="
