@@ -32,6 +32,9 @@ def _is_number(x: Any) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+is_int, is_number = _is_int, _is_number  # for the methods' validate functions
+
+
 def validate(config: Any) -> None:
   """Raises ConfigError for the first invalid field of the common config blocks."""
   from ensembles import methods  # pylint: disable=g-import-not-at-top  (methods import this module)
@@ -80,7 +83,8 @@ def validate(config: Any) -> None:
            t.weight_decay)
   _require(_is_number(t.warmup_epochs) and 0 <= t.warmup_epochs < t.epochs, "training.warmup_epochs",
            f"in [0, training.epochs={t.epochs})", t.warmup_epochs)
-  _require(all(_is_number(f) and 0 < f < 1 for f in t.decay_milestones), "training.decay_milestones",
+  _require(isinstance(t.decay_milestones, (tuple, list)) and
+           all(_is_number(f) and 0 < f < 1 for f in t.decay_milestones), "training.decay_milestones",
            "fractions of training in (0, 1)", t.decay_milestones)
   _require(_is_number(t.decay_factor) and 0 < t.decay_factor <= 1, "training.decay_factor", "in (0, 1]",
            t.decay_factor)
@@ -132,16 +136,20 @@ def validate_evaluation(e: Any, dataset_name: str) -> None:
   from ensembles import corruptions as corruptions_lib  # pylint: disable=g-import-not-at-top
   from ensembles import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
 
-  _require(all(n in data_lib.OOD_DATASETS and n != dataset_name for n in e.ood_datasets), "evaluation.ood_datasets",
+  _require(isinstance(e.ood_datasets, (tuple, list)) and
+           all(n in data_lib.OOD_DATASETS and n != dataset_name for n in e.ood_datasets), "evaluation.ood_datasets",
            f"names from {list(data_lib.OOD_DATASETS)} other than dataset.name={dataset_name!r}", e.ood_datasets)
   _require(_is_int(e.ood_examples) and e.ood_examples >= 0, "evaluation.ood_examples", "an integer >= 0",
            e.ood_examples)
   _require(isinstance(e.resize_ood, bool), "evaluation.resize_ood", "True or False", e.resize_ood)
+  _require(isinstance(e.corruptions, (tuple, list)), "evaluation.corruptions",
+           "a tuple: ('all',), () or names of corruption types", e.corruptions)
   try:
     evaluation_lib.corruption_names(dataset_name, e.corruptions)
   except ValueError as err:
     raise ConfigError(f"config.{err}") from err
-  _require(len(e.corruption_severities) > 0 and all(s in corruptions_lib.SEVERITIES for s in e.corruption_severities),
+  _require(isinstance(e.corruption_severities, (tuple, list)) and len(e.corruption_severities) > 0 and
+           all(s in corruptions_lib.SEVERITIES for s in e.corruption_severities),
            "evaluation.corruption_severities", f"a non-empty subset of {corruptions_lib.SEVERITIES}",
            e.corruption_severities)
   _require(_is_int(e.corruption_examples) and e.corruption_examples >= 0, "evaluation.corruption_examples",

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ensembles import corruptions, data as data_lib, metrics
@@ -15,8 +15,10 @@ from experiments import runner
 from conftest import tiny_config
 
 # Each field: values from inside and outside its allowed set (and of the wrong type), and the
-# predicate (written here, independent of the validator) that says which values are allowed, given
-# the other fields of the config (the tiny config: 256 training images, batch 32, 1 epoch).
+# predicate, written here independent of the validator, that says whether a value is allowed given
+# the other fields of the config (the tiny config on `fake_data`: 128 training images, batch 32,
+# 1 epoch). A predicate raising TypeError (e.g. "two" >= 1) means a value of another type: not
+# allowed.
 def _number(x):
   return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
 
@@ -30,30 +32,39 @@ FIELDS = {
     "seed": (st.one_of(st.integers(-3, 3), st.just(None)), lambda v, c: _int(v)),
     "member_execution": (st.sampled_from(["auto", "vmap", "loop", "map", "pmap", ""]),
                          lambda v, c: v in ("auto", "vmap", "loop", "map", "sharded")),
-    "mesh.members": (st.integers(-1, 2), lambda v, c: v in (0, 1)),  # 2 needs 2 devices (there is 1)
-    "mesh.data": (st.integers(-1, 3), lambda v, c: v == 1),
+    # meshes larger than the devices (refused when the mesh is built): tests/test_members.py
+    "mesh.members": (st.integers(-1, 1), lambda v, c: _int(v) and v >= 0),
+    "mesh.data": (st.integers(-1, 1), lambda v, c: _int(v) and v >= 1),
     "model.name": (st.sampled_from(["mlp", "vgg", ""]), lambda v, c: v == "mlp"),
+    "model.dropout_rate": (st.sampled_from([0.0, 0.3, 1.0, -0.1]), lambda v, c: _number(v) and 0 <= v < 1),
     "dataset.name": (st.sampled_from(["fashion_mnist", "imagenet"]), lambda v, c: v == "fashion_mnist"),
     "dataset.imbalance_ratio": (st.one_of(st.floats(-2, 5), st.sampled_from([float("nan"), float("inf")])),
                                 lambda v, c: _number(v) and v >= 1),
     "training.epochs": (st.integers(-1, 2), lambda v, c: v >= 1),
-    "training.batch_size": (st.sampled_from([-4, 0, 16, 32, 33, 500]), lambda v, c: 1 <= v <= 256),
+    "training.batch_size": (st.sampled_from([-4, 0, 16, 32, 33, 500]), lambda v, c: v >= 1),
     "training.lr": (st.one_of(st.floats(-1, 1), st.sampled_from([float("nan"), float("inf")])),
                     lambda v, c: _number(v) and v > 0),
     "training.momentum": (st.floats(-0.5, 1.5), lambda v, c: 0 <= v < 1),
-    "training.optimizer": (st.sampled_from(["sgd", "adam", "lamb"]), lambda v, c: v in ("sgd", "adam")),
-    "training.lr_schedule": (st.sampled_from(["cosine", "step", "linear"]), lambda v, c: v in ("cosine", "step")),
+    "training.optimizer": (st.sampled_from(["sgd", "adam", "lamb"]), lambda v, c: v in ("sgd", "adam", "adamw")),
+    "training.lr_schedule": (st.sampled_from(["cosine", "step", "linear"]),
+                             lambda v, c: v in ("constant", "cosine", "step")),
     "training.warmup_epochs": (st.floats(-1, 3), lambda v, c: 0 <= v < c["training.epochs"]),
     "training.batch_split": (st.integers(0, 3), lambda v, c: v >= 1 and c["training.batch_size"] % v == 0),
+    "training.nesterov": (st.sampled_from([True, False, "yes"]), lambda v, c: isinstance(v, bool)),
     "eval_batch_size": (st.integers(-1, 64), lambda v, c: v >= 1),
     "evaluation.corruptions": (st.sampled_from([(), ("contrast",), ("fog",), ("all", "contrast")]),
                                lambda v, c: v in ((), ("contrast",))),
-    "evaluation.corruption_severities": (st.sampled_from([(1,), (0,), (), (5, 6)]), lambda v, c: v == (1,)),
+    "evaluation.corruption_severities": (st.sampled_from([(1,), (0,), (), (5, 6)]),
+                                         lambda v, c: len(v) > 0 and all(s in (1, 2, 3, 4, 5) for s in v)),
+    # ("fashion_mnist",): the training set itself; ("imagenet_o",): no OoD set of ours
     "evaluation.ood_datasets": (st.sampled_from([(), ("fashion_mnist",), ("imagenet_o",)]), lambda v, c: v == ()),
 }
-# fields whose errors arrive with the name of the field they are checked against
-CHECKED_AGAINST = {"training.batch_size": ("training.batch_size", "training.batch_split"),
-                   "training.epochs": ("training.epochs", "training.warmup_epochs")}
+# Checked when the data is loaded (the config alone does not know the size of the training set,
+# 128 images of `fake_data`): refused with a ValueError that names the field all the same.
+CHECKED_AT_LOAD = {"training.batch_size": lambda v, c: v <= c["train_examples"]}
+# a learning rate this large (2x the default; none up to 1.0 diverged with momentum 0.9 in a check)
+# may make the tiny MLP diverge: a stop with a clear error is allowed
+LARGE_LR = 0.1
 
 
 def _allowed(field, value, values):
@@ -61,6 +72,19 @@ def _allowed(field, value, values):
     return bool(FIELDS[field][1](value, values))
   except TypeError:  # a value of another type (e.g. "two" for an integer)
     return False
+
+
+def _names(field, message):
+  """``config.<field>`` in the message, the whole dotted name (``training.lr`` does not match
+  ``config.training.lr_schedule``, nor ``batch_size`` ``config.training.batch_size``)."""
+  return re.search(rf"(?<![\w.])config\.{re.escape(field)}(?![\w.])", message) is not None
+
+
+def test_names_is_exact():
+  assert _names("training.lr", "config.training.lr must be a number > 0, got -1.")
+  assert not _names("training.lr", "config.training.lr_schedule must be one of ..., got 'x'.")
+  assert not _names("training.epochs", "config.training.warmup_epochs must be in [0, training.epochs=1), got 2.")
+  assert not _names("batch_size", "config.training.batch_size must be an integer >= 1, got 0.")
 
 
 @st.composite
@@ -74,39 +98,53 @@ def overrides(draw):
 def test_any_config_trains_or_fails_with_a_named_field(tmp_path_factory, fake_data, changes):
   workdir = str(tmp_path_factory.mktemp("run"))
   cfg = tiny_config(**{"training.epochs": 1, "evaluation.corruption_examples": 8})
-  values = {"training.epochs": 1, "training.batch_size": 32, **changes}
-  allowed = {f: _allowed(f, v, values) for f, v in changes.items()}
-  invalid = [f for f, ok in allowed.items() if not ok]
+  values = {"training.epochs": 1, "training.batch_size": 32, **changes, "train_examples": len(fake_data.y_train)}
+  invalid = [f for f, v in changes.items() if not _allowed(f, v, values)]
+  # allowed by the config's rules, too large for the data
+  too_large = [f for f, v in changes.items() if f not in invalid and f in CHECKED_AT_LOAD
+               and not CHECKED_AT_LOAD[f](v, values)]
+  for key, value in changes.items():
+    node = cfg
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    try:
+      node[last] = value
+    except TypeError as err:  # ml_collections' type lock: a value of another type, the field named
+      assert key in invalid, (changes, str(err))
+      assert re.search(rf"field '{re.escape(last)}'", str(err)), (key, str(err))
+      event("refused by the type lock")
+      return
   try:
-    for key, value in changes.items():
-      node = cfg
-      *path, last = key.split(".")
-      for p in path:
-        node = node[p]
-      node[last] = value  # ml_collections refuses values of another type, naming the field
     results = runner.run(cfg, workdir)
   except FloatingPointError as err:  # a diverging lr: stopped with the last good checkpoint kept
-    assert not invalid, (changes, invalid, str(err))
+    assert not invalid and not too_large, (changes, invalid, too_large, str(err))
+    assert values.get("training.lr", 0) >= LARGE_LR, (changes, str(err))
     assert "non-finite" in str(err).lower(), str(err)
     assert not os.path.exists(os.path.join(workdir, "results.json"))
+    event("diverged")
     return
-  except (ConfigError, ValueError, TypeError) as err:
+  except ConfigError as err:
     message = str(err)
     assert invalid, (changes, message)  # a valid config must not be refused
-    names = {n for f in invalid for n in CHECKED_AGAINST.get(f, (f,))}
-    # the message names one of the invalid fields exactly (its whole dotted name, not a part of
-    # another field's), or, for a value of the wrong type refused by ml_collections, its last part
-    assert any(re.search(rf"(?<![\w.])(?:config\.)?{re.escape(n)}(?![\w.])", message) or
-               (isinstance(err, TypeError) and re.search(rf"'{re.escape(n.split('.')[-1])}'", message))
-               for n in names), (changes, message)
+    assert any(_names(f, message) for f in invalid), (changes, invalid, message)
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+    event("refused by the validator")
+    return
+  except ValueError as err:  # refused when the data is loaded
+    message = str(err)
+    assert not invalid and too_large, (changes, invalid, message)  # the validator must refuse invalid values first
+    assert any(_names(f, message) for f in too_large), (changes, too_large, message)
     # nothing half-written: at most the config of the run, as valid JSON, and no results
     assert not os.path.exists(os.path.join(workdir, "results.json"))
     if os.path.exists(os.path.join(workdir, "config.json")):
       json.load(open(os.path.join(workdir, "config.json")))
+    event("refused at load time")
     return
-  assert not invalid, (changes, invalid)  # an invalid value must never train
+  assert not invalid and not too_large, (changes, invalid, too_large)  # an invalid value must never train
   assert 0.0 <= results["test"]["ensemble"]["accuracy"] <= 1.0
   assert np.isfinite(results["test"]["ensemble"]["nll"])
+  event("trained")
 
 
 @settings(max_examples=60, deadline=None)

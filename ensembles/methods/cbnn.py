@@ -27,7 +27,7 @@ from ensembles import members as members_lib
 from ensembles import metrics as metrics_lib
 from ensembles import train as train_lib
 from ensembles import trainer
-from ensembles.config import ConfigError
+from ensembles.config import ConfigError, is_number
 from ensembles.methods import common
 
 
@@ -42,9 +42,9 @@ def validate(config: Any) -> None:
     raise ConfigError(f"config.cbnn.rule must be one of {boosting.RULES}, got {c.rule!r}.")
   if c.combine not in metrics_lib.COMBINE_RULES:
     raise ConfigError(f"config.cbnn.combine must be one of {metrics_lib.COMBINE_RULES}, got {c.combine!r}.")
-  if not 0 < c.eps < 0.5:
+  if not (is_number(c.eps) and 0 < c.eps < 0.5):
     raise ConfigError(f"config.cbnn.eps must be in (0, 0.5), got {c.eps!r}.")
-  if not (c.max_weight_ratio == 0 or c.max_weight_ratio >= 1):
+  if not (is_number(c.max_weight_ratio) and (c.max_weight_ratio == 0 or c.max_weight_ratio >= 1)):
     raise ConfigError(f"config.cbnn.max_weight_ratio must be 0 (no cap) or >= 1, got {c.max_weight_ratio!r}.")
 
 

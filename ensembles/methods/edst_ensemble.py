@@ -37,7 +37,7 @@ from ensembles import metrics as metrics_lib
 from ensembles import sparse
 from ensembles import train as train_lib
 from ensembles import trainer
-from ensembles.config import ConfigError
+from ensembles.config import ConfigError, is_int, is_number
 from ensembles.methods import common, sparse_common
 
 
@@ -47,28 +47,28 @@ def validate(config: Any) -> None:
     raise ConfigError("method 'edst_ensemble' needs a config.edst block; start from experiments/configs/edst_ensemble.py.")
   e = config.edst
   for field in ("exploration_epochs", "refinement_epochs"):
-    if not (isinstance(e[field], int) and e[field] >= 1):
+    if not (is_int(e[field]) and e[field] >= 1):
       raise ConfigError(f"config.edst.{field} must be an integer >= 1, got {e[field]!r}.")
   total = e.exploration_epochs + config.num_members * e.refinement_epochs
   if config.training.epochs != total:
     raise ConfigError(f"config.training.epochs must equal edst.exploration_epochs + num_members x "
                       f"edst.refinement_epochs = {e.exploration_epochs} + {config.num_members} x "
                       f"{e.refinement_epochs} = {total}, got {config.training.epochs}.")
-  if not 0.0 < e.global_drop_fraction < 1.0:
+  if not (is_number(e.global_drop_fraction) and 0.0 < e.global_drop_fraction < 1.0):
     raise ConfigError(f"config.edst.global_drop_fraction must be in (0, 1), got {e.global_drop_fraction!r}.")
   if e.exploration_growth not in sparse.GROWTH_RULES:
     raise ConfigError(f"config.edst.exploration_growth must be one of {sparse.GROWTH_RULES}, "
                       f"got {e.exploration_growth!r}.")
   for field in ("exploration_lr", "refine_lr"):
-    if not e[field] > 0:
-      raise ConfigError(f"config.edst.{field} must be > 0, got {e[field]!r}.")
-  if not 0.0 < e.refine_decay <= 1.0:
+    if not (is_number(e[field]) and e[field] > 0):
+      raise ConfigError(f"config.edst.{field} must be a number > 0, got {e[field]!r}.")
+  if not (is_number(e.refine_decay) and 0.0 < e.refine_decay <= 1.0):
     raise ConfigError(f"config.edst.refine_decay must be in (0, 1], got {e.refine_decay!r}.")
-  if not (isinstance(e.reference_epochs, int) and e.reference_epochs >= 1):
+  if not (is_int(e.reference_epochs) and e.reference_epochs >= 1):
     raise ConfigError(f"config.edst.reference_epochs must be an integer >= 1, got {e.reference_epochs!r}.")
   if e.drop_schedule not in DROP_SCHEDULES:
     raise ConfigError(f"config.edst.drop_schedule must be one of {DROP_SCHEDULES}, got {e.drop_schedule!r}.")
-  if not (isinstance(e.refine_stop_fraction, (int, float)) and 0.0 <= e.refine_stop_fraction <= 1.0):
+  if not (is_number(e.refine_stop_fraction) and 0.0 <= e.refine_stop_fraction <= 1.0):
     raise ConfigError(f"config.edst.refine_stop_fraction must be in [0, 1], got {e.refine_stop_fraction!r}.")
   if e.ticket not in TICKETS:
     raise ConfigError(f"config.edst.ticket must be one of {TICKETS}, got {e.ticket!r}.")

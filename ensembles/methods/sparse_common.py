@@ -12,7 +12,7 @@ import optax
 from ensembles import members as members_lib
 from ensembles import sparse
 from ensembles import train as train_lib
-from ensembles.config import ConfigError
+from ensembles.config import ConfigError, is_int, is_number
 
 _TOPOLOGY_SALT = 0x7090  # folds into a member's rng so topology keys differ from augmentation keys
 
@@ -23,7 +23,7 @@ def validate(config: Any) -> None:
     raise ConfigError(f"method {config.method!r} needs a config.sparse block; start from "
                       "experiments/configs/dst_ensemble.py.")
   s = config.sparse
-  if not (isinstance(s.sparsity, (int, float)) and 0.0 <= s.sparsity < 1.0):
+  if not (is_number(s.sparsity) and 0.0 <= s.sparsity < 1.0):
     raise ConfigError(f"config.sparse.sparsity must be in [0, 1), got {s.sparsity!r}.")
   if s.density_rule not in sparse.DENSITY_RULES:
     raise ConfigError(f"config.sparse.density_rule must be one of {sparse.DENSITY_RULES}, got {s.density_rule!r}.")
@@ -31,15 +31,15 @@ def validate(config: Any) -> None:
     raise ConfigError(f"config.sparse.init_rule must be one of {sparse.INIT_RULES}, got {s.init_rule!r}.")
   if s.growth not in sparse.GROWTH_RULES:
     raise ConfigError(f"config.sparse.growth must be one of {sparse.GROWTH_RULES}, got {s.growth!r}.")
-  if not (isinstance(s.update_every, int) and s.update_every >= 1):
+  if not (is_int(s.update_every) and s.update_every >= 1):
     raise ConfigError(f"config.sparse.update_every (ΔT) must be an integer >= 1, got {s.update_every!r}.")
-  if not 0.0 < s.drop_fraction < 1.0:
+  if not (is_number(s.drop_fraction) and 0.0 < s.drop_fraction < 1.0):
     raise ConfigError(f"config.sparse.drop_fraction must be in (0, 1), got {s.drop_fraction!r}.")
   if s.drop_schedule not in ("constant", "cosine"):
     raise ConfigError(f"config.sparse.drop_schedule must be 'constant' or 'cosine', got {s.drop_schedule!r}.")
-  if not 0.0 <= s.drop_fraction_min <= s.drop_fraction:
+  if not (is_number(s.drop_fraction_min) and 0.0 <= s.drop_fraction_min <= s.drop_fraction):
     raise ConfigError(f"config.sparse.drop_fraction_min must be in [0, drop_fraction], got {s.drop_fraction_min!r}.")
-  if not 0.0 < s.stop_fraction <= 1.0:
+  if not (is_number(s.stop_fraction) and 0.0 < s.stop_fraction <= 1.0):
     raise ConfigError(f"config.sparse.stop_fraction must be in (0, 1], got {s.stop_fraction!r}.")
   if not isinstance(s.allow_regrow, bool):
     raise ConfigError(f"config.sparse.allow_regrow must be True or False, got {s.allow_regrow!r}.")

@@ -25,7 +25,7 @@ from ensembles import sparse
 from ensembles import subnetworks
 from ensembles import train as train_lib
 from ensembles import trainer
-from ensembles.config import ConfigError
+from ensembles.config import ConfigError, is_number
 from ensembles.methods import common
 
 
@@ -34,7 +34,7 @@ def validate(config: Any) -> None:
     raise ConfigError("method 'subnetwork_ensemble' needs a config.subnetwork block; start from "
                       "experiments/configs/subnetwork_ensemble.py.")
   s = config.subnetwork
-  if not 0.0 < s.parent_fraction < 1.0:
+  if not (is_number(s.parent_fraction) and 0.0 < s.parent_fraction < 1.0):
     raise ConfigError(f"config.subnetwork.parent_fraction must be in (0, 1), got {s.parent_fraction!r}.")
   if s.granularity not in subnetworks.GRANULARITIES:
     raise ConfigError(f"config.subnetwork.granularity must be one of {subnetworks.GRANULARITIES}, "
