@@ -23,16 +23,14 @@ def _require(ok: bool, field: str, allowed: str, value: Any) -> None:
     raise ConfigError(f"config.{field} must be {allowed}, got {value!r}.")
 
 
-def _is_int(x: Any) -> bool:
+def is_int(x: Any) -> bool:
+  """An int (not a bool)."""
   return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _is_number(x: Any) -> bool:
+def is_number(x: Any) -> bool:
   """A finite int or float (not a bool)."""
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-is_int, is_number = _is_int, _is_number  # for the methods' validate functions
 
 
 def validate(config: Any) -> None:
@@ -40,62 +38,62 @@ def validate(config: Any) -> None:
   from ensembles import methods  # pylint: disable=g-import-not-at-top  (methods import this module)
 
   _require(config.method in methods.METHODS, "method", f"one of {sorted(methods.METHODS)}", config.method)
-  _require(_is_int(config.num_members) and config.num_members >= 1, "num_members", "an integer >= 1",
+  _require(is_int(config.num_members) and config.num_members >= 1, "num_members", "an integer >= 1",
            config.num_members)
-  _require(_is_int(config.seed), "seed", "an integer", config.seed)
+  _require(is_int(config.seed), "seed", "an integer", config.seed)
   _require(config.member_execution in members_lib.EXECUTION_MODES, "member_execution",
            f"one of {members_lib.EXECUTION_MODES}", config.member_execution)
 
   if "mesh" in config:
-    _require(_is_int(config.mesh.members) and config.mesh.members >= 0, "mesh.members",
+    _require(is_int(config.mesh.members) and config.mesh.members >= 0, "mesh.members",
              "an integer >= 0 (0 = automatic)", config.mesh.members)
-    _require(_is_int(config.mesh.data) and config.mesh.data >= 1, "mesh.data", "an integer >= 1", config.mesh.data)
+    _require(is_int(config.mesh.data) and config.mesh.data >= 1, "mesh.data", "an integer >= 1", config.mesh.data)
 
   d = config.dataset
   _require(d.name in data_lib.DATASETS, "dataset.name", f"one of {list(data_lib.DATASETS)}", d.name)
   for field in ("val_size", "train_subset", "test_subset"):
-    _require(_is_int(d[field]) and d[field] >= 0, f"dataset.{field}", "an integer >= 0", d[field])
+    _require(is_int(d[field]) and d[field] >= 0, f"dataset.{field}", "an integer >= 0", d[field])
 
-  _require(_is_number(d.imbalance_ratio) and d.imbalance_ratio >= 1, "dataset.imbalance_ratio", "a number >= 1",
+  _require(is_number(d.imbalance_ratio) and d.imbalance_ratio >= 1, "dataset.imbalance_ratio", "a number >= 1",
            d.imbalance_ratio)
   _require(isinstance(d.get("download", False), bool), "dataset.download", "True or False", d.get("download"))
   _require(isinstance(d.get("data_dir", ""), str), "dataset.data_dir",
            "a folder path (a string; '' = the default location)", d.get("data_dir"))
-  _require(_is_int(d.get("split_seed", 0)) and d.get("split_seed", 0) >= 0, "dataset.split_seed", "an integer >= 0",
+  _require(is_int(d.get("split_seed", 0)) and d.get("split_seed", 0) >= 0, "dataset.split_seed", "an integer >= 0",
            d.get("split_seed"))
 
   validate_model(config.model)
 
   a = config.augment
-  _require(_is_int(a.crop_padding) and a.crop_padding >= 0, "augment.crop_padding", "an integer >= 0",
+  _require(is_int(a.crop_padding) and a.crop_padding >= 0, "augment.crop_padding", "an integer >= 0",
            a.crop_padding)
   _require(isinstance(a.flip, bool), "augment.flip", "True or False", a.flip)
 
   t = config.training
-  _require(_is_int(t.epochs) and t.epochs >= 1, "training.epochs", "an integer >= 1", t.epochs)
-  _require(_is_int(t.batch_size) and t.batch_size >= 1, "training.batch_size", "an integer >= 1", t.batch_size)
-  _require(_is_number(t.lr) and t.lr > 0, "training.lr", "a number > 0", t.lr)
+  _require(is_int(t.epochs) and t.epochs >= 1, "training.epochs", "an integer >= 1", t.epochs)
+  _require(is_int(t.batch_size) and t.batch_size >= 1, "training.batch_size", "an integer >= 1", t.batch_size)
+  _require(is_number(t.lr) and t.lr > 0, "training.lr", "a number > 0", t.lr)
   _require(t.optimizer in train_lib.OPTIMIZERS, "training.optimizer", f"one of {train_lib.OPTIMIZERS}", t.optimizer)
   _require(t.lr_schedule in train_lib.LR_SCHEDULES, "training.lr_schedule", f"one of {train_lib.LR_SCHEDULES}",
            t.lr_schedule)
-  _require(_is_number(t.momentum) and 0 <= t.momentum < 1, "training.momentum", "in [0, 1)", t.momentum)
-  _require(_is_number(t.weight_decay) and t.weight_decay >= 0, "training.weight_decay", "a number >= 0",
+  _require(is_number(t.momentum) and 0 <= t.momentum < 1, "training.momentum", "in [0, 1)", t.momentum)
+  _require(is_number(t.weight_decay) and t.weight_decay >= 0, "training.weight_decay", "a number >= 0",
            t.weight_decay)
-  _require(_is_number(t.warmup_epochs) and 0 <= t.warmup_epochs < t.epochs, "training.warmup_epochs",
+  _require(is_number(t.warmup_epochs) and 0 <= t.warmup_epochs < t.epochs, "training.warmup_epochs",
            f"in [0, training.epochs={t.epochs})", t.warmup_epochs)
   _require(isinstance(t.decay_milestones, (tuple, list)) and
-           all(_is_number(f) and 0 < f < 1 for f in t.decay_milestones), "training.decay_milestones",
+           all(is_number(f) and 0 < f < 1 for f in t.decay_milestones), "training.decay_milestones",
            "fractions of training in (0, 1)", t.decay_milestones)
-  _require(_is_number(t.decay_factor) and 0 < t.decay_factor <= 1, "training.decay_factor", "in (0, 1]",
+  _require(is_number(t.decay_factor) and 0 < t.decay_factor <= 1, "training.decay_factor", "in (0, 1]",
            t.decay_factor)
   for field in ("nesterov", "shared_data_order"):
     _require(isinstance(t.get(field, False), bool), f"training.{field}", "True or False", t.get(field))
-  _require(_is_int(t.batch_split) and t.batch_split >= 1 and t.batch_size % t.batch_split == 0,
+  _require(is_int(t.batch_split) and t.batch_split >= 1 and t.batch_size % t.batch_split == 0,
            "training.batch_split", f"an integer >= 1 dividing training.batch_size={t.batch_size}", t.batch_split)
 
   for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
                 "eval_batch_size"):
-    _require(_is_int(config[field]) and config[field] >= 1, field, "an integer >= 1", config[field])
+    _require(is_int(config[field]) and config[field] >= 1, field, "an integer >= 1", config[field])
 
   if "evaluation" in config:
     validate_evaluation(config.evaluation, d.name)
@@ -114,20 +112,20 @@ def validate_model(m: Any) -> None:
     _require(field in fields, f"model.{field}", f"a field of model {m.name!r} ({sorted(fields)})", m[field])
     value = m[field]
     if field == "dropout_rate":
-      _require(_is_number(value) and 0 <= value < 1, "model.dropout_rate", "in [0, 1)", value)
+      _require(is_number(value) and 0 <= value < 1, "model.dropout_rate", "in [0, 1)", value)
     elif field == "bn_momentum":
-      _require(_is_number(value) and 0 < value < 1, "model.bn_momentum", "in (0, 1)", value)
+      _require(is_number(value) and 0 < value < 1, "model.bn_momentum", "in (0, 1)", value)
     elif field == "conv_impl":
       _require(value in layers.CONV_IMPLS, "model.conv_impl", f"one of {layers.CONV_IMPLS}", value)
     elif field in ("hidden", "features"):
-      _require(isinstance(value, (tuple, list)) and all(_is_int(v) and v >= 1 for v in value), f"model.{field}",
+      _require(isinstance(value, (tuple, list)) and all(is_int(v) and v >= 1 for v in value), f"model.{field}",
                "a tuple of integers >= 1 (layer widths)", value)
     elif isinstance(fields[field], int) and not isinstance(fields[field], bool):
-      _require(_is_int(value) and value >= 1, f"model.{field}", "an integer >= 1", value)
+      _require(is_int(value) and value >= 1, f"model.{field}", "an integer >= 1", value)
   depth_rule = {"resnet": (6, 2, "(20, 32, 56, 110, ...)"), "wide_resnet": (6, 4, "(16, 22, 28, 40, ...)")}
   if m.name in depth_rule and "depth" in m:
     step, offset, examples = depth_rule[m.name]
-    _require(_is_int(m.depth) and m.depth > offset and (m.depth - offset) % step == 0, "model.depth",
+    _require(is_int(m.depth) and m.depth > offset and (m.depth - offset) % step == 0, "model.depth",
              f"{step}n+{offset} for {m.name} {examples}", m.depth)
 
 
@@ -139,7 +137,7 @@ def validate_evaluation(e: Any, dataset_name: str) -> None:
   _require(isinstance(e.ood_datasets, (tuple, list)) and
            all(n in data_lib.OOD_DATASETS and n != dataset_name for n in e.ood_datasets), "evaluation.ood_datasets",
            f"names from {list(data_lib.OOD_DATASETS)} other than dataset.name={dataset_name!r}", e.ood_datasets)
-  _require(_is_int(e.ood_examples) and e.ood_examples >= 0, "evaluation.ood_examples", "an integer >= 0",
+  _require(is_int(e.ood_examples) and e.ood_examples >= 0, "evaluation.ood_examples", "an integer >= 0",
            e.ood_examples)
   _require(isinstance(e.resize_ood, bool), "evaluation.resize_ood", "True or False", e.resize_ood)
   _require(isinstance(e.corruptions, (tuple, list)), "evaluation.corruptions",
@@ -152,6 +150,6 @@ def validate_evaluation(e: Any, dataset_name: str) -> None:
            all(s in corruptions_lib.SEVERITIES for s in e.corruption_severities),
            "evaluation.corruption_severities", f"a non-empty subset of {corruptions_lib.SEVERITIES}",
            e.corruption_severities)
-  _require(_is_int(e.corruption_examples) and e.corruption_examples >= 0, "evaluation.corruption_examples",
+  _require(is_int(e.corruption_examples) and e.corruption_examples >= 0, "evaluation.corruption_examples",
            "an integer >= 0", e.corruption_examples)
   _require(isinstance(e.plots, bool), "evaluation.plots", "True or False", e.plots)
