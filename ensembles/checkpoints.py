@@ -19,6 +19,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ensembles.errors import CorruptCheckpointError
+
 PyTree = Any
 
 
@@ -26,10 +28,6 @@ def make_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
   """A manager over ``directory`` (created if needed) keeping the last ``max_to_keep`` steps."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
-
-
-class CorruptCheckpointError(ValueError):
-  """A checkpoint's contents do not match the fingerprint saved with it."""
 
 
 def fingerprint(state: PyTree) -> str | None:
@@ -126,7 +124,8 @@ def member_meta(directory: str, index: int) -> dict | None:
 
 def load_members(directory: str, like: PyTree) -> tuple[PyTree, list[dict]]:
   """All members saved by `save_member` in ``directory``, stacked as one tree with leaves
-  [M, ...] (in index order), and their metas. ``like`` is one member's tree."""
+  [M, ...] (in index order), and their metas. ``like`` is one member's tree. Each member is checked
+  against the fingerprint saved with it (CorruptCheckpointError naming the member otherwise)."""
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"No saved members in {directory}.")
   manager = ocp.CheckpointManager(os.path.abspath(directory))
@@ -136,10 +135,13 @@ def load_members(directory: str, like: PyTree) -> tuple[PyTree, list[dict]]:
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   trees, metas = [], []
   for step in steps:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    trees.append(restored.state)
-    metas.append(dict(restored.meta))
+    try:
+      tree, meta = _restore_verified(manager, step, abstract)
+    except CorruptCheckpointError as err:
+      raise CorruptCheckpointError(f"Saved member {step} in {directory}: {err}; it cannot be used (delete "
+                                   "the run's folder and train again).") from err
+    trees.append(tree)
+    metas.append(meta)
   manager.close()
   return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees), metas
 

@@ -5,38 +5,22 @@ and documents every field.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from ensembles import corruptions as corruptions_lib
 from ensembles import data as data_lib
+from ensembles import evaluation as evaluation_lib
 from ensembles import members as members_lib
+from ensembles import methods
 from ensembles import models as models_lib
 from ensembles import train as train_lib
-
-
-class ConfigError(ValueError):
-  """A config field has a value that is not allowed."""
-
-
-def _require(ok: bool, field: str, allowed: str, value: Any) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field} must be {allowed}, got {value!r}.")
-
-
-def is_int(x: Any) -> bool:
-  """An int (not a bool)."""
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
-def is_number(x: Any) -> bool:
-  """A finite int or float (not a bool)."""
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+from ensembles.models import layers
+from ensembles.errors import ConfigError, is_int, is_number  # noqa: F401  (ConfigError: re-exported)
+from ensembles.errors import require as _require
 
 
 def validate(config: Any) -> None:
   """Raises ConfigError for the first invalid field of the common config blocks."""
-  from ensembles import methods  # pylint: disable=g-import-not-at-top  (methods import this module)
-
   _require(config.method in methods.METHODS, "method", f"one of {sorted(methods.METHODS)}", config.method)
   _require(is_int(config.num_members) and config.num_members >= 1, "num_members", "an integer >= 1",
            config.num_members)
@@ -103,7 +87,6 @@ def validate(config: Any) -> None:
 def validate_model(m: Any) -> None:
   """Raises ConfigError for the first invalid field of the ``model`` block: an unknown name or
   field, or a value its model cannot take (the allowed values of each model's fields)."""
-  from ensembles.models import layers  # pylint: disable=g-import-not-at-top
   _require(m.name in models_lib.MODELS, "model.name", f"one of {sorted(models_lib.MODELS)}", m.name)
   fields = models_lib.model_fields(m.name)
   for field in m:
@@ -131,8 +114,6 @@ def validate_model(m: Any) -> None:
 
 def validate_evaluation(e: Any, dataset_name: str) -> None:
   """Raises ConfigError for the first invalid field of the ``evaluation`` block."""
-  from ensembles import corruptions as corruptions_lib  # pylint: disable=g-import-not-at-top
-  from ensembles import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
 
   _require(isinstance(e.ood_datasets, (tuple, list)) and
            all(n in data_lib.OOD_DATASETS and n != dataset_name for n in e.ood_datasets), "evaluation.ood_datasets",

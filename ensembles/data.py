@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ensembles.errors import DataNotFoundError  # noqa: F401  (re-exported: data.DataNotFoundError)
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -40,10 +42,6 @@ MISSING_FASHION_MNIST = (
     "(installs the IDX .gz files into /usr/share/datasets/fashion-mnist/), or point "
     "dataset.data_dir / $ENSEMBLES_FASHION_MNIST_DIR at a folder holding {files}."
 )
-
-
-class DataNotFoundError(FileNotFoundError):
-  """The requested dataset is not available locally; the message says how to get it."""
 
 
 @dataclasses.dataclass(frozen=True)

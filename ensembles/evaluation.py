@@ -76,15 +76,27 @@ def _fixed_subset(n_total: int, n: int) -> np.ndarray:
   return np.sort(np.random.default_rng(SUBSET_SEED).permutation(n_total)[:n])
 
 
+# Corrupted copies of the test subset, generated in code, kept so that a comparison (many runs in one
+# process) corrupts each image set once: keyed by (dataset name, CRC of the subset, corruption,
+# severity); at most CORRUPTION_CACHE_BYTES in all (sets past the bound are generated and not kept).
+# `clear_corruption_cache()` frees it.
+CORRUPTION_CACHE_BYTES = 1 << 30
 _CORRUPTED_CACHE: dict[tuple, np.ndarray] = {}
-_CACHE_LIMIT_BYTES = 1 << 30
+
+
+def clear_corruption_cache() -> int:
+  """Frees the corrupted image sets kept in memory; returns the number of bytes freed."""
+  freed = sum(v.nbytes for v in _CORRUPTED_CACHE.values())
+  _CORRUPTED_CACHE.clear()
+  return freed
 
 
 def corrupted_sets(data: data_lib.Dataset, names: list[str], severities: Any, num_examples: int,
                    data_dir: str = "") -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
   """Yields (corruption, severity, images, labels): tfds CIFAR-10-C for cifar10, else the test set
-  (a fixed subset of ``num_examples``) corrupted in code. Generated sets are cached in memory (up to
-  1 GiB) so that a comparison corrupts each image set once."""
+  (a fixed subset of ``num_examples``) corrupted in code. Generated sets are kept in memory (up to
+  ``CORRUPTION_CACHE_BYTES``; `clear_corruption_cache` frees them) so that a comparison corrupts
+  each image set once."""
   idx = _fixed_subset(len(data.y_test), num_examples)
   x, y = data.x_test[idx], data.y_test[idx]
   fingerprint = (data.name, zlib.crc32(np.ascontiguousarray(x).tobytes()))
@@ -98,7 +110,7 @@ def corrupted_sets(data: data_lib.Dataset, names: list[str], severities: Any, nu
       key = (*fingerprint, name, int(severity))
       if key not in _CORRUPTED_CACHE:
         images = corruptions_lib.corrupt(x, name, int(severity))
-        if sum(v.nbytes for v in _CORRUPTED_CACHE.values()) + images.nbytes <= _CACHE_LIMIT_BYTES:
+        if sum(v.nbytes for v in _CORRUPTED_CACHE.values()) + images.nbytes <= CORRUPTION_CACHE_BYTES:
           _CORRUPTED_CACHE[key] = images
       else:
         images = _CORRUPTED_CACHE[key]

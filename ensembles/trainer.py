@@ -25,14 +25,7 @@ from ensembles import members as members_lib
 from ensembles import metrics as metrics_lib
 from ensembles import train as train_lib
 from ensembles.data import Dataset
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN/inf loss; the last good checkpoint is left untouched."""
-
-
-class Preempted(RuntimeError):
-  """SIGTERM arrived during training; the state of the last finished step was checkpointed."""
+from ensembles.errors import NonFiniteLossError, Preempted  # noqa: F401  (re-exported)
 
 
 def _preemption_flag() -> tuple[dict, Callable[[], None]]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ensembles import checkpoints, config as config_lib
-from ensembles.methods import cbnn, snapshot_ensemble
+from ensembles.methods import cbnn, collected, snapshot_ensemble
 from experiments.configs import cbnn as cbnn_config
 from experiments.configs import snapshot_ensemble as snapshot_config
 from conftest import method_config
@@ -18,7 +18,7 @@ def _cfg(module, **overrides):
 
 
 def test_segment_ends():
-  assert cbnn.segment_ends(12, 3) == [4, 8, 12] and cbnn.segment_ends(10, 3) == [3, 7, 10]
+  assert collected.segment_ends(12, 3) == [4, 8, 12] and collected.segment_ends(10, 3) == [3, 7, 10]
 
 
 def test_cbnn_checkpoints_alphas_and_weights(tmp_path, fake_data):

@@ -187,3 +187,17 @@ def test_evaluate_command(tmp_path):
   missing = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--workdir", str(tmp_path / "nothing")],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert missing.returncode == 2 and "is not a run folder" in missing.stderr
+
+
+def test_corruption_cache_is_bounded_and_can_be_cleared(monkeypatch):
+  data = make_dataset(n_test=20, shape=(8, 8, 1))
+  evaluation.clear_corruption_cache()
+  list(evaluation.corrupted_sets(data, ["contrast", "brightness"], (1, 2), 10))
+  assert evaluation.clear_corruption_cache() == 4 * 10 * 8 * 8  # 4 uint8 sets of 10 images
+  assert evaluation.clear_corruption_cache() == 0
+  monkeypatch.setattr(evaluation, "CORRUPTION_CACHE_BYTES", 2 * 10 * 8 * 8)  # room for two sets
+  first = list(evaluation.corrupted_sets(data, ["contrast", "brightness"], (1, 2), 10))
+  assert evaluation.clear_corruption_cache() == 2 * 10 * 8 * 8
+  again = list(evaluation.corrupted_sets(data, ["contrast", "brightness"], (1, 2), 10))
+  for (n1, s1, x1, _), (n2, s2, x2, _) in zip(first, again):  # regenerated sets are the same
+    assert (n1, s1) == (n2, s2) and np.array_equal(x1, x2)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ensembles import augment, train, trainer
+from ensembles import train, trainer
 from ensembles.methods import deep_ensemble
 from ensembles.models import build_model
 from experiments.configs import deep_ensemble as deep_config

@@ -1,4 +1,5 @@
 """Driver loop: resume after an interruption equals an uninterrupted run; NaN keeps the last checkpoint."""
+import glob
 import json
 
 import jax
@@ -97,3 +98,18 @@ def test_checkpoint_roundtrip_is_exact(tmp_path):
   np.testing.assert_array_equal(restored["w"], state["w"] + 3)
   np.testing.assert_array_equal(restored["rng"], state["rng"])
   assert checkpoints.restore_latest(checkpoints.make_manager(str(tmp_path / "empty")), state) is None
+
+
+def test_saved_members_are_checked_against_their_fingerprints(tmp_path):
+  trees = [{"w": np.full((2, 3), float(k), np.float32)} for k in range(3)]
+  for k, tree in enumerate(trees):
+    checkpoints.save_member(str(tmp_path), k, tree, {"step": 4 * (k + 1)})
+  stacked, metas = checkpoints.load_members(str(tmp_path), trees[0])
+  np.testing.assert_array_equal(stacked["w"][:, 0, 0], [0.0, 1.0, 2.0])
+  assert [m["step"] for m in metas] == [4, 8, 12]
+  meta_path = next(p for p in glob.glob(str(tmp_path / "1" / "meta" / "*")) if open(p).read().lstrip().startswith("{"))
+  meta = json.load(open(meta_path))
+  meta["fingerprint"] = "00000000"  # what a silently altered member would look like
+  json.dump(meta, open(meta_path, "w"))
+  with pytest.raises(checkpoints.CorruptCheckpointError, match=r"Saved member 1 in .* does not match"):
+    checkpoints.load_members(str(tmp_path), trees[0])

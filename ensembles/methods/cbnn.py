@@ -22,13 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ensembles import boosting, checkpoints
-from ensembles import members as members_lib
+from ensembles import boosting
 from ensembles import metrics as metrics_lib
 from ensembles import train as train_lib
 from ensembles import trainer
-from ensembles.config import ConfigError, is_number
-from ensembles.methods import common
+from ensembles.errors import ConfigError, is_number
+from ensembles.methods import collected, common
 
 
 def validate(config: Any) -> None:
@@ -48,15 +47,6 @@ def validate(config: Any) -> None:
     raise ConfigError(f"config.cbnn.max_weight_ratio must be 0 (no cap) or >= 1, got {c.max_weight_ratio!r}.")
 
 
-def segment_ends(total_steps: int, num_segments: int) -> list[int]:
-  """Steps at which the M equal segments of a ``total_steps`` run end (the last one at total)."""
-  return [int(round((k + 1) * total_steps / num_segments)) for k in range(num_segments)]
-
-
-def _member(state: train_lib.TrainState) -> dict:
-  return {"params": members_lib.member(state.params, 0), "model_state": members_lib.member(state.model_state, 0)}
-
-
 def train_and_evaluate(config: Any, workdir: str) -> dict:
   c, m = config.cbnn, config.num_members
   run = common.build_run(config, workdir, num_members=1)
@@ -64,27 +54,25 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   state = common.init_members(run, 1)
   state = state.replace(extra={"sample_weights": jnp.ones((1, n), jnp.float32)})
   total_steps = config.training.epochs * (n // config.training.batch_size)
-  ends = {step: k for k, step in enumerate(segment_ends(total_steps, m))}
-  members_dir = os.path.join(workdir, "members")
+  saved = collected.Collection.at_segment_ends(os.path.join(workdir, "members"), total_steps, m,
+                                              sample_weights=lambda state: state.extra["sample_weights"][0])
   reweight = jax.jit(lambda w, p, y: boosting.reweight(w, p, y, c.rule, c.eps, c.max_weight_ratio or None))
   labels = jnp.asarray(run.data.y_train)
 
   def boosting_hook(state, done, images, labels_dev, idx):
-    if done not in ends:
+    if done not in saved.ends:
       return state
     probs = train_lib.predict_probs(run.predict, state, run.data.x_train, config.eval_batch_size)[0]
     weights, alpha, error = reweight(state.extra["sample_weights"][0], jnp.asarray(probs), labels)
-    k = ends[done]
-    checkpoints.save_member(members_dir, k, {**_member(state), "sample_weights": state.extra["sample_weights"][0]},
-                            {"alpha": float(alpha), "train_error": float(error), "step": done})
+    k = saved.ends[done]
+    saved.save(state, k, {"alpha": float(alpha), "train_error": float(error), "step": done})
     run.log.write({"step": done, "event": f"checkpoint {k} saved", "alpha": float(alpha),
                    "weighted_train_error": float(error), "max_weight": float(jnp.max(weights))})
     return state.replace(extra={"sample_weights": weights[None]})
 
   state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
                             data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method, hooks=[boosting_hook])
-  like = {**_member(state), "sample_weights": state.extra["sample_weights"][0]}
-  members, metas = checkpoints.load_members(members_dir, like)
+  members, metas = saved.load(state)
   alphas = [meta["alpha"] for meta in metas]
   ensemble = common.collected_ensemble(run, members)
   flops = common.flops_summary(run, m, info["steps"], trained_members=1, extra_passes=m * n)  # M training-set passes

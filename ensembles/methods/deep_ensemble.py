@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ensembles import train as train_lib
 from ensembles import trainer
 from ensembles.methods import common
 

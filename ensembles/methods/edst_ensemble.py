@@ -37,8 +37,8 @@ from ensembles import metrics as metrics_lib
 from ensembles import sparse
 from ensembles import train as train_lib
 from ensembles import trainer
-from ensembles.config import ConfigError, is_int, is_number
-from ensembles.methods import common, sparse_common
+from ensembles.errors import ConfigError, is_int, is_number
+from ensembles.methods import collected, common, sparse_common
 
 
 def validate(config: Any) -> None:
@@ -157,7 +157,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   run = common.build_run(config, workdir, num_members=1, sparse_training=True, schedule=schedule_fn)
   inner = run.inner_tx
   steps_per_epoch = len(run.data.y_train) // t.batch_size
-  total_steps = t.epochs * steps_per_epoch
   state = common.init_members(run, 1)
   plan = sparse.make_plan(members_lib.member(state.params, 0), s.sparsity, s.density_rule)
   state = sparse_common.init_member_masks(state, inner, plan, s.init_rule, jax.random.fold_in(run.init_key, 1))
@@ -173,7 +172,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   phases = phase_boundaries(e, m, steps_per_epoch)
   starts = {start: k for k, (start, _) in enumerate(phases) if k > 0}
   ends = {end: k for k, (_, end) in enumerate(phases)}
-  tickets_dir = os.path.join(workdir, "tickets")
+  tickets = collected.Collection(os.path.join(workdir, "tickets"), ends,
+                                 {"masks": lambda state: members_lib.member(state.opt_state.masks, 0)})
   best_val_nll: dict[int, float] = {}  # best_val: phase -> lowest validation NLL saved so far
   selection_steps = set(validation_steps(e, m, steps_per_epoch))  # the same steps the FLOPs count charges
 
@@ -185,7 +185,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     return float(metrics_lib.nll(probs, run.data.y_val))
 
   def save_ticket(state, k: int, done: int, val_nll: float | None = None) -> None:
-    checkpoints.save_member(tickets_dir, k, _ticket(state), {"phase": k, "step": done, "val_nll": val_nll})
+    tickets.save(state, k, {"phase": k, "step": done, "val_nll": val_nll})
 
   def select_best(state, done: int) -> None:
     """best_val: at an epoch end of refinement phase k, keep the state if its validation NLL is the
@@ -194,7 +194,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
       return
     k = phase_of(done)
     if k not in best_val_nll:
-      saved = checkpoints.member_meta(tickets_dir, k)
+      saved = checkpoints.member_meta(tickets.directory, k)
       best_val_nll[k] = saved["val_nll"] if saved and saved.get("val_nll") is not None else np.inf
     val_nll = validation_nll(state)
     if val_nll < best_val_nll[k]:
@@ -220,24 +220,18 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
 
   state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
                             data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method, hooks=[phase_hook])
-  tickets, _ = checkpoints.load_members(tickets_dir, _ticket(state))
-  ensemble = common.collected_ensemble(run, tickets)
-  densities = sparse.density_of(tickets["masks"])
+  members, _ = tickets.load(state)
+  ensemble = common.collected_ensemble(run, members)
+  densities = sparse.density_of(members["masks"])
   rule = "rigl" if s.growth == "gradient" else "set"
   flops = common.flops_summary(run, m, info["steps"], sparse.density_of(state.opt_state.masks), rule,
                                edst_gradient_updates(s, e, m, steps_per_epoch), trained_members=1,
                                reference_epochs=e.reference_epochs,
                                extra_passes=len(validation_steps(e, m, steps_per_epoch)) * len(run.data.y_val))
-  out = common.results(run, ensemble, info, common.evaluate(run, ensemble), flops, masks=tickets["masks"])
+  out = common.results(run, ensemble, info, common.evaluate(run, ensemble), flops, masks=members["masks"])
   out["sparsity"] = {"target": s.sparsity, "ticket_nonzero_density": {k: densities[k] for k in plan.sizes}}
-  out["tickets"] = {"mask_overlap": ticket_overlaps(tickets["masks"], plan)}
+  out["tickets"] = {"mask_overlap": ticket_overlaps(members["masks"], plan)}
   return out
-
-
-def _ticket(state: train_lib.TrainState) -> dict:
-  """What a ticket keeps of the (single-member) run state: params, BatchNorm statistics, masks."""
-  return {"params": members_lib.member(state.params, 0), "model_state": members_lib.member(state.model_state, 0),
-          "masks": members_lib.member(state.opt_state.masks, 0)}
 
 
 def ticket_overlaps(masks: Any, plan: sparse.SparsityPlan) -> list[list[float]]:

@@ -9,7 +9,7 @@ import jax
 
 from ensembles import train as train_lib
 from ensembles import trainer
-from ensembles.config import ConfigError
+from ensembles.errors import ConfigError
 from ensembles.methods import common
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ensembles.config import ConfigError
+from ensembles.errors import ConfigError
 from ensembles.methods import deep_ensemble
 
 

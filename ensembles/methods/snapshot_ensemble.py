@@ -10,12 +10,9 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
-from ensembles import checkpoints
-from ensembles import members as members_lib
-from ensembles import train as train_lib
 from ensembles import trainer
-from ensembles.config import ConfigError
-from ensembles.methods import cbnn, common
+from ensembles.errors import ConfigError
+from ensembles.methods import collected, common
 
 
 def validate(config: Any) -> None:
@@ -26,7 +23,7 @@ def validate(config: Any) -> None:
 
 def cyclic_cosine(lr: float, total_steps: int, cycles: int) -> optax.Schedule:
   """Cosine from lr to 0 within each of ``cycles`` equal cycles of a ``total_steps`` run."""
-  ends = jnp.array(cbnn.segment_ends(total_steps, cycles))
+  ends = jnp.array(collected.segment_ends(total_steps, cycles))
   starts = jnp.concatenate([jnp.zeros(1, ends.dtype), ends[:-1]])
 
   def schedule(step):
@@ -43,20 +40,17 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   run = common.build_run(config, workdir, num_members=1, schedule=schedule)
   state = common.init_members(run, 1)
   total_steps = config.training.epochs * (len(run.data.y_train) // config.training.batch_size)
-  ends = {step: k for k, step in enumerate(cbnn.segment_ends(total_steps, m))}
-  members_dir = os.path.join(workdir, "members")
+  snapshots = collected.Collection.at_segment_ends(os.path.join(workdir, "members"), total_steps, m)
 
   def snapshot_hook(state, done, images, labels, idx):
-    if done in ends:
-      snapshot = {"params": members_lib.member(state.params, 0), "model_state": members_lib.member(state.model_state, 0)}
-      checkpoints.save_member(members_dir, ends[done], snapshot, {"step": done})
-      run.log.write({"step": done, "event": f"snapshot {ends[done]} saved"})
+    if done in snapshots.ends:
+      snapshots.save(state, snapshots.ends[done], {"step": done})
+      run.log.write({"step": done, "event": f"snapshot {snapshots.ends[done]} saved"})
     return state
 
   state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
                             data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method, hooks=[snapshot_hook])
-  like = {"params": members_lib.member(state.params, 0), "model_state": members_lib.member(state.model_state, 0)}
-  members, _ = checkpoints.load_members(members_dir, like)
+  members, _ = snapshots.load(state)
   ensemble = common.collected_ensemble(run, members)
   flops = common.flops_summary(run, m, info["steps"], trained_members=1)
   return common.results(run, ensemble, info, common.evaluate(run, ensemble), flops)

@@ -12,7 +12,7 @@ import optax
 from ensembles import members as members_lib
 from ensembles import sparse
 from ensembles import train as train_lib
-from ensembles.config import ConfigError, is_int, is_number
+from ensembles.errors import ConfigError, is_int, is_number
 
 _TOPOLOGY_SALT = 0x7090  # folds into a member's rng so topology keys differ from augmentation keys
 

@@ -25,7 +25,7 @@ from ensembles import sparse
 from ensembles import subnetworks
 from ensembles import train as train_lib
 from ensembles import trainer
-from ensembles.config import ConfigError, is_number
+from ensembles.errors import ConfigError, is_number
 from ensembles.methods import common
 
 
