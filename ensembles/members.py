@@ -266,8 +266,20 @@ class Execution:
 
 
 
+def has_convolutions(model: Any, input_shape: tuple[int, ...] | None = None) -> bool:
+  """Whether ``model`` convolves (this picks the member execution on CPU): its ``has_conv``
+  attribute where it declares one; otherwise read from its traced initialisation on one example
+  of ``input_shape`` (a ``conv_general_dilated`` anywhere in the jaxpr), so a user's own Flax model
+  needs no flag. False when neither is available."""
+  declared = getattr(model, "has_conv", None)
+  if declared is not None or input_shape is None:
+    return bool(declared)
+  init = lambda x: model.init(jax.random.PRNGKey(0), x, train=False)
+  return "conv_general_dilated" in str(jax.make_jaxpr(init)(jnp.zeros((1, *input_shape), jnp.float32)))
+
+
 def as_execution(execution: "str | Execution", model: Any = None) -> Execution:
   """``execution`` as an `Execution` (a concrete mode name gets no mesh and ``model``'s conv flag)."""
   if isinstance(execution, Execution):
     return execution
-  return Execution(execution, None, bool(getattr(model, "has_conv", False)))
+  return Execution(execution, None, has_convolutions(model))

@@ -69,3 +69,26 @@ def test_mesh_on_one_device():
     members.make_mesh(2, 1)
   with pytest.raises(ValueError, match="mesh.data must be an integer >= 1"):
     members.make_mesh(0, 0)
+
+
+def test_a_user_model_without_a_conv_flag_is_read_from_its_computation():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class UserCNN(nn.Module):  # no `has_conv` attribute
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.relu(nn.Conv(4, (3, 3))(x))
+      return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+  class UserMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Dense(3)(nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1))))
+
+  assert members.has_convolutions(UserCNN(), (8, 8, 1)) is True
+  assert members.has_convolutions(UserMLP(), (8, 8, 1)) is False
+  assert members.has_convolutions(UserCNN()) is False  # nothing to trace: no input shape
+  from ensembles.models import build_model  # pylint: disable=g-import-not-at-top
+  assert members.has_convolutions(build_model("lenet", 3), None) is True  # declared flags are used as they are
+  assert members.resolve_execution("auto", members.has_convolutions(UserCNN(), (8, 8, 1)), backend="cpu",
+                                   num_devices=1) == "loop"

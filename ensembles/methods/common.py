@@ -67,7 +67,7 @@ def build_run(config: Any, workdir: str, num_members: int | None = None, sparse_
   inner_tx = train_lib.make_optimizer(t, total_steps, steps_per_epoch,
                                       schedule(total_steps, steps_per_epoch) if schedule else None)
   tx = sparse.masked(inner_tx) if sparse_training else inner_tx
-  execution = run_execution(config, model, m, t.batch_size)
+  execution = run_execution(config, model, m, t.batch_size, data.image_shape)
   key = jax.random.PRNGKey(config.seed)
   init_key, data_key = jax.random.split(jax.random.fold_in(key, key_salt) if key_salt else key)
   train_step = train_lib.make_train_step(model, tx, execution=execution, mean=data.mean, std=data.std,
@@ -79,16 +79,19 @@ def build_run(config: Any, workdir: str, num_members: int | None = None, sparse_
              train_step, predict, trainer.MetricsLog(os.path.join(workdir, "metrics.jsonl")))
 
 
-def run_execution(config: Any, model: Any, num_members: int, batch_size: int | None = None) -> members_lib.Execution:
+def run_execution(config: Any, model: Any, num_members: int, batch_size: int | None = None,
+                  input_shape: tuple[int, ...] | None = None) -> members_lib.Execution:
   """How M = ``num_members`` members run: the device mesh of ``config.mesh`` (checked: M and the
-  batch sizes divide over it), the concrete member-execution mode on it and the model's conv flag."""
+  batch sizes divide over it), the concrete member-execution mode on it and whether the model
+  convolves (`members.has_convolutions` on inputs of ``input_shape``)."""
   mesh_cfg = config.get("mesh") or {"members": 0, "data": 1}
   mesh = members_lib.make_mesh(mesh_cfg["members"], mesh_cfg["data"], num_members=num_members)
   members_lib.check_layout(mesh, num_members, batch_size, config.eval_batch_size)
+  has_conv = members_lib.has_convolutions(model, input_shape)
   mode = members_lib.resolve_execution(
-      config.member_execution, model.has_conv, num_members=num_members,
+      config.member_execution, has_conv, num_members=num_members,
       num_devices=mesh.shape[members_lib.MEMBER_AXIS], data_parallel=mesh.shape[members_lib.DATA_AXIS])
-  return members_lib.Execution(mode, mesh, bool(model.has_conv))
+  return members_lib.Execution(mode, mesh, has_conv)
 
 
 def init_members(run: Run, num_members: int, tx: optax.GradientTransformation | None = None) -> train_lib.TrainState:
@@ -102,7 +105,7 @@ def collected_ensemble(run: Run, members: Any) -> train_lib.TrainState:
   ``members`` holds stacked ``params`` and ``model_state`` [M, ...]; also points ``run.predict``
   at a predictor for M members."""
   m = members_lib.num_members(members["params"])
-  run.execution = run_execution(run.config, run.model, m)
+  run.execution = run_execution(run.config, run.model, m, input_shape=run.data.image_shape)
   run.predict = train_lib.make_predict(run.model, execution=run.execution, mean=run.data.mean, std=run.data.std)
   members = members_lib.place(members, run.mesh, members_lib.MEMBER_AXIS)
   return train_lib.TrainState(step=jnp.zeros(m, jnp.int32), params=members["params"],
