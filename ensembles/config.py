@@ -105,11 +105,11 @@ def validate_model(m: Any) -> None:
                "a tuple of integers >= 1 (layer widths)", value)
     elif isinstance(fields[field], int) and not isinstance(fields[field], bool):
       _require(is_int(value) and value >= 1, f"model.{field}", "an integer >= 1", value)
-  depth_rule = {"resnet": (6, 2, "(20, 32, 56, 110, ...)"), "wide_resnet": (6, 4, "(16, 22, 28, 40, ...)")}
-  if m.name in depth_rule and "depth" in m:
-    step, offset, examples = depth_rule[m.name]
+  depth_rule = getattr(models_lib.MODELS[m.name], "depth_rule", None)  # (step, offset): depth = step·n + offset
+  if depth_rule is not None and "depth" in m:
+    step, offset = depth_rule
     _require(is_int(m.depth) and m.depth > offset and (m.depth - offset) % step == 0, "model.depth",
-             f"{step}n+{offset} for {m.name} {examples}", m.depth)
+             f"{step}n+{offset} with n >= 1 for {m.name}", m.depth)
 
 
 def validate_evaluation(e: Any, dataset_name: str) -> None:

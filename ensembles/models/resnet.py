@@ -47,10 +47,12 @@ class ResNet(nn.Module):
   conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
 
   has_conv = True
+  depth_rule = (6, 2)  # depth = 6n + 2, n >= 1 (also checked by config.validate_model)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if self.depth < 8 or (self.depth - 2) % 6:
+    step, offset = self.depth_rule
+    if self.depth <= offset or (self.depth - offset) % step:
       raise ValueError(f"model.depth for resnet must be 6n+2 with n >= 1 (20, 32, 56, 110, ...), got {self.depth}.")
     n = (self.depth - 2) // 6
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum)

@@ -51,10 +51,12 @@ class WideResNet(nn.Module):
   conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
 
   has_conv = True
+  depth_rule = (6, 4)  # depth = 6n + 4, n >= 1 (also checked by config.validate_model)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if self.depth < 10 or (self.depth - 4) % 6:
+    step, offset = self.depth_rule
+    if self.depth <= offset or (self.depth - offset) % step:
       raise ValueError(f"model.depth for wide_resnet must be 6n+4 (16, 22, 28, 40, ...), got {self.depth}.")
     n = (self.depth - 4) // 6
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum)
