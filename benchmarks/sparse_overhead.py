@@ -17,15 +17,13 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from benchmarks.timing import best_time
-from ensembles import members as members_lib
-from ensembles import sparse
-from ensembles import train as train_lib
+from ensembles import context
+from ensembles import data as data_lib
+from ensembles.defaults import method_config
 from ensembles.methods import sparse_common
 from ensembles.models import build_model
-from experiments.configs import dst_ensemble
 
 MODELS = {
     "mlp": ("mlp", {"hidden": (512, 512)}, (28, 28, 1)),
@@ -37,36 +35,36 @@ MODELS = {
 def measure(key, m, batch, min_time):
   name, kwargs, shape = MODELS[key]
   model = build_model(name, 10, kwargs)
-  inner = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.05, momentum=0.9))
-  execution = members_lib.resolve_execution("auto", model.has_conv, num_members=m)
+  cfg = method_config("dst_ensemble")  # SGD momentum 0.9, weight decay 5e-4; the sparse block's defaults
+  cfg.num_members, cfg.training.batch_size, cfg.training.lr_schedule = m, batch, "constant"
+  options = sparse_common.SparseOptions(**cfg.sparse)
   rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.integers(0, 256, (4 * batch, *shape)), jnp.uint8)
-  labels = jnp.asarray(rng.integers(0, 10, 4 * batch), jnp.int32)
+  data = data_lib.from_arrays(rng.integers(0, 256, (4 * batch, *shape)).astype(np.uint8),
+                              rng.integers(0, 10, 4 * batch))
+  images, labels = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
   idx = jnp.tile(jnp.arange(batch, dtype=jnp.int32)[None], (m, 1))
-  mean, std = np.full(shape[-1], 0.5, np.float32), np.full(shape[-1], 0.25, np.float32)
   times = {}
-  for label, tx in (("dense", inner), ("masked", sparse.masked(inner))):
-    state = train_lib.init_state(model, tx, jax.random.PRNGKey(0), m, shape)
+  for label in ("dense", "masked"):
+    run = context.build(cfg, model, data, None, sparse_training=label == "masked")
+    state = run.init_members()
     if label == "masked":
-      plan = sparse.make_plan(members_lib.member(state.params, 0), 0.8, "erk")
-      state = sparse_common.init_member_masks(state, inner, plan, "random", jax.random.PRNGKey(1))
-    step = train_lib.make_train_step(model, tx, execution=execution, mean=mean, std=std)
+      plan = sparse_common.make_plan(run, state, options)
+      state = sparse_common.init_member_masks(run, state, plan, "random")
     box = [state]
 
-    def run():
-      box[0], metrics = step(box[0], images, labels, idx)
+    def one_step():
+      box[0], metrics = run.train_step(box[0], images, labels, idx)
       jax.block_until_ready(metrics)
 
-    times[label] = best_time(run, min_time)
-  cfg = dst_ensemble.sparse_block()
-  update = sparse_common.make_topology_update(model, inner, plan, cfg, execution=execution, mean=mean, std=std)
+    times[label] = best_time(one_step, min_time)
+  update = sparse_common.make_topology_update(run, options.topology(plan, run.tx))
 
   def run_update():
-    box[0] = update(box[0], images, labels, idx, jnp.float32(cfg.drop_fraction))
+    box[0] = update(box[0], images, labels, idx, jnp.float32(options.drop_fraction))
     jax.block_until_ready(box[0].params)
 
   times["topology"] = best_time(run_update, min_time)
-  return {"model": key, "members": m, "execution": execution, **{f"{k}_ms": 1e3 * v for k, v in times.items()},
+  return {"model": key, "members": m, "execution": run.execution.mode, **{f"{k}_ms": 1e3 * v for k, v in times.items()},
           "masked_over_dense": times["masked"] / times["dense"],
           "update_in_dense_steps": times["topology"] / times["dense"]}
 

@@ -1,7 +1,8 @@
 """Checks of the run config: every invalid field gets an error that names it and what is allowed.
 
-The config is an `ml_collections.ConfigDict`; the default lives in `experiments/configs/default.py`
-and documents every field.
+The config is an `ml_collections.ConfigDict`; the default lives in `ensembles/defaults.py` and
+documents every field; a method's own blocks are checked by its option dataclasses
+(`Method.validate`).
 """
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ from ensembles.errors import ConfigError, is_int, is_number  # noqa: F401  (Conf
 from ensembles.errors import require as _require
 
 
-def validate(config: Any) -> None:
-  """Raises ConfigError for the first invalid field of the common config blocks."""
+CUSTOM_MODEL = "custom"  # model.name of a run on a user's own Flax module (no model block to check)
+
+
+def validate(config: Any, given_data: bool = False) -> None:
+  """Raises ConfigError for the first invalid field of the config, the method's blocks included.
+  ``given_data``: the data were passed in, not loaded from the dataset block (which is not checked)."""
   _require(config.method in methods.METHODS, "method", f"one of {sorted(methods.METHODS)}", config.method)
   _require(is_int(config.num_members) and config.num_members >= 1, "num_members", "an integer >= 1",
            config.num_members)
@@ -34,6 +39,15 @@ def validate(config: Any) -> None:
     _require(is_int(config.mesh.data) and config.mesh.data >= 1, "mesh.data", "an integer >= 1", config.mesh.data)
 
   d = config.dataset
+  if not given_data:
+    validate_dataset(d)
+  if config.model.name != CUSTOM_MODEL:
+    validate_model(config.model)
+  _validate_rest(config)
+
+
+def validate_dataset(d: Any) -> None:
+  """Raises ConfigError for the first invalid field of the ``dataset`` block."""
   _require(d.name in data_lib.DATASETS, "dataset.name", f"one of {list(data_lib.DATASETS)}", d.name)
   for field in ("val_size", "train_subset", "test_subset"):
     _require(is_int(d[field]) and d[field] >= 0, f"dataset.{field}", "an integer >= 0", d[field])
@@ -46,8 +60,9 @@ def validate(config: Any) -> None:
   _require(is_int(d.get("split_seed", 0)) and d.get("split_seed", 0) >= 0, "dataset.split_seed", "an integer >= 0",
            d.get("split_seed"))
 
-  validate_model(config.model)
 
+def _validate_rest(config: Any) -> None:
+  d = config.dataset
   a = config.augment
   _require(is_int(a.crop_padding) and a.crop_padding >= 0, "augment.crop_padding", "an integer >= 0",
            a.crop_padding)
@@ -81,7 +96,7 @@ def validate(config: Any) -> None:
 
   if "evaluation" in config:
     validate_evaluation(config.evaluation, d.name)
-  methods.METHODS[config.method].validate(config)
+  methods.get_method(config.method).validate(config)
 
 
 def validate_model(m: Any) -> None:

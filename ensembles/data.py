@@ -225,10 +225,45 @@ def load_dataset(config: Any = None, **fields: Any) -> Dataset:
   if ratio != 1.0:
     x_train, y_train = long_tailed_subset(x_train, y_train, num_classes, ratio, rng)
   x_test, y_test = _subset(x_test, y_test, config.test_subset, rng)
-  scaled = x_train.astype(np.float64) / 255.0
-  mean = scaled.mean(axis=(0, 1, 2)).astype(np.float32)
-  std = np.maximum(scaled.std(axis=(0, 1, 2)), 1e-3).astype(np.float32)
-  return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes, mean, std)
+  return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes, *input_statistics(x_train))
+
+
+def input_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel (last axis) mean and std [C] of training inputs x [N, ..., C] in the units the
+  model sees before normalisation (uint8 images / 255; float features as they are); std >= 1e-3."""
+  scaled = x.astype(np.float64) / 255.0 if np.issubdtype(x.dtype, np.integer) else x.astype(np.float64)
+  axes = tuple(range(x.ndim - 1))
+  return scaled.mean(axis=axes).astype(np.float32), np.maximum(scaled.std(axis=axes), 1e-3).astype(np.float32)
+
+
+def from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None = None,
+                y_val: np.ndarray | None = None, x_test: np.ndarray | None = None, y_test: np.ndarray | None = None,
+                num_classes: int | None = None, name: str = "arrays") -> Dataset:
+  """A `Dataset` from a user's own arrays: inputs x [N, ...] (uint8 images [N, H, W, C], or float
+  features [N, D] / [N, ..., C]) and integer labels y [N] in [0, num_classes) (default: max label
+  + 1 over all splits). Validation and test splits are optional (empty when None); the ensemble is
+  evaluated on the test split when there is one."""
+  x_train, y_train = np.asarray(x_train), np.asarray(y_train)
+  if x_train.ndim < 2 or len(x_train) < 1:
+    raise ValueError(f"x_train must be [N, ...] with N >= 1 examples and at least one feature, got {x_train.shape}.")
+  empty = (np.zeros((0, *x_train.shape[1:]), x_train.dtype), np.zeros((0,), np.int32))
+  splits = {"train": (x_train, y_train),
+            "val": empty if x_val is None else (np.asarray(x_val), np.asarray(y_val)),
+            "test": empty if x_test is None else (np.asarray(x_test), np.asarray(y_test))}
+  for split, (x, y) in splits.items():
+    if y is None or x.shape[1:] != x_train.shape[1:] or np.shape(y) != (len(x),):
+      raise ValueError(f"x_{split} must be [N, {', '.join(map(str, x_train.shape[1:]))}] (the shape of x_train's "
+                       f"examples) with labels y_{split} [N]; got {x.shape} and {np.shape(y)}.")
+    if len(y) and not np.issubdtype(np.asarray(y).dtype, np.integer):
+      raise ValueError(f"y_{split} must hold integer class labels, got dtype {np.asarray(y).dtype}.")
+  largest = max(int(y.max()) for _, y in splits.values() if len(y))
+  num_classes = largest + 1 if num_classes is None else num_classes
+  for split, (x, y) in splits.items():
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+      raise ValueError(f"y_{split}: labels must lie in [0, num_classes={num_classes}), found [{y.min()}, {y.max()}].")
+  (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+      (x, y.astype(np.int32)) for x, y in splits.values())
+  return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test, int(num_classes), *input_statistics(x_train))
 
 
 # ---------------------------------------------------------------------------------------------------

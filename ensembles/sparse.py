@@ -101,24 +101,43 @@ def layer_counts(shapes: dict[str, tuple[int, ...]], densities: dict[str, float]
 
 @dataclasses.dataclass(frozen=True)
 class SparsityPlan:
-  """Static description of a sparse model: kept-weight count of every sparse layer.
+  """Static description of a sparse model, keyed like its params tree.
 
-  counts: {path string: number of kept weights} for prunable layers with density < 1 (layers the
-  allocation made dense are absent and never pruned). sizes: {path string: n_l} of all prunable
-  layers. Build with `make_plan`.
+  kept: a params-shaped tree of ints, the weights each leaf keeps (its full size where the leaf is
+  dense: not prunable, or made dense by the allocation, and then never pruned). size: a
+  params-shaped tree of each leaf's number of weights. prunable: a params-shaped tree of bools.
+  `counts` and `sizes` are the same numbers keyed by path string, for reports. Build with `make_plan`.
   """
 
-  counts: dict
-  sizes: dict
+  kept: PyTree
+  size: PyTree
+  prunable: PyTree
 
-  def is_sparse(self, path: Path) -> bool:
-    return jax.tree_util.keystr(path) in self.counts
+  def sparse_leaves(self) -> PyTree:
+    """A params-shaped tree of bools: the leaves that prune-and-grow changes (kept < size)."""
+    return jax.tree.map(lambda k, n, p: bool(p and k < n), self.kept, self.size, self.prunable)
+
+  @property
+  def counts(self) -> dict[str, int]:
+    """{path string: kept weights} of the sparse leaves."""
+    return {name: k for name, k, s in _named(self.kept, self.sparse_leaves()) if s}
+
+  @property
+  def sizes(self) -> dict[str, int]:
+    """{path string: n_l} of the prunable leaves."""
+    return {name: n for name, n, p in _named(self.size, self.prunable) if p}
 
   @property
   def density(self) -> float:
     """Kept fraction of all prunable weights."""
-    kept = sum(self.counts.get(k, n) for k, n in self.sizes.items())
+    kept = sum(k for _, k, p in _named(self.kept, self.prunable) if p)
     return kept / sum(self.sizes.values())
+
+
+def _named(values: PyTree, flags: PyTree) -> list[tuple[str, Any, bool]]:
+  """(path string, value, flag) of each leaf of two trees of the same structure (Python leaves)."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(values)
+  return [(jax.tree_util.keystr(path), v, f) for (path, v), f in zip(flat, treedef.flatten_up_to(flags))]
 
 
 def make_plan(params: PyTree, sparsity: float, rule: str = "erk",
@@ -128,8 +147,11 @@ def make_plan(params: PyTree, sparsity: float, rule: str = "erk",
     raise ValueError(f"sparse.sparsity must be in [0, 1), got {sparsity}.")
   shapes = prunable_shapes(params, prunable)
   counts = layer_counts(shapes, layer_densities(shapes, 1.0 - sparsity, rule))
-  sizes = {k: math.prod(s) for k, s in shapes.items()}
-  return SparsityPlan({k: c for k, c in counts.items() if c < sizes[k]}, sizes)
+  name = lambda path: jax.tree_util.keystr(path)
+  size = jax.tree.map(lambda x: int(np.size(x)), params)
+  kept = jax.tree_util.tree_map_with_path(lambda path, x: counts.get(name(path), int(np.size(x))), params)
+  flags = jax.tree_util.tree_map_with_path(lambda path, x: name(path) in shapes, params)
+  return SparsityPlan(kept, size, flags)
 
 
 def _top_k_mask(scores: jax.Array, k: int) -> jax.Array:
@@ -147,13 +169,14 @@ def init_masks(key: jax.Array, params: PyTree, plan: SparsityPlan, rule: str = "
   """
   if rule not in INIT_RULES:
     raise ValueError(f"sparse.init_rule must be one of {INIT_RULES}, got {rule!r}.")
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  leaves, treedef = jax.tree_util.tree_flatten(params)
   keys = jax.random.split(key, len(leaves))
   masks = []
-  for (path, leaf), k in zip(leaves, keys):
-    if plan.is_sparse(path):
+  for leaf, k, kept, is_sparse in zip(leaves, keys, treedef.flatten_up_to(plan.kept),
+                                      treedef.flatten_up_to(plan.sparse_leaves())):
+    if is_sparse:
       scores = jax.random.uniform(k, leaf.shape) if rule == "random" else jnp.abs(leaf)
-      masks.append(_top_k_mask(scores, plan.counts[jax.tree_util.keystr(path)]))
+      masks.append(_top_k_mask(scores, kept))
     else:
       masks.append(jnp.ones(leaf.shape, bool))
   return jax.tree_util.tree_unflatten(treedef, masks)
@@ -248,14 +271,14 @@ def prune_and_grow(key: jax.Array, params: PyTree, masks: PyTree, grads: PyTree 
   Returns (params, masks, grown) trees; ``grown`` marks positions whose optimizer moments must be
   reset (see `reset_moments`).
   """
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  leaves, treedef = jax.tree_util.tree_flatten(params)
   mask_leaves = treedef.flatten_up_to(masks)
   grad_leaves = treedef.flatten_up_to(grads) if grads is not None else [None] * len(leaves)
   keys = jax.random.split(key, len(leaves))
   out_w, out_m, out_g = [], [], []
-  for k, (path, w), m, g in zip(keys, leaves, mask_leaves, grad_leaves):
-    if plan.is_sparse(path):
-      count = plan.counts[jax.tree_util.keystr(path)]
+  for k, w, m, g, count, is_sparse in zip(keys, leaves, mask_leaves, grad_leaves, treedef.flatten_up_to(plan.kept),
+                                          treedef.flatten_up_to(plan.sparse_leaves())):
+    if is_sparse:
       max_k = math.ceil(max_drop_fraction * count)
       w, m, grown = prune_and_grow_layer(k, w, m, g, drop_fraction, growth, allow_regrow, max_k, active=count)
     else:
@@ -296,8 +319,17 @@ class SparseState(NamedTuple):
   inner_state: optax.OptState
 
 
-def masked(inner: optax.GradientTransformation) -> optax.GradientTransformation:
-  """Wraps any optax optimizer for sparse training; the masks live in its state.
+class MaskedOptimizer(NamedTuple):
+  """An optax transformation (init, update) that keeps masked weights at zero, and the ``inner``
+  optimizer it wraps (whose moments topology updates reset)."""
+
+  init: Callable
+  update: Callable
+  inner: optax.GradientTransformation
+
+
+def masked(inner: optax.GradientTransformation) -> MaskedOptimizer:
+  """Wraps any optax optimizer for sparse training; the masks live in its state (`masks_of`).
 
   update: gradients are masked before ``inner`` sees them, and the returned updates set every
   masked weight to exactly zero (u = -w there), so momentum and weight decay cannot revive a pruned
@@ -315,29 +347,52 @@ def masked(inner: optax.GradientTransformation) -> optax.GradientTransformation:
     updates = jax.tree.map(lambda u, p, m: jnp.where(m, u, -p), inner_updates, params, state.masks)
     return updates, SparseState(state.masks, inner_state)
 
-  return optax.GradientTransformation(init, update)
+  return MaskedOptimizer(init, update, inner)
 
 
-def set_masks(inner: optax.GradientTransformation, state: SparseState, masks: PyTree) -> SparseState:
+def masks_of(opt_state: SparseState) -> PyTree:
+  """The masks held by a `masked` optimizer's state (leaves [M, ...] for stacked members)."""
+  if not isinstance(opt_state, SparseState):
+    raise TypeError(f"Expected the state of a sparse.masked optimizer, got {type(opt_state).__name__}.")
+  return opt_state.masks
+
+
+def with_masks(tx: MaskedOptimizer, params: PyTree, masks: PyTree) -> SparseState:
+  """A fresh `masked` state for ``params`` with ``masks`` (one member)."""
+  return SparseState(masks, tx.inner.init(params))
+
+
+def set_masks(tx: MaskedOptimizer, state: SparseState, masks: PyTree) -> SparseState:
   """Replaces the masks of a `masked` state and zeroes the inner moments outside them."""
-  return SparseState(masks, reset_moments(inner, state.inner_state, masks))
+  return SparseState(masks, reset_moments(tx.inner, state.inner_state, masks))
 
 
-def init_sparse(key: jax.Array, params: PyTree, inner: optax.GradientTransformation, plan: SparsityPlan,
+def init_sparse(key: jax.Array, params: PyTree, tx: MaskedOptimizer, plan: SparsityPlan,
                 rule: str = "random") -> tuple[PyTree, SparseState]:
-  """Masked params and a `masked(inner)` state with fresh masks of ``plan`` (one member)."""
+  """Masked params and a state of ``tx`` (a `masked` optimizer) with fresh masks of ``plan`` (one member)."""
   masks = init_masks(key, params, plan, rule)
-  return apply_masks(params, masks), SparseState(masks, inner.init(params))
+  return apply_masks(params, masks), with_masks(tx, params, masks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """How prune-and-grow changes one member's masks: the ``plan`` (which leaves, how many weights),
+  the ``growth`` rule, ``allow_regrow`` and the largest drop fraction it is called with (see
+  `prune_and_grow`), and the masked optimizer ``tx`` whose moments it resets."""
+
+  plan: SparsityPlan
+  tx: MaskedOptimizer
+  growth: str = "random"
+  allow_regrow: bool = False
+  max_drop_fraction: float = 1.0
 
 
 def update_topology(key: jax.Array, params: PyTree, state: SparseState, grads: PyTree | None,
-                    drop_fraction: jax.Array | float, plan: SparsityPlan, inner: optax.GradientTransformation,
-                    growth: str = "random", allow_regrow: bool = False,
-                    max_drop_fraction: float = 1.0) -> tuple[PyTree, SparseState]:
+                    drop_fraction: jax.Array | float, topology: Topology) -> tuple[PyTree, SparseState]:
   """One prune-and-grow of every sparse layer (one member): returns (params, state) with the new
-  masks and the inner optimizer's moments reset for pruned and grown connections.
-  ``max_drop_fraction``: see `prune_and_grow`."""
-  params, masks, grown = prune_and_grow(key, params, state.masks, grads, drop_fraction, plan, growth,
-                                        allow_regrow, max_drop_fraction)
+  masks and the inner optimizer's moments reset for pruned and grown connections."""
+  t = topology
+  params, masks, grown = prune_and_grow(key, params, state.masks, grads, drop_fraction, t.plan, t.growth,
+                                        t.allow_regrow, t.max_drop_fraction)
   keep = jax.tree.map(lambda m, g: m & ~g, masks, grown)
-  return params, SparseState(masks, reset_moments(inner, state.inner_state, keep))
+  return params, SparseState(masks, reset_moments(t.tx.inner, state.inner_state, keep))

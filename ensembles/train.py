@@ -236,7 +236,6 @@ def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array,
   Pass t of every batch uses the key fold_in(key, t), so the passes are T fixed dropout networks.
   """
   mean, std = jnp.asarray(mean), jnp.asarray(std)
-  mc_model = model.clone(mc_dropout=True)
   execution = members_lib.as_execution(execution, model)
   mesh = execution.mesh
   pass_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(num_passes))
@@ -248,7 +247,8 @@ def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array,
 
     def one(p, ms, x):
       def one_pass(k):
-        return jax.nn.softmax(mc_model.apply({"params": p, **ms}, x, train=False, rngs={"dropout": k}))
+        with nn.intercept_methods(_dropout_always_on):
+          return jax.nn.softmax(model.apply({"params": p, **ms}, x, train=False, rngs={"dropout": k}))
 
       return jax.vmap(one_pass)(pass_keys)
 
@@ -256,6 +256,46 @@ def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array,
     return members_lib.constrain(probs.reshape(-1, *probs.shape[2:]), mesh)
 
   return predict
+
+
+def _dropout_always_on(next_fun, args, kwargs, context):
+  """Flax method interceptor: every `nn.Dropout` call drops (as in training, whatever its
+  ``deterministic`` says) with its rate and the ``dropout`` rng; other calls run unchanged. So any
+  Flax model with dropout gives MC-dropout passes with no flag of its own (BatchNorm stays in
+  inference mode). The mask is drawn as `nn.Dropout` draws it."""
+  module = context.module
+  if not isinstance(module, nn.Dropout) or context.method_name != "__call__":
+    return next_fun(*args, **kwargs)
+  inputs = args[0]
+  if module.rate == 0.0:
+    return inputs
+  if module.rate == 1.0:
+    return jnp.zeros_like(inputs)
+  keep = 1.0 - module.rate
+  rng = kwargs.get("rng") or module.make_rng(module.rng_collection)
+  shape = list(inputs.shape)
+  for dim in module.broadcast_dims:
+    shape[dim] = 1
+  mask = jnp.broadcast_to(jax.random.bernoulli(rng, p=keep, shape=shape), inputs.shape)
+  return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
+
+
+def dropout_rates(model: nn.Module, input_shape: tuple[int, ...]) -> list[float]:
+  """The rates of the `nn.Dropout` layers ``model`` calls on one example of ``input_shape`` (an
+  abstract trace: nothing is computed)."""
+  rates = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+      rates.append(float(context.module.rate))
+    return next_fun(*args, **kwargs)
+
+  def init():
+    with nn.intercept_methods(record):
+      return model.init(jax.random.PRNGKey(0), jnp.zeros((1, *input_shape), jnp.float32), train=False)
+
+  jax.eval_shape(init)
+  return rates
 
 
 def predict_probs(predict: Callable, state: TrainState, images: np.ndarray,

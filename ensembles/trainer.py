@@ -1,19 +1,20 @@
 """The driver loop shared by methods: steps, progress bar, JSONL log, validation, checkpoints, resume.
 
-`fit` trains a `TrainState` of M members for a number of steps with a jitted all-members step. A
-rerun with the same workdir restores the newest complete checkpoint and continues from its step;
-because data order and per-step randomness are functions of (seed, epoch, step), the resumed run
-ends with the same parameters as an uninterrupted one.
+`fit(run, state)` trains the M members of a `TrainState` for the run's epochs with its jitted
+all-members step. A rerun with the same workdir restores the newest complete checkpoint and
+continues from its step; because data order and per-step randomness are functions of (seed, epoch,
+step), the resumed run ends with the same parameters as an uninterrupted one. The loop is made of
+small steps: `_batches` (data order), `_validate`, `_Checkpoints` (restore, save), `_Progress`
+(progress bar and training-metric log).
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,8 @@ from ensembles import checkpoints
 from ensembles import members as members_lib
 from ensembles import metrics as metrics_lib
 from ensembles import train as train_lib
-from ensembles.data import Dataset
+from ensembles.context import Run
+from ensembles.log import MetricsLog  # noqa: F401  (re-exported)
 from ensembles.errors import NonFiniteLossError, Preempted  # noqa: F401  (re-exported)
 
 
@@ -52,37 +54,22 @@ def _should_stop(flag: dict, step: int) -> bool:
   return flag["signal"] is not None
 
 
-class MetricsLog:
-  """Appends one JSON object per line to ``path`` (kept across resumed runs)."""
-
-  def __init__(self, path: str):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    self.path = path
-
-  def write(self, record: dict) -> None:
-    if jax.process_index() != 0:  # one writer across hosts
-      return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-
-
 def _mean_metrics(history: list[dict]) -> dict[str, np.ndarray]:
   """Averages per-step metrics over steps: each value [M] (gathered from all hosts)."""
   stacked = members_lib.to_host(jax.tree.map(lambda *xs: jnp.stack(xs), *history))
   return {k: v.mean(axis=0) for k, v in stacked.items()}
 
 
-def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, data: Dataset,
-        cfg: Any, workdir: str, *, data_keys: jax.Array, log: MetricsLog,
-        desc: str = "train", hooks: Sequence[Callable] = (),
-        mesh: jax.sharding.Mesh | None = None) -> tuple[train_lib.TrainState, dict]:
-  """Trains ``state`` for cfg.training.epochs epochs; returns (state, info).
+def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Callable] = ()) -> tuple[train_lib.TrainState, dict]:
+  """Trains ``state`` (the run's M members) for ``run.epochs`` epochs with ``run.train_step``;
+  returns (state, info).
 
   ``hooks`` run after every step as ``state = hook(state, done_steps, images, labels, idx)`` with
-  the device-resident training set and the step's batch indices idx [M, B] (e.g. a sparse method's topology update every ΔT steps); they must be
-  deterministic functions of the state and step so that resuming stays exact.
+  the device-resident training set and the step's batch indices idx [M, B] (e.g. a sparse method's
+  topology update every ΔT steps); they must be deterministic functions of the state and step so
+  that resuming stays exact.
 
-  With a distributed ``mesh`` the state is laid out over its ``members`` axis, the training set
+  With a distributed mesh the state is laid out over its ``members`` axis, the training set
   replicated and each step's idx [M, B] split over ``members`` x ``data`` (each host builds only its
   own devices' shards). On a multi-device CPU mesh each step (and hook) finishes before the next is
   dispatched (`members.synchronous_steps`).
@@ -91,99 +78,156 @@ def fit(state: train_lib.TrainState, train_step: Callable, predict: Callable, da
   `Preempted`; rerunning resumes from it.
 
   info: {"train_time_s": wall time summed over resumed runs, "steps": total steps,
-  "resumed_from": step restored from or 0}. Checkpoints go to ``workdir/checkpoints`` every
-  cfg.checkpoint_every_steps steps and at the end; none is written unless every parameter is finite.
+  "resumed_from": step restored from or 0}. Checkpoints go to ``run.workdir/checkpoints`` every
+  config.checkpoint_every_steps steps and at the end (none without a workdir); none is written
+  unless every parameter is finite.
   """
-  t = cfg.training
-  steps_per_epoch = len(data.y_train) // t.batch_size
-  total_steps = t.epochs * steps_per_epoch
-  manager = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), cfg.keep_checkpoints)
-  start, train_time = 0, 0.0
-  state = members_lib.place(state, mesh, members_lib.MEMBER_AXIS)
-  restored = checkpoints.restore_latest(manager, state)
-  if restored is not None:
-    state, meta = restored
-    start, train_time = int(meta["step"]), float(meta["train_time_s"])
-    if meta.get("total_steps", total_steps) != total_steps:
-      raise ValueError(f"The checkpoint in {workdir} was written for {meta['total_steps']} steps, this config "
-                       f"asks for {total_steps}; use a new --workdir.")
-    print(f"Resuming from step {start}/{total_steps} ({workdir}).", file=sys.stderr)
-
-  images, labels = members_lib.place((data.x_train, data.y_train), mesh)
-  synchronous = members_lib.synchronous_steps(mesh)
-  last_saved = start if restored is not None else None
-
-  def save(step):
-    nonlocal last_saved
-    if not bool(train_lib.all_finite(state.params)):
-      raise NonFiniteLossError(f"Non-finite parameters at step {step}; not saving. The last good "
-                               f"checkpoint (step {last_saved}) in {workdir}/checkpoints is kept.")
-    checkpoints.save(manager, step, state, {"step": step, "train_time_s": train_time,
-                                            "total_steps": total_steps})
-    last_saved = step
-
-  history: list[dict] = []
-  postfix: dict[str, str] = {}
-  indices, indices_epoch = None, None
-  bar = tqdm(total=total_steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
-             file=sys.stderr, mininterval=1.0)
+  store = _Checkpoints(run)
+  state = members_lib.place(state, run.mesh, members_lib.MEMBER_AXIS)
+  state, start = store.restore(state)
+  images, labels = members_lib.place((run.data.x_train, run.data.y_train), run.mesh)
+  progress = _Progress(run, start)
   flag, restore_handler = _preemption_flag()
   try:
-    tick = time.perf_counter()
-    for step in range(start, total_steps):
-      epoch, position = divmod(step, steps_per_epoch)
-      if indices_epoch != epoch:
-        indices = np.asarray(train_lib.epoch_indices(data_keys, epoch, len(data.y_train), t.batch_size,
-                                                     t.shared_data_order))  # [M, steps, B] on the host
-        indices_epoch = epoch
-      idx = members_lib.place(indices[:, position], mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
-      state, step_metrics = train_step(state, images, labels, idx)
-      history.append(step_metrics)
-      done = step + 1
-      # validation of the state the step produced, before hooks change it (an EDST ticket is
-      # validated before the global exploration that follows it)
-      if done % steps_per_epoch == 0 and (done // steps_per_epoch) % cfg.eval_every_epochs == 0 \
-          and len(data.y_val):
-        probs = train_lib.predict_probs(predict, state, data.x_val, cfg.eval_batch_size)
-        ens = metrics_lib.ensemble_probs(probs)
-        val = {"step": done, "epoch": done // steps_per_epoch,
-               "val_accuracy": metrics_lib.accuracy(ens, data.y_val), "val_nll": metrics_lib.nll(ens, data.y_val)}
-        log.write(val)
-        postfix["val_acc"] = f"{val['val_accuracy']:.3f}"
-        bar.set_postfix(postfix)
+    for done, idx in _batches(run, start):
+      state, step_metrics = run.train_step(state, images, labels, idx)
+      progress.add(step_metrics)
+      if _is_validation_step(run, done):  # the state the step produced, before hooks change it
+        progress.show(_validate(run, state, done))  # (an EDST ticket before the global exploration)
       for hook in hooks:
         state = hook(state, done, images, labels, idx)
-      if synchronous:
+      if members_lib.synchronous_steps(run.mesh):
         jax.block_until_ready(state)
-      bar.update(1)
-      if done % cfg.log_every_steps == 0 or done == total_steps:
-        averaged = _mean_metrics(history)
-        history = []
-        if not np.all(np.isfinite(averaged["loss"])):
-          raise NonFiniteLossError(
-              f"Loss became non-finite by step {done} (per member: {averaged['loss'].tolist()}). "
-              f"Stopping; the last good checkpoint (step {last_saved}) in {workdir}/checkpoints is kept. "
-              f"Lower training.lr or check the data.")
-        record = {"step": done, "epoch": done / steps_per_epoch,
-                  "train_loss": float(averaged["loss"].mean()),
-                  "train_accuracy": float(averaged["accuracy"].mean()),
-                  "train_loss_members": averaged["loss"].tolist()}
-        log.write(record)
-        postfix.update(loss=f"{record['train_loss']:.4f}", acc=f"{record['train_accuracy']:.3f}")
-        bar.set_postfix(postfix)
+      progress.step(done, store.last_saved)
       stop = _should_stop(flag, done)
-      if done % cfg.checkpoint_every_steps == 0 or done == total_steps or stop:
-        jax.block_until_ready(state)
-        train_time += time.perf_counter() - tick
-        save(done)
-        tick = time.perf_counter()
-      if stop and done < total_steps:
-        manager.wait_until_finished()
-        raise Preempted(f"SIGTERM received: saved the checkpoint of step {done}/{total_steps} in "
-                        f"{workdir}/checkpoints; rerun the same command to resume.")
+      if done % run.config.checkpoint_every_steps == 0 or done == run.total_steps or stop:
+        store.save(state, done)
+      if stop and done < run.total_steps:
+        store.close()
+        raise Preempted(f"SIGTERM received: saved the checkpoint of step {done}/{run.total_steps} in "
+                        f"{run.workdir}/checkpoints; rerun the same command to resume.")
   finally:
     restore_handler()
-    bar.close()
-    manager.wait_until_finished()
-    manager.close()
-  return state, {"train_time_s": train_time, "steps": total_steps, "resumed_from": start}
+    progress.close()
+    store.close()
+  return state, {"train_time_s": store.train_time(), "steps": run.total_steps, "resumed_from": start}
+
+
+def _batches(run: Run, start: int) -> Iterator[tuple[int, jax.Array]]:
+  """(steps done after this one, idx [M, B] on the mesh) for every step from ``start``: each
+  member's shuffled order of each epoch (`train.epoch_indices`), built on the host once per epoch."""
+  t = run.config.training
+  indices, indices_epoch = None, None
+  for step in range(start, run.total_steps):
+    epoch, position = divmod(step, run.steps_per_epoch)
+    if indices_epoch != epoch:
+      indices = np.asarray(train_lib.epoch_indices(run.data_keys, epoch, len(run.data.y_train), t.batch_size,
+                                                   t.shared_data_order))  # [M, steps, B] on the host
+      indices_epoch = epoch
+    yield step + 1, members_lib.place(indices[:, position], run.mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
+
+
+def _is_validation_step(run: Run, done: int) -> bool:
+  epochs, rest = divmod(done, run.steps_per_epoch)
+  return rest == 0 and epochs % run.config.eval_every_epochs == 0 and len(run.data.y_val) > 0
+
+
+def _validate(run: Run, state: train_lib.TrainState, done: int) -> dict:
+  """Validation accuracy and NLL of the members' mean prediction, written to the log."""
+  probs = train_lib.predict_probs(run.predict, state, run.data.x_val, run.config.eval_batch_size)
+  ens = metrics_lib.ensemble_probs(probs)
+  record = {"step": done, "epoch": done // run.steps_per_epoch,
+            "val_accuracy": metrics_lib.accuracy(ens, run.data.y_val), "val_nll": metrics_lib.nll(ens, run.data.y_val)}
+  run.log.write(record)
+  return {"val_acc": f"{record['val_accuracy']:.3f}"}
+
+
+class _Checkpoints:
+  """The run's checkpoints (none without a workdir) and the training wall time they record."""
+
+  def __init__(self, run: Run):
+    self.run = run
+    self.manager = None if run.workdir is None else checkpoints.make_manager(
+        os.path.join(run.workdir, "checkpoints"), run.config.keep_checkpoints)
+    self.last_saved: int | None = None
+    self.time_before = 0.0  # training time of earlier (resumed) runs
+    self.tick = time.perf_counter()
+
+  def restore(self, state: train_lib.TrainState) -> tuple[train_lib.TrainState, int]:
+    """The newest complete checkpoint's state and step, or (``state``, 0)."""
+    restored = None if self.manager is None else checkpoints.restore_latest(self.manager, state)
+    if restored is None:
+      self.tick = time.perf_counter()
+      return state, 0
+    state, meta = restored
+    start = int(meta["step"])
+    if meta.get("total_steps", self.run.total_steps) != self.run.total_steps:
+      raise ValueError(f"The checkpoint in {self.run.workdir} was written for {meta['total_steps']} steps, this "
+                       f"config asks for {self.run.total_steps}; use a new --workdir.")
+    print(f"Resuming from step {start}/{self.run.total_steps} ({self.run.workdir}).", file=sys.stderr)
+    self.last_saved, self.time_before = start, float(meta["train_time_s"])
+    self.tick = time.perf_counter()
+    return state, start
+
+  def train_time(self) -> float:
+    return self.time_before + time.perf_counter() - self.tick
+
+  def save(self, state: train_lib.TrainState, step: int) -> None:
+    """Checkpoints ``state`` after ``step`` steps, unless a parameter is not finite."""
+    jax.block_until_ready(state)
+    if self.manager is None:
+      return
+    if not bool(train_lib.all_finite(state.params)):
+      raise NonFiniteLossError(f"Non-finite parameters at step {step}; not saving. The last good "
+                               f"checkpoint (step {self.last_saved}) in {self.run.workdir}/checkpoints is kept.")
+    elapsed = self.train_time()
+    checkpoints.save(self.manager, step, state, {"step": step, "train_time_s": elapsed,
+                                                 "total_steps": self.run.total_steps})
+    self.time_before, self.tick = elapsed, time.perf_counter()
+    self.last_saved = step
+
+  def close(self) -> None:
+    if self.manager is not None:
+      self.manager.wait_until_finished()
+      self.manager.close()
+      self.manager = None
+
+
+class _Progress:
+  """Progress bar and the logged training loss and accuracy averaged over log_every_steps steps."""
+
+  def __init__(self, run: Run, start: int):
+    self.run = run
+    self.history: list[dict] = []
+    self.postfix: dict[str, str] = {}
+    self.bar = tqdm(total=run.total_steps, initial=start, desc=run.name, unit="step", dynamic_ncols=True,
+                    file=sys.stderr, mininterval=1.0)
+
+  def add(self, step_metrics: dict) -> None:
+    self.history.append(step_metrics)
+
+  def show(self, postfix: dict) -> None:
+    self.postfix.update(postfix)
+    self.bar.set_postfix(self.postfix)
+
+  def step(self, done: int, last_saved: int | None) -> None:
+    self.bar.update(1)
+    if done % self.run.config.log_every_steps and done != self.run.total_steps:
+      return
+    averaged = _mean_metrics(self.history)
+    self.history = []
+    if not np.all(np.isfinite(averaged["loss"])):
+      where = f"in {self.run.workdir}/checkpoints " if self.run.workdir else ""
+      raise NonFiniteLossError(
+          f"Loss became non-finite by step {done} (per member: {averaged['loss'].tolist()}). "
+          f"Stopping; the last good checkpoint (step {last_saved}) {where}is kept. "
+          f"Lower training.lr or check the data.")
+    record = {"step": done, "epoch": done / self.run.steps_per_epoch,
+              "train_loss": float(averaged["loss"].mean()),
+              "train_accuracy": float(averaged["accuracy"].mean()),
+              "train_loss_members": averaged["loss"].tolist()}
+    self.run.log.write(record)
+    self.show({"loss": f"{record['train_loss']:.4f}", "acc": f"{record['train_accuracy']:.3f}"})
+
+  def close(self) -> None:
+    self.bar.close()

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import jax
 import ml_collections
 
+from ensembles import api
 from ensembles import config as config_lib
 from ensembles import data as data_lib
+from ensembles import defaults
 from ensembles import evaluation as evaluation_lib
-from ensembles import methods
-from ensembles.methods import common
 from experiments import plots
 from experiments import report
-from experiments.configs import default
 
 # Fields that may change between a run and its resumption (they do not change the result).
 _RESUMABLE_FIELDS = ("log_every_steps", "eval_every_epochs", "eval_batch_size", "checkpoint_every_steps",
@@ -48,7 +46,7 @@ def run(config, workdir: str) -> dict:
   main_process = jax.process_index() == 0  # one writer across hosts
   if main_process:
     write_atomic(config_path, json.dumps(current, indent=2))
-  results = methods.get_method(config.method).train_and_evaluate(config, workdir)
+  results = api.run_config(config, workdir)
   if main_process:
     write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     if config.evaluation.plots:
@@ -86,7 +84,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   with open(path) as f:
     config = ml_collections.ConfigDict(_tuples(json.load(f)))
   if "evaluation" not in config:
-    config.evaluation = default.get_config().evaluation
+    config.evaluation = defaults.default_config().evaluation
   return config
 
 
@@ -97,8 +95,8 @@ def evaluate_workdir(workdir: str, **evaluation_overrides) -> dict:
   config.evaluation.update(evaluation_overrides)
   config_lib.validate_evaluation(config.evaluation, config.dataset.name)
   evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
-  run, state, meta = load_ensemble(workdir, config)
-  evaluation = common.evaluate_saved(run, state, meta["weights"], meta["combine"], config.evaluation)
+  run, ensemble, meta = api.load_saved(config, workdir)
+  evaluation = api.evaluate(run, ensemble, config.evaluation)
   results_path = os.path.join(workdir, "results.json")
   results = {}
   if os.path.exists(results_path):
@@ -112,11 +110,9 @@ def evaluate_workdir(workdir: str, **evaluation_overrides) -> dict:
   return results
 
 
-def load_ensemble(workdir: str, config=None) -> tuple[common.Run, Any, dict]:
-  """A finished run's saved ensemble, ready to predict: (run, state, meta) where
-  ``train.predict_probs(run.predict, state, images, batch_size)`` gives member probabilities
-  [M, N, K], ``run.data`` is the run's dataset and meta holds method, num_members, weights, combine."""
-  config = config or load_run_config(workdir)
-  run = common.build_run(config, workdir)
-  state, meta = common.load_saved_ensemble(run)
-  return run, state, meta
+def load_ensemble(workdir: str, config=None):
+  """A finished run's saved ensemble, ready to predict: (run, ensemble, meta) where
+  ``ensemble.member_probs(images)`` gives member probabilities [M, N, K], ``ensemble.predict(images)``
+  the combined ones, ``run.data`` is the run's dataset and meta holds method, num_members, weights,
+  combine (`ensembles.api.load_saved`)."""
+  return api.load_saved(config or load_run_config(workdir), workdir)

@@ -94,8 +94,9 @@ def method_config(module, hidden=(32,), **overrides):
 
 @pytest.fixture
 def fake_data(monkeypatch):
-  """A tiny synthetic dataset that every method's `load_dataset` call returns."""
-  from ensembles.methods import common  # pylint: disable=g-import-not-at-top
+  """A tiny synthetic dataset that every `load_dataset` call returns (runs through the CLI layer;
+  library calls take it directly: `api.run_config(config, workdir, data=dataset)`)."""
+  from ensembles import data as data_lib  # pylint: disable=g-import-not-at-top
   dataset = make_dataset(n_train=128, n_val=16, n_test=32)
-  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
   return dataset

@@ -6,8 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ensembles import api
 from ensembles import checkpoints, config as config_lib
-from ensembles.methods import cbnn, collected, snapshot_ensemble
+from ensembles import collected
+from ensembles.methods import snapshot_ensemble
 from experiments.configs import cbnn as cbnn_config
 from experiments.configs import snapshot_ensemble as snapshot_config
 from conftest import method_config
@@ -24,7 +26,7 @@ def test_segment_ends():
 def test_cbnn_checkpoints_alphas_and_weights(tmp_path, fake_data):
   cfg = _cfg(cbnn_config)
   config_lib.validate(cfg)
-  results = cbnn.train_and_evaluate(cfg, str(tmp_path))
+  results = api.run_config(cfg, str(tmp_path))
   alphas = results["cbnn"]["alphas"]
   assert len(alphas) == 3 and all(np.isfinite(alphas)) and all(a > 0 for a in alphas)
   # checkpoints and alphas round-trip through Orbax
@@ -66,7 +68,7 @@ def _saved_checkpoints(workdir, fake_data):
 
 
 def test_cbnn_prediction_is_alpha_weighted_mean(tmp_path, fake_data):
-  results = cbnn.train_and_evaluate(_cfg(cbnn_config), str(tmp_path))
+  results = api.run_config(_cfg(cbnn_config), str(tmp_path))
   probs, alphas = _saved_checkpoints(tmp_path, fake_data)
   assert list(alphas) == results["cbnn"]["alphas"] and len(set(alphas.tolist())) == 3
   ensemble = np.einsum("m,mnk->nk", alphas / alphas.sum(), probs)
@@ -80,7 +82,7 @@ def test_cbnn_prediction_is_alpha_weighted_mean(tmp_path, fake_data):
 
 
 def test_cbnn_weighted_vote_end_to_end(tmp_path, fake_data):
-  results = cbnn.train_and_evaluate(_cfg(cbnn_config, **{"cbnn.combine": "vote"}), str(tmp_path))
+  results = api.run_config(_cfg(cbnn_config, **{"cbnn.combine": "vote"}), str(tmp_path))
   probs, alphas = _saved_checkpoints(tmp_path, fake_data)
   y = fake_data.y_test
   votes = np.zeros((len(y), 4))
@@ -95,7 +97,7 @@ def test_snapshot_schedule_restarts_and_snapshots(tmp_path, fake_data):
   lr = snapshot_ensemble.cyclic_cosine(0.1, 12, 3)
   got = [float(lr(t)) for t in (0, 2, 4, 6, 8, 11)]
   assert got == pytest.approx([0.1, 0.05, 0.1, 0.05, 0.1, 0.1 * 0.5 * (1 + np.cos(np.pi * 3 / 4))])
-  results = snapshot_ensemble.train_and_evaluate(_cfg(snapshot_config), str(tmp_path))
+  results = api.run_config(_cfg(snapshot_config), str(tmp_path))
   assert results["num_members"] == 3 and sorted(p.name for p in (tmp_path / "members").iterdir()) == ["0", "1", "2"]
   assert results["test"]["diversity"]["disagreement"] > 0  # snapshots of different cycles disagree somewhere
 

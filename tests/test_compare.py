@@ -2,7 +2,7 @@
 import json
 import os
 
-from ensembles.methods import common
+from ensembles import data as data_lib
 from experiments import compare
 from conftest import make_dataset
 
@@ -15,7 +15,7 @@ TINY = {"dataset.train_subset": 0, "training.epochs": 1, "training.batch_size": 
 
 def test_comparison_trains_once_and_reports(tmp_path, monkeypatch):
   dataset = make_dataset(n_train=64, n_val=16, n_test=32, shape=(28, 28, 1))
-  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
   comparison = {"seeds": [0, 1], "runs": [
       ("single", "experiments/configs/single.py", TINY),
       ("dst", "experiments/configs/dst_ensemble.py", {**TINY, "num_members": 2, "sparse.update_every": 1})]}
@@ -41,7 +41,7 @@ def test_comparison_trains_once_and_reports(tmp_path, monkeypatch):
 
 def test_comparison_evaluates_old_results_from_the_saved_ensemble(tmp_path, monkeypatch):
   dataset = make_dataset(n_train=64, n_val=16, n_test=32, shape=(28, 28, 1))
-  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
   comparison = {"seeds": [0], "runs": [("single", "experiments/configs/single.py", TINY)]}
   first = compare.run_comparison(comparison, str(tmp_path))
   path = tmp_path / "single" / "seed_0" / "results.json"

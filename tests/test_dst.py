@@ -3,8 +3,8 @@ import jax
 import numpy as np
 import pytest
 
+from ensembles import api
 from ensembles import config as config_lib, trainer
-from ensembles.methods import dst_ensemble
 from experiments.configs import dst_ensemble as dst_config
 from conftest import tiny_config
 
@@ -13,7 +13,7 @@ def _cfg(**overrides):
   c = tiny_config(**{"model.hidden": (32,), "training.epochs": 3, **overrides})
   c.method = overrides.get("method", "dst_ensemble")
   c.num_members = 3
-  c.sparse = dst_config.sparse_block()
+  c.sparse = dst_config.get_config().sparse
   c.sparse.update_every = 2
   return c
 
@@ -23,16 +23,16 @@ def _train(cfg, workdir):
   captured = {}
   original_fit = trainer.fit
 
-  def fit(state, train_step, *args, **kwargs):
+  def fit(run, state, *args, **kwargs):
     captured["init"] = jax.tree.map(np.array, state)  # copy: the train step donates its input
-    out = original_fit(state, train_step, *args, **kwargs)
+    out = original_fit(run, state, *args, **kwargs)
     captured["final"] = out[0]
     return out
 
   trainer_fit = trainer.fit
   trainer.fit = fit
   try:
-    results = dst_ensemble.train_and_evaluate(cfg, str(workdir))
+    results = api.run_config(cfg, str(workdir))
   finally:
     trainer.fit = trainer_fit
   return results, captured

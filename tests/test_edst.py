@@ -7,8 +7,11 @@ import numpy as np
 import optax
 import pytest
 
+from ensembles import api
+from ensembles import data as data_lib
+
 from ensembles import config as config_lib, sparse
-from ensembles.methods import common, edst_ensemble
+from ensembles.methods import edst_ensemble
 from ensembles.models import build_model
 from experiments.configs import edst_ensemble as edst_config
 from conftest import make_dataset, tiny_config
@@ -64,9 +67,10 @@ def test_global_exploration_replaces_at_least_q_of_each_layer():
       jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 1)))["params"]
   plan = sparse.make_plan(params, 0.8, "erk")
   inner = optax.sgd(0.1)
-  params, state = sparse.init_sparse(jax.random.PRNGKey(1), params, inner, plan)
+  params, state = sparse.init_sparse(jax.random.PRNGKey(1), params, sparse.masked(inner), plan)
   params = jax.tree.map(lambda w, m: jnp.where(m, w + 1.0, 0.0), params, state.masks)  # no zero actives
-  new_params, new_state = sparse.update_topology(jax.random.PRNGKey(2), params, state, None, 0.8, plan, inner)
+  new_params, new_state = sparse.update_topology(jax.random.PRNGKey(2), params, state, None, 0.8,
+                                                sparse.Topology(plan, sparse.masked(inner)))
   flat = lambda tree: {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
   old, new, w_old, w_new = flat(state.masks), flat(new_state.masks), flat(params), flat(new_params)
   for name, count in plan.counts.items():
@@ -81,10 +85,10 @@ def test_global_exploration_replaces_at_least_q_of_each_layer():
 
 def test_edst_end_to_end_tickets_differ_and_resume(tmp_path, monkeypatch):
   dataset = make_dataset(n_train=128, n_val=16, n_test=32)
-  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
   cfg = _cfg()
   config_lib.validate(cfg)
-  results = edst_ensemble.train_and_evaluate(cfg, str(tmp_path))
+  results = api.run_config(cfg, str(tmp_path))
   assert results["num_members"] == 3 and len(results["test"]["members"]) == 3
   overlap = np.array(results["tickets"]["mask_overlap"])
   np.testing.assert_allclose(np.diag(overlap), 1.0, rtol=1e-6)
@@ -96,19 +100,19 @@ def test_edst_end_to_end_tickets_differ_and_resume(tmp_path, monkeypatch):
   assert results["flops"]["train_x_dense"] < 1.0
   assert sorted(p.name for p in (tmp_path / "tickets").iterdir()) == ["0", "1", "2"]
   # a rerun resumes from the final checkpoint and reloads the same tickets
-  again = edst_ensemble.train_and_evaluate(cfg, str(tmp_path))
+  again = api.run_config(cfg, str(tmp_path))
   assert again["test"]["ensemble"] == results["test"]["ensemble"]
 
 
 def test_best_validation_tickets(tmp_path, monkeypatch):
   dataset = make_dataset(n_train=128, n_val=16, n_test=32)
-  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
   cfg = _cfg()
   cfg.edst.refinement_epochs, cfg.training.epochs = 2, 8
   cfg.edst.ticket = "best_val"
   cfg.edst.refine_lr, cfg.edst.refine_decay = 0.5, 1.0  # a noisy refinement: the last epoch is not always best
   config_lib.validate(cfg)
-  results = edst_ensemble.train_and_evaluate(cfg, str(tmp_path))
+  results = api.run_config(cfg, str(tmp_path))
   records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   # the trainer's own validation at every epoch end, and the chosen tickets
   val = {r["step"]: r["val_nll"] for r in records if "val_nll" in r and "event" not in r}
@@ -119,7 +123,7 @@ def test_best_validation_tickets(tmp_path, monkeypatch):
     assert len(candidates) == 2
     best_step = min(candidates, key=candidates.get)
     assert meta["step"] == best_step and meta["val_nll"] == pytest.approx(candidates[best_step], rel=1e-5)
-  again = edst_ensemble.train_and_evaluate(cfg, str(tmp_path))
+  again = api.run_config(cfg, str(tmp_path))
   assert again["test"]["ensemble"] == results["test"]["ensemble"]
 
 

@@ -1,5 +1,6 @@
 import pytest
 
+from ensembles import api
 from ensembles import flops
 from ensembles.models import build_model
 
@@ -43,10 +44,10 @@ def test_training_flops_formulas():
 def _run(tmp_path, module, hidden, **overrides):
   import importlib
   from conftest import method_config
-  from ensembles import config as config_lib, methods
+  from ensembles import config as config_lib
   cfg = method_config(importlib.import_module(f"experiments.configs.{module}"), hidden=hidden, **overrides)
   config_lib.validate(cfg)
-  return cfg, methods.get_method(cfg.method).train_and_evaluate(cfg, str(tmp_path))["flops"]
+  return cfg, api.run_config(cfg, str(tmp_path))["flops"]
 
 
 def test_dst_counts_each_gradient_update_before_the_stop(tmp_path, fake_data):

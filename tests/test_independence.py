@@ -1,14 +1,15 @@
 """Members are independent where a user relies on it: each member sees its own data order, its own
 dropout masks and its own augmentations. The batches, masks and augmented images themselves are
 checked (not the keys that make them)."""
+import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ensembles import api
 from ensembles import train, trainer
-from ensembles.methods import deep_ensemble
 from ensembles.models import build_model
 from experiments.configs import deep_ensemble as deep_config
 from conftest import make_dataset, method_config
@@ -19,15 +20,15 @@ def test_members_train_on_different_batches_each_epoch(tmp_path, fake_data, monk
   seen = []
   original_fit = trainer.fit
 
-  def fit(state, train_step, *args, **kwargs):
+  def fit(run, state, *args, **kwargs):
     def spy(state, images, labels, idx):
       seen.append(np.asarray(idx))
-      return train_step(state, images, labels, idx)
-    return original_fit(state, spy, *args, **kwargs)
+      return run.train_step(state, images, labels, idx)
+    return original_fit(dataclasses.replace(run, train_step=spy), state, *args, **kwargs)
 
   monkeypatch.setattr(trainer, "fit", fit)
   cfg = method_config(deep_config, hidden=(8,), num_members=3, **{"training.epochs": 2})
-  deep_ensemble.train_and_evaluate(cfg, str(tmp_path))
+  api.run_config(cfg, str(tmp_path))
   steps_per_epoch = len(fake_data.y_train) // cfg.training.batch_size
   idx = np.stack(seen)  # [steps, M, B]
   assert idx.shape == (2 * steps_per_epoch, 3, cfg.training.batch_size)

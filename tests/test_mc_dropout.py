@@ -4,8 +4,10 @@ import numpy as np
 import optax
 import pytest
 
+from ensembles import api
+from ensembles import data as data_lib
+
 from ensembles import config as config_lib, train
-from ensembles.methods import common, mc_dropout
 from ensembles.models import build_model
 from experiments.configs import mc_dropout as mc_config
 from conftest import make_dataset, method_config
@@ -34,19 +36,18 @@ def _cfg(**overrides):
 
 def test_method_reports_the_mean_of_the_passes(tmp_path, monkeypatch):
   dataset = make_dataset(n_train=128, n_val=16, n_test=32)
-  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
   captured = {}
-  original = common.evaluate
+  original = api.evaluate
 
-  def evaluate(run, state, weights=None):
-    probs = train.predict_probs(run.predict, state, dataset.x_test, 50)
-    captured["probs"] = probs
-    return original(run, state, weights)
+  def evaluate(run, ensemble, eval_cfg=None):
+    captured["probs"] = ensemble.member_probs(dataset.x_test)
+    return original(run, ensemble, eval_cfg)
 
-  monkeypatch.setattr(common, "evaluate", evaluate)
+  monkeypatch.setattr(api, "evaluate", evaluate)
   cfg = _cfg()
   config_lib.validate(cfg)
-  results = mc_dropout.train_and_evaluate(cfg, str(tmp_path))
+  results = api.run_config(cfg, str(tmp_path))
   probs = captured["probs"]
   assert probs.shape[0] == cfg.mc_dropout.num_passes == results["num_members"]
   mean, y = np.asarray(probs, np.float64).mean(0), dataset.y_test  # the reported metrics, by hand

@@ -9,6 +9,7 @@ steps per epoch), against what a user relies on:
 - snapshots and CBNN checkpoints are the parameters exactly at their segment ends;
 - optimizer moments are zero wherever a sparse mask is False (the reset after prune-and-grow).
 """
+import dataclasses
 import importlib
 import os
 
@@ -17,7 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ensembles import checkpoints, config as config_lib, methods, trainer
+from ensembles import api
+from ensembles import checkpoints, config as config_lib, trainer
 from conftest import method_config
 
 STEPS_PER_EPOCH, BATCH, N_TRAIN = 4, 32, 128
@@ -41,22 +43,22 @@ def _train(cfg, workdir, stop_after=None, record=()):
   calls, recorded, finals = {"n": 0}, {}, []
   original_fit = trainer.fit
 
-  def fit(state, train_step, *args, **kwargs):
+  def fit(run, state, *args, **kwargs):
     def step(*a):
       if calls["n"] == stop_after:
         raise Stop()
-      out = train_step(*a)
+      out = run.train_step(*a)
       calls["n"] += 1
       if calls["n"] in record:
         recorded[calls["n"]] = jax.device_get(out[0])
       return out
-    out = original_fit(state, step, *args, **kwargs)
+    out = original_fit(dataclasses.replace(run, train_step=step), state, *args, **kwargs)
     finals.append(jax.device_get(out[0]))
     return out
 
   trainer.fit = fit
   try:
-    results = methods.get_method(cfg.method).train_and_evaluate(cfg, str(workdir))
+    results = api.run_config(cfg, str(workdir))
   finally:
     trainer.fit = original_fit
   return results, recorded, finals

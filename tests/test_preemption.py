@@ -25,10 +25,10 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from conftest import make_dataset, tiny_config
     from ensembles import checkpoints, trainer
-    from ensembles.methods import common
+    from ensembles import data as data_lib
     from experiments import runner
     dataset = make_dataset(n_train=128, n_val=16, n_test=32)
-    common.data_lib.load_dataset = lambda _: dataset
+    data_lib.load_dataset = lambda _: dataset
     workdir, mode, at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode == "kill_in_save":
       original_save = checkpoints.save

@@ -20,11 +20,11 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     sys.path.insert(0, "tests")
     from conftest import make_dataset, method_config
-    from ensembles.methods import common
+    from ensembles import data as data_lib
     from experiments import runner
     assert jax.device_count() == 8, jax.devices()
     dataset = make_dataset(n_train=128, n_val=16, n_test=32)
-    common.data_lib.load_dataset = lambda _: dataset
+    data_lib.load_dataset = lambda _: dataset
 
     def config(module, overrides):
       c = method_config(importlib.import_module(f"experiments.configs.{module}"), hidden=(16,), **overrides)

@@ -126,7 +126,7 @@ def test_masked_optimizer_keeps_pruned_weights_zero():
   plan = sparse.make_plan(params, 0.9, "erk")
   inner = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9, nesterov=True))
   tx = sparse.masked(inner)
-  params, state = sparse.init_sparse(jax.random.PRNGKey(0), params, inner, plan)
+  params, state = sparse.init_sparse(jax.random.PRNGKey(0), params, sparse.masked(inner), plan)
   # inject momentum at masked positions: the wrapper must still keep them at zero
   state = state._replace(inner_state=jax.tree.map(lambda x: x + 1.0 if x.dtype == jnp.float32 else x,
                                                   state.inner_state))
@@ -148,10 +148,11 @@ def test_update_topology_resets_moments_of_grown_and_pruned():
   params = _params()
   plan = sparse.make_plan(params, 0.8, "uniform")
   inner = optax.sgd(0.1, momentum=0.9)
-  params, state = sparse.init_sparse(jax.random.PRNGKey(0), params, inner, plan)
+  params, state = sparse.init_sparse(jax.random.PRNGKey(0), params, sparse.masked(inner), plan)
   state = state._replace(inner_state=jax.tree.map(lambda x: jnp.ones_like(x), state.inner_state))
   grads = jax.tree.map(lambda p: jnp.ones_like(p), params)
-  new_params, new_state = sparse.update_topology(jax.random.PRNGKey(1), params, state, grads, 0.5, plan, inner)
+  new_params, new_state = sparse.update_topology(jax.random.PRNGKey(1), params, state, grads, 0.5,
+                                                sparse.Topology(plan, sparse.masked(inner)))
   old_m, new_m = state.masks["Conv_1"]["kernel"], new_state.masks["Conv_1"]["kernel"]
   trace = new_state.inner_state[0].trace["Conv_1"]["kernel"]
   grown = new_m & ~old_m
@@ -167,8 +168,8 @@ def test_vmapped_topology_update_equals_per_member():
   plan = sparse.make_plan(params, 0.8, "erk")
   inner = optax.sgd(0.1, momentum=0.9)
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
-  stacked = jax.vmap(lambda k: sparse.init_sparse(k, params, inner, plan))(keys)
-  fn = lambda k, p, s: sparse.update_topology(k, p, s, None, 0.3, plan, inner)
+  stacked = jax.vmap(lambda k: sparse.init_sparse(k, params, sparse.masked(inner), plan))(keys)
+  fn = lambda k, p, s: sparse.update_topology(k, p, s, None, 0.3, sparse.Topology(plan, sparse.masked(inner)))
   out = jax.vmap(fn)(keys, *stacked)
   for i in range(3):
     single = fn(keys[i], *members.member(stacked, i))

@@ -3,8 +3,10 @@ import jax
 import numpy as np
 import pytest
 
+from ensembles import api
+from ensembles import data as data_lib
+
 from ensembles import config as config_lib, trainer
-from ensembles.methods import common, subnetwork_ensemble
 from experiments.configs import subnetwork_ensemble as subnet_config
 from conftest import make_dataset, tiny_config
 
@@ -25,7 +27,7 @@ def _cfg(**subnetwork):
 @pytest.mark.parametrize("granularity,share", [("weight", False), ("unit", True)])
 def test_children_disjoint_zero_and_different(tmp_path, monkeypatch, granularity, share):
   dataset = make_dataset(n_train=128, n_val=16, n_test=32)
-  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
   finals = []
   original_fit = trainer.fit
 
@@ -37,7 +39,7 @@ def test_children_disjoint_zero_and_different(tmp_path, monkeypatch, granularity
   monkeypatch.setattr(trainer, "fit", fit)
   cfg = _cfg(granularity=granularity, share_input_output=share)
   config_lib.validate(cfg)
-  results = subnetwork_ensemble.train_and_evaluate(cfg, str(tmp_path))
+  results = api.run_config(cfg, str(tmp_path))
   parent, children = finals
   assert parent.params["Dense_1"]["kernel"].shape[0] == 1 and children.params["Dense_1"]["kernel"].shape[0] == 3
   masks = children.opt_state.masks
@@ -66,11 +68,11 @@ def test_bad_subnetwork_config(field, value, message):
 
 def test_too_many_children_fails_before_training(tmp_path, monkeypatch):
   dataset = make_dataset(n_train=128, n_val=16, n_test=32)
-  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
+  monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
   calls = []
   monkeypatch.setattr(trainer, "fit", lambda *a, **k: calls.append(1))
   cfg = _cfg(granularity="unit", share_input_output=True)
   cfg.num_members = 13  # hidden layers have 24 and 12 units
   with pytest.raises(ValueError, match=r"num_members \(13\) exceeds the 12 units of layer \['Dense_1'\]"):
-    subnetwork_ensemble.train_and_evaluate(cfg, str(tmp_path))
+    api.run_config(cfg, str(tmp_path))
   assert not calls

@@ -1,4 +1,5 @@
 """Driver loop: resume after an interruption equals an uninterrupted run; NaN keeps the last checkpoint."""
+import dataclasses
 import glob
 import json
 
@@ -6,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
+from ensembles import api, context
+
 from ensembles import checkpoints, train, trainer
-from ensembles.methods import common
 from conftest import make_dataset, tiny_config
 
 
@@ -18,11 +20,11 @@ class Interrupted(Exception):
 def _run(workdir, monkeypatch, wrap_step=None, **overrides):
   cfg = tiny_config(**overrides)
   dataset = make_dataset(n_train=128, n_val=16, n_test=16)
-  monkeypatch.setattr(common.data_lib, "load_dataset", lambda _: dataset)
-  run = common.build_run(cfg, str(workdir))
+  run = context.build(cfg, api.build_model(cfg, dataset), dataset, str(workdir))
   state = train.init_state(run.model, run.tx, run.init_key, cfg.num_members, dataset.image_shape)
-  step = wrap_step(run.train_step) if wrap_step else run.train_step
-  return trainer.fit(state, step, run.predict, dataset, cfg, str(workdir), data_keys=run.data_keys, log=run.log)
+  if wrap_step:
+    run = dataclasses.replace(run, train_step=wrap_step(run.train_step))
+  return trainer.fit(run, state)
 
 
 def _interrupt_after(n):

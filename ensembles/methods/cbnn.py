@@ -2,21 +2,19 @@
 
 Known: one run with a single model's budget; training samples reweighted boosting-style between
 checkpoints so the loss surface moves and checkpoints are diverse; no cyclical learning rate.
-Our design (DESIGN.md §3.5; fields of the config's ``cbnn`` block):
+
+Our design (DESIGN.md §3.5; fields of the ``cbnn`` block, `CBNNOptions`):
   1. the budget (``training.epochs``, the configured lr schedule) is split into M equal segments;
   2. per-example weights w [N_train] (mean 1) live in the train state (``extra.sample_weights``,
      checkpointed, so a resumed run restores them); the loss is the w-weighted cross-entropy;
   3. at each segment's end: a deterministic pass over the training set, the checkpoint's α and new
-     weights from `boosting.reweight` (``cbnn.rule`` samme | samme_r, ``cbnn.eps``,
-     ``cbnn.max_weight_ratio``), and the checkpoint (params, BatchNorm statistics, α, weights)
-     saved with Orbax in ``workdir/members``;
-  4. prediction: α-weighted mean of the checkpoints' probabilities (``cbnn.combine = vote`` for a
-     weighted vote).
+     weights from `boosting.reweight`, and the checkpoint (params, BatchNorm statistics, α, weights)
+     collected;
+  4. prediction: α-weighted mean of the checkpoints' probabilities (or a weighted vote).
 """
 from __future__ import annotations
 
-import os
-from typing import Any
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -26,43 +24,40 @@ from ensembles import boosting
 from ensembles import metrics as metrics_lib
 from ensembles import train as train_lib
 from ensembles import trainer
-from ensembles.errors import ConfigError, is_number
-from ensembles.methods import collected, common
+from ensembles.collected import at_segment_ends
+from ensembles.context import Run
+from ensembles.errors import is_number, require
+from ensembles.methods.base import Method, Trained, register
+from ensembles.options import choice, number, option
 
 
-def validate(config: Any) -> None:
-  if "cbnn" not in config:
-    raise ConfigError("method 'cbnn' needs a config.cbnn block; start from experiments/configs/cbnn.py.")
-  c = config.cbnn
-  if not 1 <= config.num_members <= config.training.epochs:
-    raise ConfigError(f"config.num_members (checkpoints) must be in [1, training.epochs={config.training.epochs}] "
-                      f"for method 'cbnn', got {config.num_members}.")
-  if c.rule not in boosting.RULES:
-    raise ConfigError(f"config.cbnn.rule must be one of {boosting.RULES}, got {c.rule!r}.")
-  if c.combine not in metrics_lib.COMBINE_RULES:
-    raise ConfigError(f"config.cbnn.combine must be one of {metrics_lib.COMBINE_RULES}, got {c.combine!r}.")
-  if not (is_number(c.eps) and 0 < c.eps < 0.5):
-    raise ConfigError(f"config.cbnn.eps must be in (0, 0.5), got {c.eps!r}.")
-  if not (is_number(c.max_weight_ratio) and (c.max_weight_ratio == 0 or c.max_weight_ratio >= 1)):
-    raise ConfigError(f"config.cbnn.max_weight_ratio must be 0 (no cap) or >= 1, got {c.max_weight_ratio!r}.")
+@dataclasses.dataclass(frozen=True)
+class CBNNOptions:
+  """The ``cbnn`` block; every default is our decision (the paper's formulas are not available to us)."""
+
+  rule: str = choice("samme", boosting.RULES)      # samme | samme_r (Zhu et al., 2009)
+  eps: float = number(1e-3, 0, 0.5, "()")          # weighted error clipped into [eps, 1 - 1/K - eps]
+  max_weight_ratio: float = option(2.0, "0 (no cap) or >= 1",  # r: max(w)/mean(w) <= r (2.0 chosen on
+                                   lambda v: is_number(v) and (v == 0 or v >= 1))  # validation, README)
+  combine: str = choice("mean", metrics_lib.COMBINE_RULES)  # mean (α-weighted probabilities) | vote
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict:
-  c, m = config.cbnn, config.num_members
-  run = common.build_run(config, workdir, num_members=1)
+def train(run: Run, options) -> Trained:
+  c, m = options.cbnn, run.num_members
+  run = run.phase(num_members=1)
   n = len(run.data.y_train)
-  state = common.init_members(run, 1)
+  state = run.init_members()
   state = state.replace(extra={"sample_weights": jnp.ones((1, n), jnp.float32)})
-  total_steps = config.training.epochs * (n // config.training.batch_size)
-  saved = collected.Collection.at_segment_ends(os.path.join(workdir, "members"), total_steps, m,
-                                              sample_weights=lambda state: state.extra["sample_weights"][0])
+  saved = run.collection("members", at_segment_ends(run.total_steps, m),
+                         sample_weights=lambda state: state.extra["sample_weights"][0])
   reweight = jax.jit(lambda w, p, y: boosting.reweight(w, p, y, c.rule, c.eps, c.max_weight_ratio or None))
   labels = jnp.asarray(run.data.y_train)
 
   def boosting_hook(state, done, images, labels_dev, idx):
+    """At a segment's end: α and new weights from the training-set predictions; the checkpoint."""
     if done not in saved.ends:
       return state
-    probs = train_lib.predict_probs(run.predict, state, run.data.x_train, config.eval_batch_size)[0]
+    probs = train_lib.predict_probs(run.predict, state, run.data.x_train, run.config.eval_batch_size)[0]
     weights, alpha, error = reweight(state.extra["sample_weights"][0], jnp.asarray(probs), labels)
     k = saved.ends[done]
     saved.save(state, k, {"alpha": float(alpha), "train_error": float(error), "step": done})
@@ -70,14 +65,19 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
                    "weighted_train_error": float(error), "max_weight": float(jnp.max(weights))})
     return state.replace(extra={"sample_weights": weights[None]})
 
-  state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
-                            data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method, hooks=[boosting_hook])
+  state, info = trainer.fit(run, state, [boosting_hook])
   members, metas = saved.load(state)
   alphas = [meta["alpha"] for meta in metas]
-  ensemble = common.collected_ensemble(run, members)
-  flops = common.flops_summary(run, m, info["steps"], trained_members=1, extra_passes=m * n)  # M training-set passes
-  out = common.results(run, ensemble, info, common.evaluate(run, ensemble, alphas, c.combine), flops)
+  flops = run.flops(m, info["steps"], trained_members=1, extra_passes=m * n)  # + M training-set passes
   w = np.asarray(members["sample_weights"])
-  out["cbnn"] = {"alphas": alphas, "train_errors": [meta["train_error"] for meta in metas],
-                 "weight_max_over_mean": (w.max(1) / w.mean(1)).tolist()}
-  return out
+  results = {"cbnn": {"alphas": alphas, "train_errors": [meta["train_error"] for meta in metas],
+                      "weight_max_over_mean": (w.max(1) / w.mean(1)).tolist()}}
+  return Trained(run.ensemble(members, alphas, c.combine), info, flops, results=results)
+
+
+def check(config, options) -> None:
+  require(1 <= config.num_members <= config.training.epochs, "num_members",
+          f"in [1, training.epochs={config.training.epochs}] for method 'cbnn' (checkpoints)", config.num_members)
+
+
+METHOD = register(Method("cbnn", train, {"cbnn": CBNNOptions}, defaults={"num_members": 3}, check=check))

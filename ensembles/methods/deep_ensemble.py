@@ -3,19 +3,14 @@ augmentation and data order, trained together in one compiled step; prediction i
 members' probabilities."""
 from __future__ import annotations
 
-from typing import Any
-
 from ensembles import trainer
-from ensembles.methods import common
+from ensembles.context import Run, stacked_members
+from ensembles.methods.base import Method, Trained, register
 
 
-def validate(config: Any) -> None:
-  del config  # the common checks cover everything this recipe uses
+def train(run: Run, options) -> Trained:
+  state, info = trainer.fit(run, run.init_members())
+  return Trained(run.ensemble(stacked_members(state)), info)
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict:
-  run = common.build_run(config, workdir)
-  state = common.init_members(run, config.num_members)
-  state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
-                            data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method)
-  return common.results(run, state, info, common.evaluate(run, state))
+METHOD = register(Method("deep_ensemble", train, defaults={"num_members": 4}))

@@ -1,8 +1,7 @@
 """DST Ensemble (FreeTickets, Liu et al., ICLR 2022): M sparse members, each with its own random
 init and ERK mask, trained independently with prune-and-grow every ΔT steps -- here all M in one
-compiled step. With ``config.method = 'static_sparse_ensemble'`` the masks stay fixed after init.
+compiled step.
 
-Recipe:
   1. per member: dense init, exact-count mask (``sparse.init_rule``), params masked;
   2. train with `sparse.masked(optimizer)` (pruned weights stay exactly zero);
   3. every ``sparse.update_every`` steps until ``sparse.stop_fraction`` of training: prune the
@@ -11,50 +10,45 @@ Recipe:
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 
 from ensembles import members as members_lib
 from ensembles import sparse
 from ensembles import train as train_lib
 from ensembles import trainer
-from ensembles.methods import common, sparse_common
+from ensembles.context import Run, stacked_members
+from ensembles.methods import sparse_common
+from ensembles.methods.base import Method, Trained, register
+from ensembles.methods.sparse_common import SparseOptions
 
-validate = sparse_common.validate
 
-
-def train_and_evaluate(config: Any, workdir: str) -> dict:
-  s = config.sparse
-  run = common.build_run(config, workdir, sparse_training=True)
-  inner = run.inner_tx
-  state = common.init_members(run, config.num_members)
-  plan = sparse.make_plan(members_lib.member(state.params, 0), s.sparsity, s.density_rule)
-  state = sparse_common.init_member_masks(state, inner, plan, s.init_rule, jax.random.fold_in(run.init_key, 1))
-  static = config.method == "static_sparse_ensemble"
-  t = config.training
-  total_steps = t.epochs * (len(run.data.y_train) // t.batch_size)
+def train(run: Run, options, topology_updates: bool = True) -> Trained:
+  s = options.sparse
+  run = run.phase(sparse_training=True)
+  state = run.init_members()
+  plan = sparse_common.make_plan(run, state, s)
+  state = sparse_common.init_member_masks(run, state, plan, s.init_rule)
   hooks = []
-  if not static:
-    update = sparse_common.make_topology_update(
-        run.model, inner, plan, s, execution=run.execution, mean=run.data.mean, std=run.data.std,
-        crop_padding=config.augment.crop_padding, flip=config.augment.flip)
-    hooks.append(sparse_common.topology_hook(update, s, total_steps))
-  state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
-                            data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method, hooks=hooks)
-  densities = sparse.density_of(state.opt_state.masks)
-  rule = "static" if static else ("rigl" if s.growth == "gradient" else "set")
-  gradient_updates = len(sparse_common.update_steps(s, total_steps)) if rule == "rigl" else 0
-  flops = common.flops_summary(run, config.num_members, info["steps"], densities, rule,
-                               config.num_members * gradient_updates)
-  out = common.results(run, state, info, common.evaluate(run, state), flops, masks=state.opt_state.masks)
-  out["sparsity"] = {"target": s.sparsity, "realised_prunable_density": _prunable_density(state, plan),
-                     "layer_densities": {k: densities[k] for k in plan.sizes}}
-  return out
+  if topology_updates:
+    update = sparse_common.make_topology_update(run, s.topology(plan, run.tx))
+    hooks.append(sparse_common.topology_hook(update, s, run.total_steps))
+  state, info = trainer.fit(run, state, hooks)
+
+  masks = sparse.masks_of(state.opt_state)
+  densities = sparse.density_of(masks)
+  rule = sparse_common.growth_rule(s) if topology_updates else "static"
+  gradient_updates = len(sparse_common.update_steps(s, run.total_steps)) if rule == "rigl" else 0
+  flops = run.flops(run.num_members, info["steps"], densities, rule, run.num_members * gradient_updates)
+  results = {"sparsity": {"target": s.sparsity, "realised_prunable_density": prunable_density(state, plan),
+                          "layer_densities": {k: densities[k] for k in plan.sizes}}}
+  return Trained(run.ensemble(stacked_members(state)), info, flops, masks, results)
 
 
-def _prunable_density(state: train_lib.TrainState, plan: sparse.SparsityPlan) -> float:
+def prunable_density(state: train_lib.TrainState, plan: sparse.SparsityPlan) -> float:
   """Kept fraction of all prunable weights, averaged over members (exact counts: equals the plan)."""
-  flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(state.opt_state.masks)[0]}
-  kept = sum(float(flat[k].sum()) for k in plan.sizes) / members_lib.num_members(state.params)
-  return kept / sum(plan.sizes.values())
+  masks = sparse.masks_of(state.opt_state)
+  kept = sum(float(m.sum()) for m, p in zip(jax.tree.leaves(masks), jax.tree.leaves(plan.prunable)) if p)
+  return kept / members_lib.num_members(state.params) / sum(plan.sizes.values())
+
+
+METHOD = register(Method("dst_ensemble", train, {"sparse": SparseOptions}, defaults={"num_members": 3}))

@@ -7,9 +7,9 @@ Recipe (one sparse network, trained in a single `trainer.fit` driven by step hoo
   3. before every refinement phase after the first: global exploration, one prune-and-grow of every
      sparse layer with the large drop fraction ``edst.global_drop_fraction`` (q), so the next ticket
      lies in a different region;
-  4. the ticket of a phase is saved with Orbax in ``workdir/tickets``; the tickets are loaded back as
-     one stacked M-member ensemble for evaluation.
-Our choices (the paper is silent or we differ, each a config field):
+  4. the ticket of a phase is collected (``workdir/tickets``); the tickets are loaded back as one
+     stacked M-member ensemble.
+Our choices (the paper is silent or we differ, each a field of `EDSTOptions`):
   * growth rule of the global exploration (``edst.exploration_growth``, default random);
   * ``edst.drop_schedule``: ``per_phase`` (default) restarts the drop-fraction schedule
     (``sparse.drop_schedule``, e.g. cosine p_0 -> p_min) at the start of exploration and of every
@@ -23,7 +23,7 @@ Our choices (the paper is silent or we differ, each a config field):
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -31,56 +31,49 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ensembles import checkpoints
 from ensembles import members as members_lib
+from ensembles import options as options_lib
 from ensembles import metrics as metrics_lib
 from ensembles import sparse
 from ensembles import train as train_lib
 from ensembles import trainer
-from ensembles.errors import ConfigError, is_int, is_number
-from ensembles.methods import collected, common, sparse_common
-
-
-def validate(config: Any) -> None:
-  sparse_common.validate(config)
-  if "edst" not in config:
-    raise ConfigError("method 'edst_ensemble' needs a config.edst block; start from experiments/configs/edst_ensemble.py.")
-  e = config.edst
-  for field in ("exploration_epochs", "refinement_epochs"):
-    if not (is_int(e[field]) and e[field] >= 1):
-      raise ConfigError(f"config.edst.{field} must be an integer >= 1, got {e[field]!r}.")
-  total = e.exploration_epochs + config.num_members * e.refinement_epochs
-  if config.training.epochs != total:
-    raise ConfigError(f"config.training.epochs must equal edst.exploration_epochs + num_members x "
-                      f"edst.refinement_epochs = {e.exploration_epochs} + {config.num_members} x "
-                      f"{e.refinement_epochs} = {total}, got {config.training.epochs}.")
-  if not (is_number(e.global_drop_fraction) and 0.0 < e.global_drop_fraction < 1.0):
-    raise ConfigError(f"config.edst.global_drop_fraction must be in (0, 1), got {e.global_drop_fraction!r}.")
-  if e.exploration_growth not in sparse.GROWTH_RULES:
-    raise ConfigError(f"config.edst.exploration_growth must be one of {sparse.GROWTH_RULES}, "
-                      f"got {e.exploration_growth!r}.")
-  for field in ("exploration_lr", "refine_lr"):
-    if not (is_number(e[field]) and e[field] > 0):
-      raise ConfigError(f"config.edst.{field} must be a number > 0, got {e[field]!r}.")
-  if not (is_number(e.refine_decay) and 0.0 < e.refine_decay <= 1.0):
-    raise ConfigError(f"config.edst.refine_decay must be in (0, 1], got {e.refine_decay!r}.")
-  if not (is_int(e.reference_epochs) and e.reference_epochs >= 1):
-    raise ConfigError(f"config.edst.reference_epochs must be an integer >= 1, got {e.reference_epochs!r}.")
-  if e.drop_schedule not in DROP_SCHEDULES:
-    raise ConfigError(f"config.edst.drop_schedule must be one of {DROP_SCHEDULES}, got {e.drop_schedule!r}.")
-  if not (is_number(e.refine_stop_fraction) and 0.0 <= e.refine_stop_fraction <= 1.0):
-    raise ConfigError(f"config.edst.refine_stop_fraction must be in [0, 1], got {e.refine_stop_fraction!r}.")
-  if e.ticket not in TICKETS:
-    raise ConfigError(f"config.edst.ticket must be one of {TICKETS}, got {e.ticket!r}.")
-  if e.ticket == "best_val" and config.dataset.val_size < 1:
-    raise ConfigError("config.edst.ticket='best_val' needs a validation split: set config.dataset.val_size >= 1.")
-
+from ensembles.context import Run
+from ensembles.errors import require
+from ensembles.methods import sparse_common
+from ensembles.methods.base import Method, Trained, register
+from ensembles.methods.sparse_common import SparseOptions
+from ensembles.options import choice, integer, number
 
 DROP_SCHEDULES = ("per_phase", "global")
 TICKETS = ("final", "best_val")
 
 
-def regular_updates(s: Any, e: Any, num_tickets: int, steps_per_epoch: int) -> Callable[[int], float | None]:
+@dataclasses.dataclass(frozen=True)
+class EDSTOptions:
+  """The ``edst`` block. Official CIFAR schedule: 150 exploration + 3 x 100 refinement epochs (450)
+  against 250 for a single dense model; the defaults scale it by the same ratios to a 10-epoch
+  single-model budget: 6 + 3 x 4 = 18 epochs. Exploration lr 0.1 constant, refinement lr 0.01 with
+  x0.1 at mid-phase, q = 0.8: the official values."""
+
+  exploration_epochs: int = integer(6, 1)          # t_ex
+  refinement_epochs: int = integer(4, 1)           # t_re, per ticket
+  exploration_lr: float = number(0.1, 0, float("inf"), "()")
+  refine_lr: float = number(0.01, 0, float("inf"), "()")
+  refine_decay: float = number(0.1, 0, 1, "(]")    # refine lr multiplier from mid-phase
+  global_drop_fraction: float = number(0.8, 0, 1, "()")  # q: drop fraction of the global exploration
+  exploration_growth: str = choice("random", sparse.GROWTH_RULES)  # ours: growth of the global exploration
+  reference_epochs: int = integer(10, 1)           # the single dense model's epochs (train FLOPs x dense)
+  drop_schedule: str = choice("per_phase", DROP_SCHEDULES)  # ours: drop schedule restarts each phase | global
+  refine_stop_fraction: float = number(0.5, 0, 1, "[]")  # ours (validation, README): regular updates in each
+                                                         #   refinement phase's first half only
+  ticket: str = choice("final", TICKETS)           # final (phase's last state) | best_val (lowest val NLL)
+
+  def epochs(self, num_tickets: int) -> int:
+    """The run's epochs: exploration + M x refinement."""
+    return self.exploration_epochs + num_tickets * self.refinement_epochs
+
+
+def regular_updates(s: SparseOptions, e: EDSTOptions, num_tickets: int, steps_per_epoch: int) -> Callable[[int], float | None]:
   """The regular DST updates of an EDST run: ``p(step)`` is the drop fraction of the update made
   after ``step`` steps, or None when there is none at that step.
 
@@ -112,7 +105,7 @@ def regular_updates(s: Any, e: Any, num_tickets: int, steps_per_epoch: int) -> C
   return p
 
 
-def edst_gradient_updates(s: Any, e: Any, num_tickets: int, steps_per_epoch: int) -> int:
+def edst_gradient_updates(s: SparseOptions, e: EDSTOptions, num_tickets: int, steps_per_epoch: int) -> int:
   """Topology updates of an EDST run that take a dense gradient: the regular ones with gradient
   growth, and the M − 1 global explorations when they grow by gradient."""
   p = regular_updates(s, e, num_tickets, steps_per_epoch)
@@ -121,7 +114,7 @@ def edst_gradient_updates(s: Any, e: Any, num_tickets: int, steps_per_epoch: int
   return regular + (num_tickets - 1 if e.exploration_growth == "gradient" else 0)
 
 
-def validation_steps(e: Any, num_tickets: int, steps_per_epoch: int) -> list[int]:
+def validation_steps(e: EDSTOptions, num_tickets: int, steps_per_epoch: int) -> list[int]:
   """Steps at which best-on-validation ticket selection evaluates the network (epoch ends inside
   refinement phases); none for ``edst.ticket = final``."""
   if e.ticket != "best_val":
@@ -130,14 +123,14 @@ def validation_steps(e: Any, num_tickets: int, steps_per_epoch: int) -> list[int
           for t in range(a + steps_per_epoch, b + 1, steps_per_epoch)]
 
 
-def phase_boundaries(e: Any, num_tickets: int, steps_per_epoch: int) -> list[tuple[int, int]]:
+def phase_boundaries(e: EDSTOptions, num_tickets: int, steps_per_epoch: int) -> list[tuple[int, int]]:
   """[(start, end)] steps of the M refinement phases; exploration is [0, start of phase 0)."""
   ex = e.exploration_epochs * steps_per_epoch
   re = e.refinement_epochs * steps_per_epoch
   return [(ex + k * re, ex + (k + 1) * re) for k in range(num_tickets)]
 
 
-def edst_lr_schedule(e: Any, num_tickets: int, steps_per_epoch: int) -> optax.Schedule:
+def edst_lr_schedule(e: EDSTOptions, num_tickets: int, steps_per_epoch: int) -> optax.Schedule:
   """exploration_lr during exploration; in each refinement phase refine_lr, then refine_lr ·
   refine_decay from mid-phase."""
   phases = phase_boundaries(e, num_tickets, steps_per_epoch)
@@ -150,38 +143,30 @@ def edst_lr_schedule(e: Any, num_tickets: int, steps_per_epoch: int) -> optax.Sc
   return schedule
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict:
-  s, e, m = config.sparse, config.edst, config.num_members
-  t = config.training
-  schedule_fn = lambda total, spe: edst_lr_schedule(e, m, spe)
-  run = common.build_run(config, workdir, num_members=1, sparse_training=True, schedule=schedule_fn)
-  inner = run.inner_tx
-  steps_per_epoch = len(run.data.y_train) // t.batch_size
-  state = common.init_members(run, 1)
-  plan = sparse.make_plan(members_lib.member(state.params, 0), s.sparsity, s.density_rule)
-  state = sparse_common.init_member_masks(state, inner, plan, s.init_rule, jax.random.fold_in(run.init_key, 1))
+def train(run: Run, options) -> Trained:
+  s, e, m = options.sparse, options.edst, run.num_members
+  spe = run.steps_per_epoch
+  run = run.phase(num_members=1, sparse_training=True, schedule=edst_lr_schedule(e, m, spe))
+  state = run.init_members()
+  plan = sparse_common.make_plan(run, state, s)
+  state = sparse_common.init_member_masks(run, state, plan, s.init_rule)
 
-  aug = dict(execution=run.execution, mean=run.data.mean, std=run.data.std,
-             crop_padding=config.augment.crop_padding, flip=config.augment.flip)
-  dst_update = sparse_common.make_topology_update(run.model, inner, plan, s, **aug)
-  explore_cfg = s.copy_and_resolve_references()
-  explore_cfg.growth = e.exploration_growth
-  global_update = sparse_common.make_topology_update(run.model, inner, plan, explore_cfg, **aug,
-                                                     max_drop_fraction=e.global_drop_fraction)
-  regular_p = regular_updates(s, e, m, steps_per_epoch)
-  phases = phase_boundaries(e, m, steps_per_epoch)
+  dst_update = sparse_common.make_topology_update(run, s.topology(plan, run.tx))
+  global_update = sparse_common.make_topology_update(
+      run, s.topology(plan, run.tx, growth=e.exploration_growth, max_drop_fraction=e.global_drop_fraction))
+  regular_p = regular_updates(s, e, m, spe)
+  phases = phase_boundaries(e, m, spe)
   starts = {start: k for k, (start, _) in enumerate(phases) if k > 0}
   ends = {end: k for k, (_, end) in enumerate(phases)}
-  tickets = collected.Collection(os.path.join(workdir, "tickets"), ends,
-                                 {"masks": lambda state: members_lib.member(state.opt_state.masks, 0)})
+  tickets = run.collection("tickets", ends, masks=lambda state: members_lib.member(sparse.masks_of(state.opt_state), 0))
   best_val_nll: dict[int, float] = {}  # best_val: phase -> lowest validation NLL saved so far
-  selection_steps = set(validation_steps(e, m, steps_per_epoch))  # the same steps the FLOPs count charges
+  selection_steps = set(validation_steps(e, m, spe))  # the same steps the FLOPs count charges
 
   def phase_of(step: int) -> int | None:
     return next((k for k, (a, b) in enumerate(phases) if a < step <= b), None)
 
   def validation_nll(state) -> float:
-    probs = train_lib.predict_probs(run.predict, state, run.data.x_val, config.eval_batch_size)[0]
+    probs = train_lib.predict_probs(run.predict, state, run.data.x_val, run.config.eval_batch_size)[0]
     return float(metrics_lib.nll(probs, run.data.y_val))
 
   def save_ticket(state, k: int, done: int, val_nll: float | None = None) -> None:
@@ -194,7 +179,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
       return
     k = phase_of(done)
     if k not in best_val_nll:
-      saved = checkpoints.member_meta(tickets.directory, k)
+      saved = tickets.meta(k)
       best_val_nll[k] = saved["val_nll"] if saved and saved.get("val_nll") is not None else np.inf
     val_nll = validation_nll(state)
     if val_nll < best_val_nll[k]:
@@ -218,20 +203,32 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
       run.log.write({"step": done, "event": f"global exploration before phase {starts[done]}"})
     return state
 
-  state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
-                            data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method, hooks=[phase_hook])
+  state, info = trainer.fit(run, state, [phase_hook])
   members, _ = tickets.load(state)
-  ensemble = common.collected_ensemble(run, members)
   densities = sparse.density_of(members["masks"])
-  rule = "rigl" if s.growth == "gradient" else "set"
-  flops = common.flops_summary(run, m, info["steps"], sparse.density_of(state.opt_state.masks), rule,
-                               edst_gradient_updates(s, e, m, steps_per_epoch), trained_members=1,
-                               reference_epochs=e.reference_epochs,
-                               extra_passes=len(validation_steps(e, m, steps_per_epoch)) * len(run.data.y_val))
-  out = common.results(run, ensemble, info, common.evaluate(run, ensemble), flops, masks=members["masks"])
-  out["sparsity"] = {"target": s.sparsity, "ticket_nonzero_density": {k: densities[k] for k in plan.sizes}}
-  out["tickets"] = {"mask_overlap": ticket_overlaps(members["masks"], plan)}
-  return out
+  flops = run.flops(m, info["steps"], sparse.density_of(sparse.masks_of(state.opt_state)),
+                    sparse_common.growth_rule(s), edst_gradient_updates(s, e, m, spe), trained_members=1,
+                    reference_epochs=e.reference_epochs,
+                    extra_passes=len(validation_steps(e, m, spe)) * len(run.data.y_val))
+  results = {"sparsity": {"target": s.sparsity, "ticket_nonzero_density": {k: densities[k] for k in plan.sizes}},
+             "tickets": {"mask_overlap": ticket_overlaps(members["masks"], plan)}}
+  return Trained(run.ensemble(members), info, flops, members["masks"], results)
+
+
+def derived(config) -> dict:
+  """training.epochs = exploration + M x refinement epochs (where a user does not set it)."""
+  e = options_lib.from_block(EDSTOptions, config.get("edst"), "edst")
+  return {"training.epochs": e.epochs(config.num_members)}
+
+
+def check(config, options) -> None:
+  e = options.edst
+  require(config.training.epochs == e.epochs(config.num_members), "training.epochs",
+          f"edst.exploration_epochs + num_members x edst.refinement_epochs = {e.exploration_epochs} + "
+          f"{config.num_members} x {e.refinement_epochs} = {e.epochs(config.num_members)}", config.training.epochs)
+  if e.ticket == "best_val":
+    require(config.dataset.val_size >= 1, "dataset.val_size",
+            ">= 1 for edst.ticket='best_val' (a validation split)", config.dataset.val_size)
 
 
 def ticket_overlaps(masks: Any, plan: sparse.SparsityPlan) -> list[list[float]]:
@@ -244,3 +241,8 @@ def ticket_overlaps(masks: Any, plan: sparse.SparsityPlan) -> list[list[float]]:
   active = active.astype(jnp.float32)
   inter = active @ active.T
   return (inter / jnp.diag(inter)[:, None]).tolist()
+
+
+METHOD = register(Method("edst_ensemble", train, {"sparse": SparseOptions, "edst": EDSTOptions},
+                         defaults={"num_members": 3, "training.epochs": 18, "training.lr_schedule": "constant"},
+                         check=check, derived=derived))

@@ -1,49 +1,58 @@
 """MC dropout (Gal & Ghahramani, 2016): one network trained with dropout; at test time T stochastic
 passes (dropout on, vmapped over pass keys) are the ensemble's members and their mean probability
-is the prediction. Training is the single model's recipe; ``mc_dropout.num_passes`` = T."""
+is the prediction. Training is the single model's recipe; ``mc_dropout.num_passes`` = T. Any Flax
+model with `nn.Dropout` layers works (`train.make_mc_predict` turns them on at inference)."""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 import jax
 
+from ensembles import models as models_lib
 from ensembles import train as train_lib
 from ensembles import trainer
-from ensembles.errors import ConfigError
-from ensembles.methods import common
+from ensembles.context import Run, stacked_members
+from ensembles.errors import ConfigError, require
+from ensembles.methods.base import Method, Trained, register
+from ensembles.options import integer
 
 
-def validate(config: Any) -> None:
-  if config.num_members != 1:
-    raise ConfigError(f"config.num_members must be 1 for method 'mc_dropout' (the members are the "
-                      f"mc_dropout.num_passes test-time passes), got {config.num_members}.")
-  if "mc_dropout" not in config:
-    raise ConfigError("method 'mc_dropout' needs a config.mc_dropout block; start from experiments/configs/mc_dropout.py.")
-  if not (isinstance(config.mc_dropout.num_passes, int) and config.mc_dropout.num_passes >= 2):
-    raise ConfigError(f"config.mc_dropout.num_passes must be an integer >= 2, got {config.mc_dropout.num_passes!r}.")
-  if not config.model.get("dropout_rate", 0.0) > 0:
-    raise ConfigError(f"config.model.dropout_rate must be > 0 for method 'mc_dropout', got "
-                      f"{config.model.get('dropout_rate', 0.0)!r}.")
+@dataclasses.dataclass(frozen=True)
+class MCDropoutOptions:
+  """The ``mc_dropout`` block. The dropout rate is the model's (0.2 in our configs, our choice)."""
+
+  num_passes: int = integer(10, 2)  # T stochastic passes at test time
 
 
-def predictor(run: common.Run):
+def predictor(run: Run, options):
   """The evaluation predictor: T = mc_dropout.num_passes dropout passes of the trained network
-  (also used by `experiments.evaluate` on a saved run)."""
-  return train_lib.make_mc_predict(run.model, num_passes=run.config.mc_dropout.num_passes,
+  (also used to evaluate a saved run again)."""
+  return train_lib.make_mc_predict(run.model, num_passes=options.mc_dropout.num_passes,
                                    key=jax.random.fold_in(run.init_key, 3), execution=run.execution,
                                    mean=run.data.mean, std=run.data.std)
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict:
-  run = common.build_run(config, workdir)
-  state = common.init_members(run, 1)
-  state, info = trainer.fit(state, run.train_step, run.predict, run.data, config, workdir,
-                            data_keys=run.data_keys, mesh=run.mesh, log=run.log, desc=config.method)
-  t = config.mc_dropout.num_passes
-  run.predict = predictor(run)
-  flops = common.flops_summary(run, 1, info["steps"])
+def train(run: Run, options) -> Trained:
+  if not any(rate > 0 for rate in train_lib.dropout_rates(run.model, run.data.image_shape)):
+    raise ConfigError("method 'mc_dropout' needs a model with dropout (an nn.Dropout layer with rate > 0); "
+                      "for the library's models set config.model.dropout_rate > 0.")
+  state, info = trainer.fit(run, run.init_members())
+  t = options.mc_dropout.num_passes
+  flops = run.flops(1, info["steps"])
   flops.update(inference_flops=t * flops["forward_flops_dense"], inference_x_dense=float(t))
-  out = common.results(run, state, info, common.evaluate(run, state), flops)
-  out["num_members"] = t
-  out["mc_dropout"] = {"num_passes": t, "dropout_rate": config.model.dropout_rate}
-  return out
+  ensemble = run.ensemble(stacked_members(state), apply=predictor(run, options))
+  results = {"mc_dropout": {"num_passes": t, "dropout_rate": run.config.model.get("dropout_rate")}}
+  return Trained(ensemble, info, flops, results=results, num_members=t)
+
+
+def check(config, options) -> None:
+  require(config.num_members == 1, "num_members",
+          "1 for method 'mc_dropout' (the members are the mc_dropout.num_passes test-time passes)",
+          config.num_members)
+  if config.model.name in models_lib.MODELS:  # a user's own model is checked when it trains
+    require(config.model.get("dropout_rate", 0.0) > 0, "model.dropout_rate", "> 0 for method 'mc_dropout'",
+            config.model.get("dropout_rate", 0.0))
+
+
+METHOD = register(Method("mc_dropout", train, {"mc_dropout": MCDropoutOptions},
+                         defaults={"num_members": 1, "model.dropout_rate": 0.2}, check=check, predictor=predictor))

@@ -1,17 +1,15 @@
-"""Single dense model: the reference every ensemble is compared with (same schedule, one member)."""
+"""Single dense model: the reference every ensemble is compared with (the deep ensemble's recipe
+with one member)."""
 from __future__ import annotations
 
-from typing import Any
-
-from ensembles.errors import ConfigError
+from ensembles.errors import require
 from ensembles.methods import deep_ensemble
+from ensembles.methods.base import Method, register
 
 
-def validate(config: Any) -> None:
-  if config.num_members != 1:
-    raise ConfigError(f"config.num_members must be 1 for method 'single', got {config.num_members}; "
-                     "use method 'deep_ensemble' for several members.")
+def check(config, options) -> None:
+  require(config.num_members == 1, "num_members",
+          "1 for method 'single' (use method 'deep_ensemble' for several members)", config.num_members)
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict:
-  return deep_ensemble.train_and_evaluate(config, workdir)
+METHOD = register(Method("single", deep_ensemble.train, defaults={"num_members": 1}, check=check))

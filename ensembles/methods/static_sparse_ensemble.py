@@ -2,7 +2,14 @@
 updates); the baseline that shows what prune-and-grow adds."""
 from __future__ import annotations
 
-from ensembles.methods import dst_ensemble, sparse_common
+from ensembles.context import Run
+from ensembles.methods import dst_ensemble
+from ensembles.methods.base import Method, Trained, register
+from ensembles.methods.sparse_common import SparseOptions
 
-validate = sparse_common.validate
-train_and_evaluate = dst_ensemble.train_and_evaluate
+
+def train(run: Run, options) -> Trained:
+  return dst_ensemble.train(run, options, topology_updates=False)
+
+
+METHOD = register(Method("static_sparse_ensemble", train, {"sparse": SparseOptions}, defaults={"num_members": 3}))

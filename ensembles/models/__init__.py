@@ -23,7 +23,7 @@ def model_fields(name: str) -> dict[str, Any]:
   """The fields a config's ``model`` block may set for model ``name``, with their defaults."""
   if name not in MODELS:
     raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {name!r}.")
-  skip = {"num_classes", "parent", "name", "mc_dropout"}
+  skip = {"num_classes", "parent", "name"}
   return {f.name: f.default for f in dataclasses.fields(MODELS[name])
           if f.name not in skip and f.default is not dataclasses.MISSING}
 

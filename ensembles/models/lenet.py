@@ -23,7 +23,6 @@ class LeNet(nn.Module):
   hidden: Sequence[int] = (128,)
   kernel_size: int = 5
   dropout_rate: float = 0.0
-  mc_dropout: bool = False  # True: dropout also at test time (MC dropout prediction)
   conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
 
   has_conv = True
@@ -39,5 +38,5 @@ class LeNet(nn.Module):
     for width in self.hidden:
       x = nn.relu(nn.Dense(width)(x))
       if self.dropout_rate > 0:
-        x = nn.Dropout(self.dropout_rate, deterministic=not (train or self.mc_dropout))(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not (train))(x)
     return nn.Dense(self.num_classes)(x)

@@ -17,7 +17,6 @@ class MLP(nn.Module):
   num_classes: int
   hidden: Sequence[int] = (512, 512)
   dropout_rate: float = 0.0
-  mc_dropout: bool = False  # True: dropout also at test time (MC dropout prediction)
 
   has_conv = False
 
@@ -27,5 +26,5 @@ class MLP(nn.Module):
     for width in self.hidden:
       x = nn.relu(nn.Dense(width)(x))
       if self.dropout_rate > 0:
-        x = nn.Dropout(self.dropout_rate, deterministic=not (train or self.mc_dropout))(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not (train))(x)
     return nn.Dense(self.num_classes)(x)

@@ -43,7 +43,6 @@ class ResNet(nn.Module):
   width: int = 1
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
-  mc_dropout: bool = False  # True: dropout also at test time (MC dropout prediction)
   conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
 
   has_conv = True
@@ -66,5 +65,5 @@ class ResNet(nn.Module):
         x = BasicBlock(features * self.width, stride, norm, conv_cls)(x)
     x = global_avg_pool(x)
     if self.dropout_rate > 0:
-      x = nn.Dropout(self.dropout_rate, deterministic=not (train or self.mc_dropout))(x)
+      x = nn.Dropout(self.dropout_rate, deterministic=not (train))(x)
     return nn.Dense(self.num_classes)(x)

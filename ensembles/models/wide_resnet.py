@@ -18,7 +18,7 @@ class WideBlock(nn.Module):
   stride: int
   dropout_rate: float
   norm: functools.partial
-  stochastic: bool  # dropout active (training, or MC dropout prediction)
+  stochastic: bool  # dropout active (training; MC dropout turns it on through train.make_mc_predict)
   conv_cls: Callable = Conv
 
   @nn.compact
@@ -47,7 +47,6 @@ class WideResNet(nn.Module):
   width: int = 10
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
-  mc_dropout: bool = False  # True: dropout also at test time (MC dropout prediction)
   conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
 
   has_conv = True
@@ -66,6 +65,6 @@ class WideResNet(nn.Module):
     for stage, features in enumerate((16, 32, 64)):
       for block in range(n):
         stride = 2 if (stage > 0 and block == 0) else 1
-        x = WideBlock(features * self.width, stride, self.dropout_rate, norm, train or self.mc_dropout, conv_cls)(x)
+        x = WideBlock(features * self.width, stride, self.dropout_rate, norm, train, conv_cls)(x)
     x = nn.relu(norm()(x))
     return nn.Dense(self.num_classes)(global_avg_pool(x))

@@ -8,11 +8,11 @@ Our choices where the recipe is silent or differs on purpose: cosine drop-fracti
 exact-count masks, no regrowth of just-pruned weights (sparse.allow_regrow = True restores it),
 random crop (pad 4) + flip, validation split of 5,000 training images.
 """
-from experiments.configs import dst_ensemble
+from ensembles.defaults import method_config
 
 
 def get_config():
-  c = dst_ensemble.get_config()
+  c = method_config("dst_ensemble")
   c.dataset.name = "cifar10"
   c.dataset.val_size = 5000
   c.model = c.model.__class__({"name": "wide_resnet", "depth": 28, "width": 10, "dropout_rate": 0.0})

@@ -3,16 +3,8 @@ stochastic test-time passes (Fashion-MNIST).
 
   python -m experiments.train --config experiments/configs/mc_dropout.py --workdir runs/mc_dropout
 """
-import ml_collections
-
-from experiments.configs import default
+from ensembles.defaults import method_config
 
 
 def get_config():
-  c = default.get_config()
-  c.method = "mc_dropout"
-  c.num_members = 1
-  c.model.dropout_rate = 0.2
-  c.mc_dropout = ml_collections.ConfigDict()
-  c.mc_dropout.num_passes = 10   # T stochastic passes at test time
-  return c
+  return method_config("mc_dropout")  # the method's defaults and option blocks (documented in the library)

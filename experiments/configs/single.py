@@ -2,11 +2,8 @@
 
   python -m experiments.train --config experiments/configs/single.py --workdir runs/single
 """
-from experiments.configs import default
+from ensembles.defaults import method_config
 
 
 def get_config():
-  c = default.get_config()
-  c.method = "single"
-  c.num_members = 1
-  return c
+  return method_config("single")  # the method's defaults and option blocks (documented in the library)

@@ -3,11 +3,8 @@ M = 3 times, a snapshot at the end of each cycle (Fashion-MNIST).
 
   python -m experiments.train --config experiments/configs/snapshot_ensemble.py --workdir runs/snapshot
 """
-from experiments.configs import default
+from ensembles.defaults import method_config
 
 
 def get_config():
-  c = default.get_config()
-  c.method = "snapshot_ensemble"
-  c.num_members = 3
-  return c
+  return method_config("snapshot_ensemble")  # the method's defaults and option blocks (documented in the library)

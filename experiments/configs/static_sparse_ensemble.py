@@ -2,10 +2,8 @@
 
   python -m experiments.train --config experiments/configs/static_sparse_ensemble.py --workdir runs/static
 """
-from experiments.configs import dst_ensemble
+from ensembles.defaults import method_config
 
 
 def get_config():
-  c = dst_ensemble.get_config()
-  c.method = "static_sparse_ensemble"
-  return c
+  return method_config("static_sparse_ensemble")  # the method's defaults and option blocks (documented in the library)

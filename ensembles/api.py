@@ -1,0 +1,202 @@
+"""The public entry: any registered method on any Flax model and data, in one call.
+
+  result = ensembles.fit("edst_ensemble", model, data, sparsity=0.9, epochs=...)
+  probs = result.predict(x_new)          # [N, K] ensemble probabilities
+  result.results["test"]["ensemble"]     # accuracy, NLL, ECE, Brier, ...
+
+``model``: any `flax.linen` module called as ``model(x, train=...)`` returning logits [B, K] (the
+model contract: README "Adding a model"). ``data``: a `data.Dataset` (e.g. `data.load_dataset`) or
+a mapping of plain arrays for `data.from_arrays` (x_train, y_train, optional x_val/y_val,
+x_test/y_test, num_classes). ``workdir=None`` trains in memory; with a folder the run checkpoints
+there, resumes from it when rerun and saves the ensemble in ``workdir/ensemble``.
+
+The config-file CLI (`experiments.train`) calls `run_config`, which builds the config's named model
+and dataset and goes through the same `fit_config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from ensembles import checkpoints
+from ensembles import config as config_lib
+from ensembles import context
+from ensembles import data as data_lib
+from ensembles import defaults
+from ensembles import evaluation as evaluation_lib
+from ensembles import models as models_lib
+from ensembles import train as train_lib
+from ensembles.ensemble import Ensemble
+from ensembles.errors import ConfigError
+from ensembles.methods import Method, Trained, get_method
+
+ENSEMBLE_DIR = "ensemble"  # WORKDIR/ensemble: the evaluated members
+CUSTOM_MODEL = config_lib.CUSTOM_MODEL
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+  """What `fit` returns: the trained ``ensemble``, its ``results`` (metrics, costs, method
+  details: the same dictionary the CLI writes to results.json), the ``log`` records of a run
+  without a workdir, and the full ``config`` it ran with."""
+
+  ensemble: Ensemble
+  results: dict
+  log: list
+  config: ml_collections.ConfigDict
+
+  def predict(self, x) -> Any:
+    """The ensemble's probabilities [N, K] of inputs x [N, ...]."""
+    return self.ensemble.predict(x)
+
+
+def fit(method: str | Method, model: nn.Module, data: data_lib.Dataset | Mapping, workdir: str | None = None, *,
+        config: ml_collections.ConfigDict | None = None, **fields: Any) -> Fitted:
+  """Trains and evaluates ``method`` on ``model`` and ``data`` (see the module docstring).
+
+  ``fields`` change the method's default config (`defaults.method_config`): a top-level field
+  (``num_members=5``, ``seed=1``), a block as a dict (``training={"epochs": 5, "lr": 0.1}``) or a
+  field by its own name where only one block has it (``epochs=5``, ``sparsity=0.9``). ``config``:
+  a full config to start from instead. Evaluation on OoD and corrupted sets is off unless asked for
+  (``evaluation={"ood_datasets": ("digits",)}`` for 28x28 images).
+  """
+  method = get_method(method)
+  if not isinstance(model, nn.Module):
+    raise TypeError(f"model must be a flax.linen Module called as model(x, train=...), got {type(model).__name__}.")
+  dataset = data if isinstance(data, data_lib.Dataset) else data_lib.from_arrays(**dict(data))
+  base = config.copy_and_resolve_references() if config is not None else defaults.method_config(method.name)
+  base.method = method.name
+  base.model = ml_collections.ConfigDict({"name": CUSTOM_MODEL})
+  base.dataset.name = dataset.name
+  base.dataset.val_size = len(dataset.y_val)
+  if config is None:  # the user's data need not be images: evaluation on other image sets only on request
+    base.evaluation.ood_datasets, base.evaluation.corruptions, base.evaluation.plots = (), (), False
+  cfg = with_fields(base, fields, method)
+  config_lib.validate(cfg, given_data=True)
+  return fit_config(cfg, model, dataset, workdir)
+
+
+def run_config(config: ml_collections.ConfigDict, workdir: str | None, *, model: nn.Module | None = None,
+               data: data_lib.Dataset | None = None) -> dict:
+  """Validates ``config``, builds its model and dataset (unless given), trains and evaluates its
+  method; returns the results (the CLI's call)."""
+  config_lib.validate(config, given_data=data is not None)
+  data = data if data is not None else data_lib.load_dataset(config.dataset)
+  model = model if model is not None else build_model(config, data)
+  return fit_config(config, model, data, workdir).results
+
+
+def fit_config(config: ml_collections.ConfigDict, model: nn.Module, data: data_lib.Dataset,
+               workdir: str | None) -> Fitted:
+  """The shared path: the method's recipe on a run context, then evaluation, the saved ensemble
+  (with a workdir) and the results."""
+  method = get_method(config.method)
+  options = method.validate(config)
+  run = context.build(config, model, data, workdir)
+  trained = method.train(run, options)
+  if workdir is not None:
+    save(run, trained.ensemble)
+  results = summarize(run, trained, evaluate(run, trained.ensemble))
+  return Fitted(trained.ensemble, results, run.log.records, config)
+
+
+def with_fields(config: ml_collections.ConfigDict, fields: Mapping[str, Any], method: Method) -> ml_collections.ConfigDict:
+  """``config`` with ``fields`` set (see `fit`), then the method's derived fields that were not set."""
+  config = ml_collections.ConfigDict(config.to_dict())  # unlocked: fields may take other types
+  blocks = [k for k, v in config.items() if isinstance(v, ml_collections.ConfigDict)]
+  given = set()
+  for key, value in fields.items():
+    if key in blocks and isinstance(value, Mapping):
+      for field, v in value.items():
+        if field not in config[key]:
+          raise ConfigError(f"config.{key}.{field} is not a field; the {key} block has {sorted(config[key])}.")
+        config[key][field] = v
+        given.add(f"{key}.{field}")
+    elif key in config and key not in blocks:
+      config[key] = value
+      given.add(key)
+    else:
+      owners = [b for b in blocks if key in config[b]]
+      if len(owners) != 1:
+        allowed = sorted(k for k in config if k not in blocks) + [f"{b}.{f}" for b in blocks for f in config[b]]
+        raise ConfigError(f"{key!r} is {'in several blocks ' + str(owners) + '; pass it as a block dict' if owners else 'not a config field'}"
+                          f" (fields: {allowed}).")
+      config[owners[0]][key] = value
+      given.add(f"{owners[0]}.{key}")
+  for field, value in (method.derived(config) if method.derived else {}).items():
+    if field not in given:
+      defaults.set_field(config, field, value)
+  return config
+
+
+def build_model(config: ml_collections.ConfigDict, data: data_lib.Dataset) -> nn.Module:
+  """The config's named model for ``data``'s classes."""
+  return models_lib.build_model(config.model.name, data.num_classes,
+                                {k: v for k, v in config.model.items() if k != "name"})
+
+
+def evaluate(run: context.Run, ensemble: Ensemble, eval_cfg: Any = None) -> dict:
+  """`evaluation.evaluate_all` of ``ensemble`` on the run's data (``eval_cfg`` defaults to the
+  config's evaluation block): test and validation metrics, OoD, corruptions."""
+  return evaluation_lib.evaluate_all(ensemble.member_probs, run.data,
+                                     run.config.get("evaluation") if eval_cfg is None else eval_cfg,
+                                     ensemble.weights, ensemble.combine, data_dir=run.config.dataset.data_dir)
+
+
+def save(run: context.Run, ensemble: Ensemble) -> None:
+  """Saves the ensemble's members and how they combine in WORKDIR/ensemble."""
+  checkpoints.save_ensemble(os.path.join(run.workdir, ENSEMBLE_DIR),
+                            {"params": ensemble.params, "model_state": ensemble.model_state},
+                            {"method": run.config.method, "num_members": ensemble.num_members,
+                             "combine": ensemble.combine,
+                             "weights": None if ensemble.weights is None else list(ensemble.weights)})
+
+
+def load_saved(config: ml_collections.ConfigDict, workdir: str) -> tuple[context.Run, Ensemble, dict]:
+  """A finished run's saved ensemble, ready to predict: (run, ensemble, meta), meta holding
+  method, num_members, weights and combine."""
+  data = data_lib.load_dataset(config.dataset)
+  run = context.build(config, build_model(config, data), data, workdir)
+  directory = os.path.join(workdir, ENSEMBLE_DIR)
+  meta = checkpoints.read_ensemble_meta(directory)
+  m = int(meta["num_members"])
+  like = jax.eval_shape(lambda: train_lib.init_state(run.model, run.tx, run.init_key, m, run.data.image_shape))
+  members = checkpoints.load_ensemble(directory, {"params": like.params, "model_state": like.model_state})
+  method = get_method(meta["method"])
+  apply = method.predictor(run, method.read_options(config)) if method.predictor else None
+  return run, run.ensemble(members, meta["weights"], meta["combine"], apply), meta
+
+
+def summarize(run: context.Run, trained: Trained, evaluation: dict) -> dict:
+  """The results of a method: what ran, its cost (FLOPs default: dense members) and metrics. With
+  stacked masks the nonzero parameter counts are the masks' True entries."""
+  ensemble, info = trained.ensemble, trained.info
+  m = ensemble.num_members
+  per_member = train_lib.num_params(ensemble.params)
+  flops = trained.flops or run.flops(m, info["steps"])
+  nonzero = per_member * m if trained.masks is None else int(sum(int(x.sum()) for x in jax.tree.leaves(trained.masks)))
+  execution = context.execution_for(run.config, run.model, m, input_shape=run.data.image_shape)
+  model_name = run.config.model.name if run.config.model.name != CUSTOM_MODEL else type(run.model).__name__
+  return {
+      "method": run.config.method,
+      "dataset": run.data.name,
+      "model": model_name,
+      "num_members": trained.num_members or m,
+      "seed": run.config.seed,
+      "member_execution": execution.mode,
+      "mesh": {axis: int(size) for axis, size in execution.mesh.shape.items()},
+      "backend": jax.default_backend(),
+      "params_per_member": per_member,
+      "params_total": per_member * m,
+      "nonzero_params_total": nonzero,
+      "train_time_s": info["train_time_s"],
+      "train_steps": info["steps"],
+      "flops": flops,
+      **evaluation,
+      **trained.results,
+  }

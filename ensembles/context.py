@@ -1,0 +1,173 @@
+"""The run context: one frozen value holding what every step of a method's recipe needs.
+
+A `Run` is built once from a config and the model and data (a config's named ones, or a user's
+own); a recipe never changes it. A recipe phase that trains differently (one member instead of M,
+sparse, its own lr schedule or epochs, its own folder) asks for a new `Run` with `Run.phase`.
+
+Fields: the validated config (training, augmentation and loop settings), model, data, workdir (None:
+nothing is written, checkpoints and collected members stay in memory), M, the optimizer (wrapped
+by `sparse.masked` in a sparse phase), the member execution (mode, device mesh), the init key and
+the M per-member data-order keys, the jitted train step and predictor, and the metrics log.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import optax
+
+from ensembles import data as data_lib
+from ensembles import ensemble as ensemble_lib
+from ensembles import flops as flops_lib
+from ensembles import members as members_lib
+from ensembles import sparse
+from ensembles import train as train_lib
+from ensembles.log import MetricsLog
+from ensembles import collected
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  config: Any
+  model: nn.Module
+  data: data_lib.Dataset
+  workdir: str | None
+  num_members: int
+  epochs: int  # this phase's epochs (config.training.epochs unless the phase says otherwise)
+  tx: optax.GradientTransformation
+  execution: members_lib.Execution
+  init_key: jax.Array
+  data_keys: jax.Array  # [M] per-member data-order keys
+  train_step: Callable
+  predict: Callable
+  log: MetricsLog
+  name: str  # progress-bar label: the method, or the phase ("parent", "children")
+  key_salt: int = 0
+
+  @property
+  def mesh(self) -> jax.sharding.Mesh:
+    return self.execution.mesh
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return len(self.data.y_train) // self.config.training.batch_size
+
+  @property
+  def total_steps(self) -> int:
+    return self.epochs * self.steps_per_epoch
+
+  def phase(self, *, num_members: int | None = None, sparse_training: bool = False,
+            schedule: optax.Schedule | None = None, epochs: int | None = None, key_salt: int | None = None,
+            subdir: str | None = None, name: str | None = None) -> "Run":
+    """A new run context for one phase of the recipe: ``num_members`` members, optimizer wrapped
+    by `sparse.masked` if ``sparse_training``, lr ``schedule`` instead of the config's, ``epochs``,
+    ``key_salt`` > 0 folded into the seed (streams different from the first phase's), checkpoints
+    and log in workdir/``subdir``."""
+    workdir = self.workdir if subdir is None or self.workdir is None else os.path.join(self.workdir, subdir)
+    return build(self.config, self.model, self.data, workdir, num_members=num_members or self.num_members,
+                 sparse_training=sparse_training, schedule=schedule, epochs=epochs or self.epochs,
+                 key_salt=self.key_salt if key_salt is None else key_salt, name=name or self.name,
+                 log=self.log if self.workdir is None else None)
+
+  def init_members(self) -> train_lib.TrainState:
+    """M freshly initialised members, laid out on the run's mesh."""
+    return train_lib.init_state(self.model, self.tx, self.init_key, self.num_members, self.data.image_shape,
+                                self.mesh)
+
+  def collection(self, name: str, ends: dict[int, int], **extra) -> collected.Collection:
+    """Members collected during this run (snapshots, checkpoints, tickets): item k saved at the
+    step ``ends`` maps to k, in workdir/``name`` (in memory without a workdir)."""
+    return collected.Collection(None if self.workdir is None else os.path.join(self.workdir, name), ends, extra)
+
+  def ensemble(self, members: PyTree, weights=None, combine: str = "mean",
+               apply: Callable | None = None) -> ensemble_lib.Ensemble:
+    """The `Ensemble` of stacked ``members`` ({"params", "model_state"} [M, ...]) laid out on a
+    mesh for their M, predicted with ``apply`` (default: the plain predictor for M members)."""
+    m = members_lib.num_members(members["params"])
+    execution = execution_for(self.config, self.model, m, input_shape=self.data.image_shape)
+    members = members_lib.place(members, execution.mesh, members_lib.MEMBER_AXIS)
+    apply = apply or train_lib.make_predict(self.model, execution=execution, mean=self.data.mean,
+                                            std=self.data.std)
+    return ensemble_lib.Ensemble(members["params"], members["model_state"], apply, self.data.image_shape,
+                                 None if weights is None else tuple(float(w) for w in weights), combine,
+                                 self.config.eval_batch_size)
+
+  def flops(self, num_members: int, steps: int, densities: dict[str, float] | None = None,
+            rule: str = "dense", gradient_updates: int = 0, trained_members: int | None = None,
+            reference_epochs: int | None = None, extra_passes: float = 0.0) -> dict:
+    """Inference FLOPs of ``num_members`` members and training FLOPs (DESIGN §5) of
+    ``trained_members`` (default: the same) trained ``steps`` steps each at ``densities``
+    (`flops.sparse_training_flops`), with ``gradient_updates`` RigL updates in all, plus
+    ``extra_passes`` forward passes of one example through the (sparse) network that the algorithm
+    needs besides training (e.g. CBNN's training-set predictions). Training also as a multiple of
+    one dense model trained for ``reference_epochs`` (default: the configured epochs) -- x_dense.
+    ``rule`` names the counting for the report."""
+    batch = self.config.training.batch_size
+    trained_members = trained_members or num_members
+    reference_steps = (reference_epochs or self.config.training.epochs) * self.steps_per_epoch
+    costs = flops_lib.layer_costs(self.model, self.data.image_shape)
+    f_dense = flops_lib.forward_flops(costs)
+    f_sparse = flops_lib.forward_flops(costs, densities)
+    train = (flops_lib.sparse_training_flops(f_dense, f_sparse, trained_members * steps, batch, gradient_updates)
+             + extra_passes * f_sparse)
+    return {
+        "forward_flops_dense": f_dense,
+        "inference_flops": num_members * f_sparse,
+        "inference_x_dense": num_members * f_sparse / f_dense,
+        "train_flops": train,
+        "train_x_dense": train / (reference_steps * batch * 3.0 * f_dense),
+        "flops_rule": rule,
+    }
+
+
+def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | None, *,
+          num_members: int | None = None, sparse_training: bool = False, schedule: optax.Schedule | None = None,
+          epochs: int | None = None, key_salt: int = 0, name: str | None = None,
+          log: MetricsLog | None = None) -> Run:
+  """The `Run` of ``model`` on ``data`` under a validated ``config`` (arguments: see `Run.phase`)."""
+  m = num_members or config.num_members
+  t = config.training
+  epochs = epochs or t.epochs
+  steps_per_epoch = len(data.y_train) // t.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"config.training.batch_size ({t.batch_size}) exceeds the {len(data.y_train)} "
+                     "training examples.")
+  inner = train_lib.make_optimizer(t, epochs * steps_per_epoch, steps_per_epoch, schedule)
+  tx = sparse.masked(inner) if sparse_training else inner
+  execution = execution_for(config, model, m, t.batch_size, data.image_shape)
+  key = jax.random.PRNGKey(config.seed)
+  init_key, data_key = jax.random.split(jax.random.fold_in(key, key_salt) if key_salt else key)
+  train_step = train_lib.make_train_step(model, tx, execution=execution, mean=data.mean, std=data.std,
+                                         crop_padding=config.augment.crop_padding, flip=config.augment.flip,
+                                         batch_split=t.batch_split)
+  predict = train_lib.make_predict(model, execution=execution, mean=data.mean, std=data.std)
+  if workdir is not None:
+    os.makedirs(workdir, exist_ok=True)
+    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  return Run(config, model, data, workdir, m, epochs, tx, execution, init_key, jax.random.split(data_key, m),
+             train_step, predict, log or MetricsLog(None), name or config.method, key_salt)
+
+
+def execution_for(config: Any, model: nn.Module, num_members: int, batch_size: int | None = None,
+                  input_shape: tuple[int, ...] | None = None) -> members_lib.Execution:
+  """How M = ``num_members`` members run: the device mesh of ``config.mesh`` (checked: M and the
+  batch sizes divide over it), the concrete member-execution mode on it and whether the model
+  convolves (`members.has_convolutions` on inputs of ``input_shape``)."""
+  mesh_cfg = config.get("mesh") or {"members": 0, "data": 1}
+  mesh = members_lib.make_mesh(mesh_cfg["members"], mesh_cfg["data"], num_members=num_members)
+  members_lib.check_layout(mesh, num_members, batch_size, config.eval_batch_size)
+  has_conv = members_lib.has_convolutions(model, input_shape)
+  mode = members_lib.resolve_execution(
+      config.member_execution, has_conv, num_members=num_members,
+      num_devices=mesh.shape[members_lib.MEMBER_AXIS], data_parallel=mesh.shape[members_lib.DATA_AXIS])
+  return members_lib.Execution(mode, mesh, has_conv)
+
+
+def stacked_members(state: train_lib.TrainState) -> dict:
+  """The members of a train state as the tree `Run.ensemble` takes."""
+  return {"params": state.params, "model_state": state.model_state}

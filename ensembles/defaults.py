@@ -1,0 +1,99 @@
+"""The library's default run config (every field documented here) and each method's starting config.
+
+`default_config()` is a deep ensemble of 4 MLPs on offline Fashion-MNIST; `method_config(name)` adds
+the method's own defaults and its option blocks (their fields documented in the option dataclasses:
+`methods.sparse_common.SparseOptions`, `methods.edst_ensemble.EDSTOptions`, ...). The configs in
+experiments/configs start from these and change only what their experiment needs.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from ensembles import options as options_lib
+from ensembles.methods import get_method
+
+
+def method_config(name: str) -> ml_collections.ConfigDict:
+  """`default_config` for method ``name``: its defaults (e.g. ensemble size) and option blocks."""
+  method = get_method(name)
+  c = default_config()
+  c.method = method.name
+  for block, cls in method.options.items():
+    c[block] = options_lib.as_block(cls)
+  for field, value in method.defaults.items():
+    set_field(c, field, value)
+  return c
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+  """config.<dotted> = value (e.g. "training.epochs")."""
+  *path, last = dotted.split(".")
+  node = config
+  for part in path:
+    node = node[part]
+  node[last] = value
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Deep ensemble of 4 MLPs on offline Fashion-MNIST."""
+  c = ml_collections.ConfigDict()
+  c.method = "deep_ensemble"      # one of ensembles.methods.METHODS (its own blocks: method_config)
+  c.num_members = 4               # M, ensemble size (members trained in one compiled step)
+  c.seed = 0                      # run seed: member init keys, augmentation, data order
+  c.member_execution = "auto"     # auto | vmap | loop | map | sharded (see ensembles/members.py)
+
+  c.mesh = ml_collections.ConfigDict()  # devices (README "Running at scale"); 1 device: no effect
+  c.mesh.members = 0              # devices along the member axis; 0 = the most (<= devices / data) dividing M
+  c.mesh.data = 1                 # data-parallel replicas per member: each member's batch split over them
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "fashion_mnist"  # fashion_mnist (offline IDX files) | cifar10 | cifar100 | svhn_cropped | mnist
+  c.dataset.data_dir = ""           # '' = default (/usr/share/datasets/fashion-mnist or tfds's folder); must exist
+  c.dataset.download = False        # True: tensorflow-datasets may download a missing training set (network)
+  c.dataset.val_size = 5000         # examples carved from train for validation (never the test set)
+  c.dataset.split_seed = 0          # seed of the train/val split, shared by all methods
+  c.dataset.train_subset = 0        # >0: keep this many training examples (quick runs, tests)
+  c.dataset.test_subset = 0         # >0: keep this many test examples
+  c.dataset.imbalance_ratio = 1.0   # ρ > 1: long-tailed training set, n_c = n_max·ρ^(−c/(K−1))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "mlp"            # mlp | lenet | resnet | wide_resnet; other fields go to the model (a user's own model: "custom")
+  c.model.hidden = (512, 512)
+  c.model.dropout_rate = 0.0
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_padding = 0      # random crop after zero padding by this many pixels (0 = off)
+  c.augment.flip = False          # random horizontal flip
+
+  c.training = ml_collections.ConfigDict()
+  c.training.epochs = 10
+  c.training.batch_size = 128     # per member
+  c.training.optimizer = "sgd"    # sgd | adam | adamw
+  c.training.lr = 0.05
+  c.training.momentum = 0.9       # sgd only; 0 = plain SGD
+  c.training.nesterov = True
+  c.training.weight_decay = 5e-4  # L2 added to the gradient (decoupled for adamw)
+  c.training.lr_schedule = "cosine"   # constant | cosine | step
+  c.training.warmup_epochs = 0.0
+  c.training.decay_milestones = (0.5, 0.75)  # step schedule: fractions of training
+  c.training.decay_factor = 0.1              # step schedule: lr multiplier at each milestone
+  c.training.shared_data_order = False       # True: all members see the same batches
+  c.training.batch_split = 1      # k > 1: gradient as the mean over k batch parts computed concurrently
+                                  # (faster single-member CNN steps on multi-core CPUs; no BatchNorm)
+
+  c.evaluation = ml_collections.ConfigDict()  # what the final evaluation adds (ensembles/evaluation.py)
+  c.evaluation.ood_datasets = ("digits",)  # OoD test sets: digits (scikit-learn, offline) | a dataset.name
+  c.evaluation.ood_examples = 0            # >0: a fixed random subset of this many OoD images
+  c.evaluation.resize_ood = False          # True: resize OoD images of another shape (else an error)
+  c.evaluation.corruptions = ("all",)      # ('all',) | () | names (cifar10: tfds cifar10_corrupted types,
+                                           #   else generated by ensembles/corruptions.py)
+  c.evaluation.corruption_severities = (1, 2, 3, 4, 5)
+  c.evaluation.corruption_examples = 2000  # >0: test images per corrupted set (a fixed subset); 0 = all
+  c.evaluation.plots = True                # PNG plots in the workdir (reliability, corruption severity)
+
+  c.log_every_steps = 50          # progress bar and metrics.jsonl
+  c.eval_every_epochs = 1         # validation metrics of the ensemble
+  c.eval_batch_size = 1000
+  c.checkpoint_every_steps = 1000 # plus one at the end; a rerun resumes from the newest
+  c.keep_checkpoints = 2
+  return c

@@ -1,0 +1,81 @@
+"""What a method is: a registered value naming its recipe, its options and their checks.
+
+A recipe is ``train(run, options) -> Trained``: it trains with the frozen run context
+(`ensembles.context.Run`) and returns the ensemble it built, how long it trained and its FLOPs; the
+library evaluates, saves and reports it (`ensembles.api`). ``options`` is an instance of the method's
+namespace of the method's option dataclasses (`ensembles.options`), one per config block, e.g.
+``options.sparse.sparsity``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any, Callable, Mapping
+
+from ensembles import ensemble as ensemble_lib
+from ensembles import options as options_lib
+from ensembles.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """A recipe's outcome. info: {"train_time_s", "steps"}; flops: `Run.flops` (None: M dense
+  members trained info["steps"] steps); masks: stacked masks of sparse members (their nonzero
+  counts are reported); results: method-specific entries added to the results; num_members: the
+  reported ensemble size when it is not the stacked members' (MC dropout's passes)."""
+
+  ensemble: ensemble_lib.Ensemble
+  info: dict
+  flops: dict | None = None
+  masks: Any = None
+  results: dict = dataclasses.field(default_factory=dict)
+  num_members: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """name: the registry key (``config.method``). train: the recipe. options: {config block: option
+  dataclass} (e.g. {"sparse": SparseOptions}). defaults: {dotted config field: value} a run of
+  this method starts from (e.g. its ensemble size). check(config, options): rules across blocks
+  (e.g. the ensemble size a method allows). predictor(run, options): the evaluation predictor of a
+  saved ensemble when it is not the plain one (MC dropout's T passes). derived(config): {dotted
+  field: value} that follow from other fields unless a user sets them (EDST's epochs)."""
+
+  name: str
+  train: Callable[[Any, Any], Trained]
+  options: Mapping[str, type] = dataclasses.field(default_factory=dict)
+  defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  check: Callable[[Any, Any], None] | None = None
+  predictor: Callable[[Any, Any], Callable] | None = None
+  derived: Callable[[Any], Mapping[str, Any]] | None = None
+
+  def read_options(self, config: Any) -> types.SimpleNamespace:
+    """The method's options from its config blocks (a missing block or field: the default)."""
+    return types.SimpleNamespace(**{block: options_lib.from_block(cls, config.get(block), block)
+                                    for block, cls in self.options.items()})
+
+  def validate(self, config: Any) -> Any:
+    """Checks the method's block and cross-block rules; returns the options."""
+    options = self.read_options(config)
+    if self.check is not None:
+      self.check(config, options)
+    return options
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+  """Adds ``method`` to the registry under its name (refusing a second method of that name)."""
+  if method.name in METHODS and METHODS[method.name] is not method:
+    raise ValueError(f"A method named {method.name!r} is already registered.")
+  METHODS[method.name] = method
+  return method
+
+
+def get_method(name: str | Method) -> Method:
+  if isinstance(name, Method):
+    return name
+  if name not in METHODS:
+    raise ConfigError(f"config.method must be one of {sorted(METHODS)}, got {name!r}.")
+  return METHODS[name]
