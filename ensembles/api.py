@@ -122,10 +122,13 @@ def with_fields(config: ml_collections.ConfigDict, fields: Mapping[str, Any], me
       given.add(key)
     else:
       owners = [b for b in blocks if key in config[b]]
-      if len(owners) != 1:
-        allowed = sorted(k for k in config if k not in blocks) + [f"{b}.{f}" for b in blocks for f in config[b]]
-        raise ConfigError(f"{key!r} is {'in several blocks ' + str(owners) + '; pass it as a block dict' if owners else 'not a config field'}"
-                          f" (fields: {allowed}).")
+      if len(owners) > 1:
+        raise ConfigError(f"{key!r} is in several blocks {owners}; pass it in a block dict, e.g. "
+                          f"{owners[0]}={{{key!r}: ...}}.")
+      if not owners:
+        raise ConfigError(f"{key!r} is not a config field: give a top-level field "
+                          f"{sorted(k for k in config if k not in blocks)}, a block dict {sorted(blocks)}, "
+                          "or a field of one block by its name.")
       config[owners[0]][key] = value
       given.add(f"{owners[0]}.{key}")
   for field, value in (method.derived(config) if method.derived else {}).items():

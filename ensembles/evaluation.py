@@ -159,16 +159,17 @@ def evaluate_all(member_probs: MemberProbs, data: data_lib.Dataset, eval_cfg: An
                  combine: str = "mean", data_dir: str = "", progress: bool = True) -> dict:
   """Everything DESIGN §4 asks for, for one ensemble.
 
-  Returns {"test": evaluate_ensemble(...), "val": ... (if a validation split exists),
+  Returns {"test": evaluate_ensemble(...) (if a test split exists), "val": ... (if a validation split exists),
   "ood": ood_evaluation(...) (if ood_datasets), "corruption": corruption_evaluation(...) (if corruptions)}.
   """
   s = settings(eval_cfg)
   out = {}
-  test_probs = member_probs(data.x_test)
-  out["test"] = metrics_lib.evaluate_ensemble(test_probs, data.y_test, weights, combine)
+  if len(data.y_test):  # a user's data may come without a test split (then no OoD evaluation either)
+    test_probs = member_probs(data.x_test)
+    out["test"] = metrics_lib.evaluate_ensemble(test_probs, data.y_test, weights, combine)
   if len(data.y_val):
     out["val"] = metrics_lib.evaluate_ensemble(member_probs(data.x_val), data.y_val, weights, combine)
-  if len(s.ood_datasets):
+  if len(s.ood_datasets) and len(data.y_test):
     out["ood"] = ood_evaluation(member_probs, data, test_probs, s, weights, data_dir)
   if len(s.corruptions):
     out["corruption"] = corruption_evaluation(member_probs, data, s, weights, combine, data_dir, progress)

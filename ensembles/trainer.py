@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Callable, Iterator, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +83,7 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Callable] = ()) -
   config.checkpoint_every_steps steps and at the end (none without a workdir); none is written
   unless every parameter is finite.
   """
+  chex.assert_tree_shape_prefix((state.params, state.rng), (run.num_members,))  # [M, ...] for the run's M
   store = _Checkpoints(run)
   state = members_lib.place(state, run.mesh, members_lib.MEMBER_AXIS)
   state, start = store.restore(state)

@@ -104,11 +104,11 @@ def test_snapshot_schedule_restarts_and_snapshots(tmp_path, fake_data):
 
 @pytest.mark.parametrize("module,overrides,message", [
     (cbnn_config, {"num_members": 0}, "config.num_members must be an integer >= 1"),
-    (cbnn_config, {"num_members": 4}, r"config.num_members \(checkpoints\) must be in \[1, training.epochs=3\]"),
+    (cbnn_config, {"num_members": 4}, r"config.num_members must be in \[1, training.epochs=3\] for method 'cbnn' \(checkpoints\)"),
     (cbnn_config, {"cbnn.rule": "adaboost"}, "config.cbnn.rule must be one of"),
     (cbnn_config, {"cbnn.combine": "median"}, "config.cbnn.combine must be one of"),
     (cbnn_config, {"dataset.imbalance_ratio": 0.5}, "config.dataset.imbalance_ratio must be a number >= 1"),
-    (snapshot_config, {"num_members": 5}, r"config.num_members \(snapshots\) must be in \[1, training.epochs=3\]"),
+    (snapshot_config, {"num_members": 5}, r"config.num_members must be in \[1, training.epochs=3\] for method 'snapshot_ensemble' \(snapshots\)"),
 ])
 def test_bad_config(module, overrides, message):
   with pytest.raises(config_lib.ConfigError, match=message):

@@ -130,7 +130,7 @@ def test_best_validation_tickets(tmp_path, monkeypatch):
 @pytest.mark.parametrize("field,value,message", [
     ("edst.exploration_epochs", 0, "config.edst.exploration_epochs must be an integer >= 1"),
     ("edst.global_drop_fraction", 1.0, r"config.edst.global_drop_fraction must be in \(0, 1\)"),
-    ("training.epochs", 7, "config.training.epochs must equal edst.exploration_epochs"),
+    ("training.epochs", 7, "config.training.epochs must be equal to edst.exploration_epochs"),
     ("edst.drop_schedule", "cosine", "config.edst.drop_schedule must be one of"),
     ("edst.refine_stop_fraction", 1.5, r"config.edst.refine_stop_fraction must be in \[0, 1\]"),
     ("edst.ticket", "best", "config.edst.ticket must be one of"),

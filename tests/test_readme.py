@@ -30,6 +30,7 @@ def test_readme_sparse_example_runs():
   params, opt_state, plan = namespace["params"], namespace["opt_state"], namespace["plan"]
   import jax
   flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(opt_state.masks)[0]}
+  assert namespace["topology"].tx.inner is namespace["inner"]
   for name, count in plan.counts.items():
     assert int(flat[name].sum()) == count
   for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(opt_state.masks)):
@@ -53,3 +54,14 @@ def test_readme_api_overview_runs():
   assert float(namespace["w"].mean()) == __import__("pytest").approx(1.0, rel=1e-5)
   f_dense = namespace["f_dense"]  # 1,000 sparse steps, 10 of them with a dense weight gradient
   assert namespace["train_flops"] == __import__("pytest").approx(128 * (1000 * 3 * 0.2 * f_dense + 10 * 0.8 * f_dense))
+
+
+def test_readme_fit_example_runs():
+  """The README's `ensembles.fit` block: DST, EDST and CBNN on its own model and 20-feature arrays."""
+  namespace = _run_block("ensembles.fit(")
+  y_test = namespace["data"]["y_test"]
+  assert namespace["probs"].shape == (200, 3)
+  assert (namespace["probs"].argmax(1) == y_test).mean() > 0.8
+  assert namespace["accuracy"] == __import__("pytest").approx((namespace["probs"].argmax(1) == y_test).mean())
+  assert namespace["edst"].results["train_steps"] == 5 * 20 and namespace["edst"].results["num_members"] == 3
+  assert len(namespace["alphas"]) == 3 and all(a > 0 for a in namespace["alphas"])

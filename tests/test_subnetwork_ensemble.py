@@ -57,7 +57,7 @@ def test_children_disjoint_zero_and_different(tmp_path, monkeypatch, granularity
 @pytest.mark.parametrize("field,value,message", [
     ("parent_fraction", 1.0, r"config.subnetwork.parent_fraction must be in \(0, 1\)"),
     ("parent_fraction", 0.0, r"config.subnetwork.parent_fraction must be in \(0, 1\)"),
-    ("parent_fraction", 0.05, "leaves 0 parent"),
+    ("parent_fraction", 0.05, r"leaves >= 1 parent and >= 1 child epochs \(here 0 and"),
     ("granularity", "filter", "config.subnetwork.granularity must be one of"),
     ("score", "snip", "config.subnetwork.score must be one of"),
 ])

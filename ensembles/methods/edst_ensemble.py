@@ -224,7 +224,7 @@ def derived(config) -> dict:
 def check(config, options) -> None:
   e = options.edst
   require(config.training.epochs == e.epochs(config.num_members), "training.epochs",
-          f"edst.exploration_epochs + num_members x edst.refinement_epochs = {e.exploration_epochs} + "
+          f"equal to edst.exploration_epochs + num_members x edst.refinement_epochs = {e.exploration_epochs} + "
           f"{config.num_members} x {e.refinement_epochs} = {e.epochs(config.num_members)}", config.training.epochs)
   if e.ticket == "best_val":
     require(config.dataset.val_size >= 1, "dataset.val_size",
