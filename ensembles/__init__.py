@@ -6,9 +6,25 @@ per-member functions lifted to all members with `ensembles.members.member_map` a
   import ensembles
   result = ensembles.fit("dst_ensemble", my_flax_model, {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt})
   result.predict(xt)   # [N, K]
+
+The top-level names (`fit`, `run_config`, `Fitted`, `METHODS`, `Dataset`, `from_arrays`,
+`load_dataset`) are imported on first use, so importing one submodule (e.g. the pure-numpy
+`ensembles.metrics`) does not start JAX.
 """
+import importlib
+
 __version__ = "0.1.0"
 
-from ensembles.api import Fitted, fit, run_config  # noqa: E402,F401
-from ensembles.data import Dataset, from_arrays, load_dataset  # noqa: E402,F401
-from ensembles.methods import METHODS  # noqa: E402,F401
+_LAZY = {"fit": "ensembles.api", "run_config": "ensembles.api", "Fitted": "ensembles.api",
+         "METHODS": "ensembles.methods", "Dataset": "ensembles.data", "from_arrays": "ensembles.data",
+         "load_dataset": "ensembles.data"}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'ensembles' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))

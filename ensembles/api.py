@@ -16,6 +16,7 @@ and dataset and goes through the same `fit_config`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Mapping
 
@@ -36,6 +37,10 @@ from ensembles.errors import ConfigError
 from ensembles.methods import Method, Trained, get_method
 
 ENSEMBLE_DIR = "ensemble"  # WORKDIR/ensemble: the evaluated members
+CONFIG_FILE = "config.json"  # WORKDIR/config.json: the config the run in the folder trains
+# Fields that may change between a run and its resumption (they do not change the result).
+RESUMABLE_FIELDS = ("log_every_steps", "eval_every_epochs", "eval_batch_size", "checkpoint_every_steps",
+                    "keep_checkpoints", "member_execution", "evaluation", "mesh")
 CUSTOM_MODEL = config_lib.CUSTOM_MODEL
 
 
@@ -97,12 +102,41 @@ def fit_config(config: ml_collections.ConfigDict, model: nn.Module, data: data_l
   (with a workdir) and the results."""
   method = get_method(config.method)
   options = method.validate(config)
+  if workdir is not None:
+    claim_workdir(config, workdir)
   run = context.build(config, model, data, workdir)
   trained = method.train(run, options)
   if workdir is not None:
     save(run, trained.ensemble)
   results = summarize(run, trained, evaluate(run, trained.ensemble))
   return Fitted(trained.ensemble, results, run.log.records, config)
+
+
+def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes the config to WORKDIR/config.json, refusing a folder that holds a run of another config
+  (fields in `RESUMABLE_FIELDS` may differ: they do not change the result)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  current = json.loads(config.to_json())
+  same = lambda c: {k: v for k, v in c.items() if k not in RESUMABLE_FIELDS}
+  if os.path.exists(path):
+    with open(path) as f:
+      if same(json.load(f)) != same(current):
+        raise ValueError(f"{workdir} holds a run with a different config ({path}); resume with the same "
+                         "config or choose a new workdir.")
+  if jax.process_index() == 0:  # one writer across hosts
+    write_atomic(path, json.dumps(current, indent=2))
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes ``text`` to a temporary file beside ``path`` and renames it over ``path``: a crash
+  leaves the old file or the new one, never half of one."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def with_fields(config: ml_collections.ConfigDict, fields: Mapping[str, Any], method: Method) -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ detection against other datasets, and robustness on corrupted test sets.
 The ensemble enters as a function ``member_probs(images uint8 [N, H, W, C]) -> [M, N, K]``, so the
 same code evaluates stacked members, collected checkpoints and MC-dropout passes.
 
-Evaluation settings (``config.evaluation``, documented in experiments/configs/default.py):
+Evaluation settings (``config.evaluation``, documented in ensembles/defaults.py):
   ood_datasets         names from `data.OOD_DATASETS` (test splits); () = no OoD evaluation
   ood_examples         > 0: a fixed random subset of this many OoD images
   resize_ood           resize OoD images of another shape (`data.match_image_shape`), else an error

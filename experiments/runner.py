@@ -1,4 +1,4 @@
-"""Run one config in a workdir (validate, refuse a different config, train, write results), and
+"""Run one config in a workdir (validate, check the data sources, train, write results), and
 evaluate a finished run's saved ensemble again.
 
 Used by the entry points (`experiments.train`, `experiments.evaluate`) and the comparison runner
@@ -13,6 +13,7 @@ import jax
 import ml_collections
 
 from ensembles import api
+from ensembles.api import write_atomic  # noqa: F401  (used by experiments.compare)
 from ensembles import config as config_lib
 from ensembles import data as data_lib
 from ensembles import defaults
@@ -20,50 +21,18 @@ from ensembles import evaluation as evaluation_lib
 from experiments import plots
 from experiments import report
 
-# Fields that may change between a run and its resumption (they do not change the result).
-_RESUMABLE_FIELDS = ("log_every_steps", "eval_every_epochs", "eval_batch_size", "checkpoint_every_steps",
-                     "keep_checkpoints", "member_execution", "evaluation", "mesh")
-
-
-def _config_for_resume_check(config_dict: dict) -> dict:
-  return {k: v for k, v in config_dict.items() if k not in _RESUMABLE_FIELDS}
-
-
 def run(config, workdir: str) -> dict:
   """Validates ``config``, trains and evaluates its method in ``workdir``; returns the results."""
   config_lib.validate(config)
   data_lib.check_training_source(config.dataset)  # the training set first, then the evaluation's sets
   evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
-  os.makedirs(workdir, exist_ok=True)
-  config_path = os.path.join(workdir, "config.json")
-  current = json.loads(config.to_json())
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      previous = json.load(f)
-    if _config_for_resume_check(previous) != _config_for_resume_check(current):
-      raise ValueError(f"{workdir} holds a run with a different config ({config_path}); resume with the "
-                       "same config or choose a new --workdir.")
-  main_process = jax.process_index() == 0  # one writer across hosts
-  if main_process:
-    write_atomic(config_path, json.dumps(current, indent=2))
-  results = api.run_config(config, workdir)
-  if main_process:
+  results = api.run_config(config, workdir)  # refuses a workdir holding another config's run
+  if jax.process_index() == 0:  # one writer across hosts
     write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     if config.evaluation.plots:
       plots.run_plots(results, workdir)
     write_atomic(os.path.join(workdir, "results.md"), report.run_table(results))
   return results
-
-
-def write_atomic(path: str, text: str) -> None:
-  """Writes ``text`` to a temporary file beside ``path`` and renames it over ``path``: a crash
-  leaves the old file or the new one, never half of one."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def _tuples(value):

@@ -151,4 +151,12 @@ MUTATIONS = [
              "pass_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(num_passes))",
              "pass_keys = jax.vmap(lambda t: key)(jnp.arange(num_passes))",
              ("tests/test_mc_dropout.py",)),
+    Mutation("MC dropout pass draws a mask other than training's", "ensembles/train.py",
+             "mask = jnp.broadcast_to(jax.random.bernoulli(rng, p=keep, shape=shape), inputs.shape)",
+             "mask = jnp.broadcast_to(jax.random.bernoulli(jax.random.fold_in(rng, 1), p=keep, shape=shape), "
+             "inputs.shape)",
+             ("tests/test_mc_dropout.py::test_mc_pass_draws_the_mask_training_draws",)),
+    Mutation("ensembles.fit drops a field given by its own name", "ensembles/api.py",
+             "      config[owners[0]][key] = value\n", "      pass\n",
+             ("tests/test_api.py::test_fields_are_checked_by_name",)),
 ]

@@ -97,6 +97,8 @@ def test_workdir_run_equals_in_memory_run_and_resumes(method, tmp_path):
   metrics_log = [json.loads(line) for line in open(tmp_path / ("children" if method == "subnetwork_ensemble" else ".")
                                                    / "metrics.jsonl")]
   assert any("train_loss" in record for record in metrics_log)
+  with pytest.raises(ValueError, match="holds a run with a different config"):
+    _fit(method, str(tmp_path), seed=1)
 
 
 def test_fields_are_checked_by_name():

@@ -1,4 +1,5 @@
 """MC dropout: passes differ, their mean is the reported prediction."""
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -28,6 +29,34 @@ def test_mc_predict_passes_differ_and_deterministic_predict_does_not(tiny_datase
   det = np.asarray(train.predict_probs(plain, state, tiny_dataset.x_test, 16))
   np.testing.assert_array_equal(det, np.asarray(train.predict_probs(plain, state, tiny_dataset.x_test, 16)))
   assert not np.allclose(det[0], probs[0])
+
+
+class _DropoutOnly(nn.Module):
+  """Logits = dropout(x) @ W: training mode and an MC pass differ only in how dropout is reached."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Dropout(0.5, deterministic=not train)(x.reshape((x.shape[0], -1)).astype("float32"))
+    return nn.Dense(4)(x)
+
+
+def test_mc_pass_draws_the_mask_training_draws(tiny_dataset):
+  """The interceptor that turns dropout on at inference draws exactly nn.Dropout's training mask:
+  a pass with key k equals the model applied in training mode with dropout key k. Any Flax model
+  works, with no flag of its own."""
+  model = _DropoutOnly()
+  x = tiny_dataset.x_test[:16]
+  variables = model.init(jax.random.PRNGKey(0), x)
+  key = jax.random.PRNGKey(3)
+  mc = train.make_mc_predict(model, num_passes=2, key=key, execution="vmap", mean=np.zeros(1), std=np.ones(1))
+  stacked = jax.tree.map(lambda v: v[None], variables["params"])
+  passes = np.asarray(mc(stacked, {}, x))  # [2, B, K]
+  xs = x.astype(np.float32) / 255.0
+  for t in range(2):
+    logits = model.apply(variables, xs, train=True, rngs={"dropout": jax.random.fold_in(key, t)})
+    np.testing.assert_allclose(passes[t], jax.nn.softmax(logits), rtol=1e-5, atol=1e-7)
+  assert train.dropout_rates(model, x.shape[1:]) == [0.5]
+  assert train.dropout_rates(build_model("mlp", 4, {"hidden": (8,)}), x.shape[1:]) == []
 
 
 def _cfg(**overrides):

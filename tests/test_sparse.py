@@ -61,6 +61,12 @@ def test_plan_and_masks_have_exact_counts():
   kept = sum(int(flat[k].sum()) for k in plan.sizes)
   assert kept == round(0.2 * sum(plan.sizes.values()))
   assert plan.density == pytest.approx(0.2, abs=1 / sum(plan.sizes.values()))
+  # the plan is keyed like the params tree: a kept count and a size for every leaf
+  assert jax.tree.structure(plan.kept) == jax.tree.structure(params) == jax.tree.structure(plan.size)
+  for (path, kept), size, leaf in zip(jax.tree_util.tree_flatten_with_path(plan.kept)[0], jax.tree.leaves(plan.size),
+                                      jax.tree.leaves(params)):
+    name = jax.tree_util.keystr(path)
+    assert size == leaf.size and kept == plan.counts.get(name, size)
 
 
 def test_magnitude_init_keeps_largest():
