@@ -48,7 +48,7 @@ def measure(key, m, batch, min_time):
     run = context.build(cfg, model, data, None, sparse_training=label == "masked")
     state = run.init_members()
     if label == "masked":
-      plan = sparse_common.make_plan(run, state, options)
+      plan = sparse_common.make_plan(state, options)
       state = sparse_common.init_member_masks(run, state, plan, "random")
     box = [state]
 

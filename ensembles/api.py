@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -34,14 +35,13 @@ from ensembles import models as models_lib
 from ensembles import train as train_lib
 from ensembles.ensemble import Ensemble
 from ensembles.errors import ConfigError
-from ensembles.methods import Method, Trained, get_method
+from ensembles.methods import Method, Trained, get_method, register
 
 ENSEMBLE_DIR = "ensemble"  # WORKDIR/ensemble: the evaluated members
 CONFIG_FILE = "config.json"  # WORKDIR/config.json: the config the run in the folder trains
 # Fields that may change between a run and its resumption (they do not change the result).
 RESUMABLE_FIELDS = ("log_every_steps", "eval_every_epochs", "eval_batch_size", "checkpoint_every_steps",
                     "keep_checkpoints", "member_execution", "evaluation", "mesh")
-CUSTOM_MODEL = config_lib.CUSTOM_MODEL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,21 +68,32 @@ def fit(method: str | Method, model: nn.Module, data: data_lib.Dataset | Mapping
   (``num_members=5``, ``seed=1``), a block as a dict (``training={"epochs": 5, "lr": 0.1}``) or a
   field by its own name where only one block has it (``epochs=5``, ``sparsity=0.9``). ``config``:
   a full config to start from instead. Evaluation on OoD and corrupted sets is off unless asked for
-  (``evaluation={"ood_datasets": ("digits",)}`` for 28x28 images).
+  (``evaluation={"ood_datasets": ("digits",)}`` for 28x28 images). The dataset block does not apply
+  (subset or split your arrays yourself) and plots are the CLI's (`experiments.train`).
+
+  ``method``: a registered name, or a `Method` value (registered here under its name).
   """
+  if isinstance(method, Method):
+    register(method)
   method = get_method(method)
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax.linen Module called as model(x, train=...), got {type(model).__name__}.")
   dataset = data if isinstance(data, data_lib.Dataset) else data_lib.from_arrays(**dict(data))
   base = config.copy_and_resolve_references() if config is not None else defaults.method_config(method.name)
   base.method = method.name
-  base.model = ml_collections.ConfigDict({"name": CUSTOM_MODEL})
-  base.dataset.name = dataset.name
-  base.dataset.val_size = len(dataset.y_val)
   if config is None:  # the user's data need not be images: evaluation on other image sets only on request
-    base.evaluation.ood_datasets, base.evaluation.corruptions, base.evaluation.plots = (), (), False
-  cfg = with_fields(base, fields, method)
+    base.evaluation.ood_datasets, base.evaluation.corruptions = (), ()
+  base.evaluation.plots = False
+  cfg = with_fields(base, fields, method, fixed=("dataset", "model"))
+  if cfg.evaluation.plots:
+    raise ConfigError("config.evaluation.plots does not apply to ensembles.fit (the CLI, experiments.train, draws them).")
+  # what identifies the model and the data (a workdir refuses another run's): class, fields, data shapes and bytes
+  cfg.model = ml_collections.ConfigDict({"name": config_lib.CUSTOM_MODEL,
+                                         "module": re.sub(r"0x[0-9a-f]+", "0x", repr(model))})  # no addresses
+  cfg.dataset = ml_collections.ConfigDict({"name": dataset.name, "val_size": len(dataset.y_val), "data_dir": "",
+                                           "fingerprint": data_lib.fingerprint(dataset)})
   config_lib.validate(cfg, given_data=True)
+  evaluation_lib.check_sources(dataset.name, cfg.evaluation)  # before training: the OoD / corrupted sets asked for
   return fit_config(cfg, model, dataset, workdir)
 
 
@@ -91,6 +102,9 @@ def run_config(config: ml_collections.ConfigDict, workdir: str | None, *, model:
   """Validates ``config``, builds its model and dataset (unless given), trains and evaluates its
   method; returns the results (the CLI's call)."""
   config_lib.validate(config, given_data=data is not None)
+  if data is None:  # the training set first, then the evaluation's sets
+    data_lib.check_training_source(config.dataset)
+  evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
   data = data if data is not None else data_lib.load_dataset(config.dataset)
   model = model if model is not None else build_model(config, data)
   return fit_config(config, model, data, workdir).results
@@ -139,12 +153,16 @@ def write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def with_fields(config: ml_collections.ConfigDict, fields: Mapping[str, Any], method: Method) -> ml_collections.ConfigDict:
-  """``config`` with ``fields`` set (see `fit`), then the method's derived fields that were not set."""
+def with_fields(config: ml_collections.ConfigDict, fields: Mapping[str, Any], method: Method,
+                fixed: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+  """``config`` with ``fields`` set (see `fit`), then the method's derived fields that were not set.
+  Blocks in ``fixed`` cannot be set (nor their fields by name)."""
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked: fields may take other types
-  blocks = [k for k, v in config.items() if isinstance(v, ml_collections.ConfigDict)]
+  blocks = [k for k, v in config.items() if isinstance(v, ml_collections.ConfigDict) and k not in fixed]
   given = set()
   for key, value in fields.items():
+    if key in fixed:
+      raise ConfigError(f"config.{key} does not apply here: the {key} is passed in (subset or split arrays yourself).")
     if key in blocks and isinstance(value, Mapping):
       for field, v in value.items():
         if field not in config[key]:
@@ -194,11 +212,16 @@ def save(run: context.Run, ensemble: Ensemble) -> None:
                              "weights": None if ensemble.weights is None else list(ensemble.weights)})
 
 
-def load_saved(config: ml_collections.ConfigDict, workdir: str) -> tuple[context.Run, Ensemble, dict]:
+def load_saved(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Module | None = None,
+               data: data_lib.Dataset | None = None) -> tuple[context.Run, Ensemble, dict]:
   """A finished run's saved ensemble, ready to predict: (run, ensemble, meta), meta holding
-  method, num_members, weights and combine."""
-  data = data_lib.load_dataset(config.dataset)
-  run = context.build(config, build_model(config, data), data, workdir)
+  method, num_members, weights and combine. The config's named model and dataset are built unless
+  given (a run of `fit` on your own model and arrays needs them: ``model=``, ``data=``)."""
+  if (model is None or data is None) and config.model.name == config_lib.CUSTOM_MODEL:
+    raise ValueError(f"{workdir} holds a run of ensembles.fit on a user's model and data; pass them: "
+                     "load_saved(config, workdir, model=..., data=...).")
+  data = data if data is not None else data_lib.load_dataset(config.dataset)
+  run = context.build(config, model if model is not None else build_model(config, data), data, workdir)
   directory = os.path.join(workdir, ENSEMBLE_DIR)
   meta = checkpoints.read_ensemble_meta(directory)
   m = int(meta["num_members"])
@@ -218,7 +241,7 @@ def summarize(run: context.Run, trained: Trained, evaluation: dict) -> dict:
   flops = trained.flops or run.flops(m, info["steps"])
   nonzero = per_member * m if trained.masks is None else int(sum(int(x.sum()) for x in jax.tree.leaves(trained.masks)))
   execution = context.execution_for(run.config, run.model, m, input_shape=run.data.image_shape)
-  model_name = run.config.model.name if run.config.model.name != CUSTOM_MODEL else type(run.model).__name__
+  model_name = run.config.model.name if run.config.model.name != config_lib.CUSTOM_MODEL else type(run.model).__name__
   return {
       "method": run.config.method,
       "dataset": run.data.name,

@@ -72,7 +72,12 @@ class Run:
     return build(self.config, self.model, self.data, workdir, num_members=num_members or self.num_members,
                  sparse_training=sparse_training, schedule=schedule, epochs=epochs or self.epochs,
                  key_salt=self.key_salt if key_salt is None else key_salt, name=name or self.name,
-                 log=self.log if self.workdir is None else None)
+                 log=None if self.workdir is not None else self.log.tagged(name) if name else self.log)
+
+  def member_probs(self, state: train_lib.TrainState, x) -> Any:
+    """Member probabilities [M, N, K] of ``state``'s members on inputs x [N, ...] (in batches of
+    config.eval_batch_size)."""
+    return train_lib.predict_probs(self.predict, state, x, self.config.eval_batch_size)
 
   def init_members(self) -> train_lib.TrainState:
     """M freshly initialised members, laid out on the run's mesh."""

@@ -12,6 +12,7 @@ import gzip
 import math
 import os
 import struct
+import zlib
 import types
 from typing import Any
 
@@ -228,6 +229,15 @@ def load_dataset(config: Any = None, **fields: Any) -> Dataset:
   return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes, *input_statistics(x_train))
 
 
+def fingerprint(data: Dataset) -> str:
+  """CRC32 of every split's inputs and labels with their shapes: what identifies a user's data."""
+  crc = 0
+  for array in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test):
+    array = np.ascontiguousarray(array)
+    crc = zlib.crc32(array.tobytes(), zlib.crc32(f"{array.shape}{array.dtype}".encode(), crc))
+  return f"{crc:08x}"
+
+
 def input_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel (last axis) mean and std [C] of training inputs x [N, ..., C] in the units the
   model sees before normalisation (uint8 images / 255; float features as they are); std >= 1e-3."""
@@ -250,8 +260,10 @@ def from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | No
   splits = {"train": (x_train, y_train),
             "val": empty if x_val is None else (np.asarray(x_val), np.asarray(y_val)),
             "test": empty if x_test is None else (np.asarray(x_test), np.asarray(y_test))}
+  if (x_val is None) != (y_val is None) or (x_test is None) != (y_test is None):
+    raise ValueError("x_val and y_val (and x_test and y_test) must be given together.")
   for split, (x, y) in splits.items():
-    if y is None or x.shape[1:] != x_train.shape[1:] or np.shape(y) != (len(x),):
+    if x.shape[1:] != x_train.shape[1:] or np.shape(y) != (len(x),):
       raise ValueError(f"x_{split} must be [N, {', '.join(map(str, x_train.shape[1:]))}] (the shape of x_train's "
                        f"examples) with labels y_{split} [N]; got {x.shape} and {np.shape(y)}.")
     if len(y) and not np.issubdtype(np.asarray(y).dtype, np.integer):

@@ -22,6 +22,8 @@ def method_config(name: str) -> ml_collections.ConfigDict:
     c[block] = options_lib.as_block(cls)
   for field, value in method.defaults.items():
     set_field(c, field, value)
+  for field, value in (method.derived(c) if method.derived else {}).items():
+    set_field(c, field, value)
   return c
 
 

@@ -3,7 +3,8 @@
 A method's options are one dataclass whose fields are declared with `option(default, allowed, ok)`;
 `from_block` reads them from a config block (or keyword fields), refusing unknown fields and every
 value ``ok`` rejects with ``ConfigError("config.<block>.<field> must be <allowed>, got <value>.")``.
-Checks across fields and blocks (e.g. EDST's epoch budget) live in the class's ``check(config)``.
+Checks between a block's fields live in the class's ``check()``; checks across blocks (e.g. EDST's
+epoch budget) in the method's ``check(config, options)`` (`methods.base.Method`).
 """
 from __future__ import annotations
 

@@ -27,7 +27,6 @@ from ensembles import members as members_lib
 from ensembles import metrics as metrics_lib
 from ensembles import train as train_lib
 from ensembles.context import Run
-from ensembles.log import MetricsLog  # noqa: F401  (re-exported)
 from ensembles.errors import NonFiniteLossError, Preempted  # noqa: F401  (re-exported)
 
 
@@ -100,14 +99,15 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Callable] = ()) -
         state = hook(state, done, images, labels, idx)
       if members_lib.synchronous_steps(run.mesh):
         jax.block_until_ready(state)
-      progress.step(done, store.last_saved)
+      progress.step(done, store)
       stop = _should_stop(flag, done)
       if done % run.config.checkpoint_every_steps == 0 or done == run.total_steps or stop:
         store.save(state, done)
       if stop and done < run.total_steps:
         store.close()
-        raise Preempted(f"SIGTERM received: saved the checkpoint of step {done}/{run.total_steps} in "
-                        f"{run.workdir}/checkpoints; rerun the same command to resume.")
+        raise Preempted(f"SIGTERM received at step {done}/{run.total_steps}: " + (
+            f"saved its checkpoint in {run.workdir}/checkpoints; rerun with the same workdir to resume."
+            if run.workdir else "no workdir, so nothing was saved."))
   finally:
     restore_handler()
     progress.close()
@@ -136,8 +136,7 @@ def _is_validation_step(run: Run, done: int) -> bool:
 
 def _validate(run: Run, state: train_lib.TrainState, done: int) -> dict:
   """Validation accuracy and NLL of the members' mean prediction, written to the log."""
-  probs = train_lib.predict_probs(run.predict, state, run.data.x_val, run.config.eval_batch_size)
-  ens = metrics_lib.ensemble_probs(probs)
+  ens = metrics_lib.ensemble_probs(run.member_probs(state, run.data.x_val))
   record = {"step": done, "epoch": done // run.steps_per_epoch,
             "val_accuracy": metrics_lib.accuracy(ens, run.data.y_val), "val_nll": metrics_lib.nll(ens, run.data.y_val)}
   run.log.write(record)
@@ -165,7 +164,7 @@ class _Checkpoints:
     start = int(meta["step"])
     if meta.get("total_steps", self.run.total_steps) != self.run.total_steps:
       raise ValueError(f"The checkpoint in {self.run.workdir} was written for {meta['total_steps']} steps, this "
-                       f"config asks for {self.run.total_steps}; use a new --workdir.")
+                       f"config asks for {self.run.total_steps}; use a new workdir.")
     print(f"Resuming from step {start}/{self.run.total_steps} ({self.run.workdir}).", file=sys.stderr)
     self.last_saved, self.time_before = start, float(meta["train_time_s"])
     self.tick = time.perf_counter()
@@ -177,16 +176,23 @@ class _Checkpoints:
   def save(self, state: train_lib.TrainState, step: int) -> None:
     """Checkpoints ``state`` after ``step`` steps, unless a parameter is not finite."""
     jax.block_until_ready(state)
+    if not bool(train_lib.all_finite(state.params)):
+      raise NonFiniteLossError(f"Non-finite parameters at step {step}; not saving. " + self.kept())
     if self.manager is None:
       return
-    if not bool(train_lib.all_finite(state.params)):
-      raise NonFiniteLossError(f"Non-finite parameters at step {step}; not saving. The last good "
-                               f"checkpoint (step {self.last_saved}) in {self.run.workdir}/checkpoints is kept.")
     elapsed = self.train_time()
     checkpoints.save(self.manager, step, state, {"step": step, "train_time_s": elapsed,
                                                  "total_steps": self.run.total_steps})
     self.time_before, self.tick = elapsed, time.perf_counter()
     self.last_saved = step
+
+  def kept(self) -> str:
+    """What is left to resume from, in words."""
+    if self.manager is None:
+      return "No workdir: nothing was saved."
+    if self.last_saved is None:
+      return f"No checkpoint was written yet in {self.run.workdir}/checkpoints."
+    return f"The last good checkpoint (step {self.last_saved}) in {self.run.workdir}/checkpoints is kept."
 
   def close(self) -> None:
     if self.manager is not None:
@@ -212,18 +218,16 @@ class _Progress:
     self.postfix.update(postfix)
     self.bar.set_postfix(self.postfix)
 
-  def step(self, done: int, last_saved: int | None) -> None:
+  def step(self, done: int, store: _Checkpoints) -> None:
     self.bar.update(1)
     if done % self.run.config.log_every_steps and done != self.run.total_steps:
       return
     averaged = _mean_metrics(self.history)
     self.history = []
     if not np.all(np.isfinite(averaged["loss"])):
-      where = f"in {self.run.workdir}/checkpoints " if self.run.workdir else ""
       raise NonFiniteLossError(
-          f"Loss became non-finite by step {done} (per member: {averaged['loss'].tolist()}). "
-          f"Stopping; the last good checkpoint (step {last_saved}) {where}is kept. "
-          f"Lower training.lr or check the data.")
+          f"Loss became non-finite by step {done} (per member: {averaged['loss'].tolist()}). Stopping. "
+          f"{store.kept()} Lower training.lr or check the data.")
     record = {"step": done, "epoch": done / self.run.steps_per_epoch,
               "train_loss": float(averaged["loss"].mean()),
               "train_accuracy": float(averaged["accuracy"].mean()),

@@ -20,6 +20,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from ensembles import metrics as metrics_lib
+from ensembles import api
 from experiments import plots, runner
 
 _COMPARISON = flags.DEFINE_string("comparison", None, "Comparison file with get_comparison().")
@@ -72,7 +73,7 @@ def run_comparison(comparison: dict, workdir: str) -> list[dict]:
         if _needs_evaluation(results, config):
           print(f"== {label}, seed {seed}: evaluating the saved ensemble", file=sys.stderr, flush=True)
           results = runner.evaluate_workdir(run_dir, **config.evaluation.to_dict())
-          runner.write_atomic(path, json.dumps(results, indent=2))
+          api.write_atomic(path, json.dumps(results, indent=2))
       else:
         print(f"== {label}, seed {seed} -> {run_dir}", file=sys.stderr, flush=True)
         results = runner.run(config, run_dir)

@@ -13,9 +13,7 @@ import jax
 import ml_collections
 
 from ensembles import api
-from ensembles.api import write_atomic  # noqa: F401  (used by experiments.compare)
 from ensembles import config as config_lib
-from ensembles import data as data_lib
 from ensembles import defaults
 from ensembles import evaluation as evaluation_lib
 from experiments import plots
@@ -23,15 +21,12 @@ from experiments import report
 
 def run(config, workdir: str) -> dict:
   """Validates ``config``, trains and evaluates its method in ``workdir``; returns the results."""
-  config_lib.validate(config)
-  data_lib.check_training_source(config.dataset)  # the training set first, then the evaluation's sets
-  evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
-  results = api.run_config(config, workdir)  # refuses a workdir holding another config's run
+  results = api.run_config(config, workdir)  # validates, checks the data sources, refuses another config's workdir
   if jax.process_index() == 0:  # one writer across hosts
-    write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
+    api.write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     if config.evaluation.plots:
       plots.run_plots(results, workdir)
-    write_atomic(os.path.join(workdir, "results.md"), report.run_table(results))
+    api.write_atomic(os.path.join(workdir, "results.md"), report.run_table(results))
   return results
 
 
@@ -46,7 +41,7 @@ def _tuples(value):
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run was trained with (WORKDIR/config.json); runs from before the evaluation block
   existed get the default one."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, api.CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} is not a run folder (no config.json); train first with "
                             f"`python -m experiments.train --config ... --workdir {workdir}`.")

@@ -117,6 +117,44 @@ def test_fields_are_checked_by_name():
     ensembles.fit("bagging", FeatureNet(), data)
 
 
+def test_fields_that_do_not_apply_are_refused():
+  """The data and model are passed in: dataset fields (subsets, splits) and model fields are refused,
+  as are plots (the CLI's)."""
+  data = feature_data()
+  with pytest.raises(ConfigError, match="config.dataset does not apply"):
+    ensembles.fit("single", FeatureNet(), data, dataset={"train_subset": 100})
+  with pytest.raises(ConfigError, match="'train_subset' is not a config field"):
+    ensembles.fit("single", FeatureNet(), data, train_subset=100)
+  with pytest.raises(ConfigError, match="config.evaluation.plots does not apply"):
+    ensembles.fit("single", FeatureNet(), data, evaluation={"plots": True})
+
+
+def test_another_model_or_data_in_the_same_workdir_is_refused(tmp_path):
+  _fit("single", str(tmp_path), epochs=1)
+  other = feature_data(seed=1)
+  with pytest.raises(ValueError, match="holds a run with a different config"):
+    ensembles.fit("single", FeatureNet(), other, str(tmp_path), epochs=1, batch_size=32, log_every_steps=5)
+  with pytest.raises(ValueError, match="holds a run with a different config"):
+    ensembles.fit("single", NoDropoutNet(), feature_data(), str(tmp_path), epochs=1, batch_size=32, log_every_steps=5)
+
+
+def test_a_method_value_trains_without_registration_by_hand():
+  """A method written as a value (here: the deep ensemble's recipe under a new name) is registered
+  by `fit` itself."""
+  from ensembles.methods import Method, deep_ensemble
+  method = Method("my_deep_ensemble", deep_ensemble.train, defaults={"num_members": 2})
+  result = ensembles.fit(method, FeatureNet(), feature_data(), epochs=2, batch_size=32)
+  assert result.results["method"] == "my_deep_ensemble" and result.results["num_members"] == 2
+  assert "my_deep_ensemble" in ensembles.METHODS
+  ensembles.METHODS.pop("my_deep_ensemble")  # keep the registry as the other tests expect it
+
+
+def test_in_memory_phases_are_marked_in_the_log():
+  log = _fit("subnetwork_ensemble").log
+  phases = {record.get("phase") for record in log}
+  assert phases == {"parent", "children"}
+
+
 def test_data_and_model_mistakes_are_named():
   data = feature_data()
   with pytest.raises(ValueError, match=r"x_test must be \[N, 20\]"):
@@ -125,6 +163,8 @@ def test_data_and_model_mistakes_are_named():
     ensembles.fit("single", FeatureNet(), {**data, "y_val": data["y_val"] + 1})
   with pytest.raises(ValueError, match="y_train must hold integer class labels"):
     ensembles.fit("single", FeatureNet(), {**data, "y_train": data["y_train"].astype(np.float32)})
+  with pytest.raises(ValueError, match="x_val and y_val .* must be given together"):
+    ensembles.fit("single", FeatureNet(), {**data, "y_val": None})
   with pytest.raises(TypeError, match="model must be a flax.linen Module"):
     ensembles.fit("single", lambda x: x, data)
   with pytest.raises(ConfigError, match="method 'mc_dropout' needs a model with dropout"):

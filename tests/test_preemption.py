@@ -86,7 +86,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, uninterrupted, mod
   first = _train(tmp_path, mode, at)
   assert first.returncode == returncode, first.stderr[-3000:]
   if mode == "sigterm":
-    assert "SIGTERM received: saved the checkpoint of step 5/16" in first.stdout
+    assert "SIGTERM received at step 5/16: saved its checkpoint in" in first.stdout
   assert not os.path.exists(tmp_path / "results.json")
   # killed mid-write, step 6 is at most a temporary folder that is never listed, and the run resumes
   # from step 3; if Orbax finished the write first, step 6 is complete and used. Which one happened

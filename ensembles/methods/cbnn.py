@@ -22,7 +22,6 @@ import numpy as np
 
 from ensembles import boosting
 from ensembles import metrics as metrics_lib
-from ensembles import train as train_lib
 from ensembles import trainer
 from ensembles.collected import at_segment_ends
 from ensembles.context import Run
@@ -57,7 +56,7 @@ def train(run: Run, options) -> Trained:
     """At a segment's end: α and new weights from the training-set predictions; the checkpoint."""
     if done not in saved.ends:
       return state
-    probs = train_lib.predict_probs(run.predict, state, run.data.x_train, run.config.eval_batch_size)[0]
+    probs = run.member_probs(state, run.data.x_train)[0]
     weights, alpha, error = reweight(state.extra["sample_weights"][0], jnp.asarray(probs), labels)
     k = saved.ends[done]
     saved.save(state, k, {"alpha": float(alpha), "train_error": float(error), "step": done})

@@ -26,7 +26,7 @@ def train(run: Run, options, topology_updates: bool = True) -> Trained:
   s = options.sparse
   run = run.phase(sparse_training=True)
   state = run.init_members()
-  plan = sparse_common.make_plan(run, state, s)
+  plan = sparse_common.make_plan(state, s)
   state = sparse_common.init_member_masks(run, state, plan, s.init_rule)
   hooks = []
   if topology_updates:

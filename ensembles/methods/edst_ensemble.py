@@ -35,7 +35,6 @@ from ensembles import members as members_lib
 from ensembles import options as options_lib
 from ensembles import metrics as metrics_lib
 from ensembles import sparse
-from ensembles import train as train_lib
 from ensembles import trainer
 from ensembles.context import Run
 from ensembles.errors import require
@@ -148,7 +147,7 @@ def train(run: Run, options) -> Trained:
   spe = run.steps_per_epoch
   run = run.phase(num_members=1, sparse_training=True, schedule=edst_lr_schedule(e, m, spe))
   state = run.init_members()
-  plan = sparse_common.make_plan(run, state, s)
+  plan = sparse_common.make_plan(state, s)
   state = sparse_common.init_member_masks(run, state, plan, s.init_rule)
 
   dst_update = sparse_common.make_topology_update(run, s.topology(plan, run.tx))
@@ -166,8 +165,7 @@ def train(run: Run, options) -> Trained:
     return next((k for k, (a, b) in enumerate(phases) if a < step <= b), None)
 
   def validation_nll(state) -> float:
-    probs = train_lib.predict_probs(run.predict, state, run.data.x_val, run.config.eval_batch_size)[0]
-    return float(metrics_lib.nll(probs, run.data.y_val))
+    return float(metrics_lib.nll(run.member_probs(state, run.data.x_val)[0], run.data.y_val))
 
   def save_ticket(state, k: int, done: int, val_nll: float | None = None) -> None:
     tickets.save(state, k, {"phase": k, "step": done, "val_nll": val_nll})
@@ -244,5 +242,5 @@ def ticket_overlaps(masks: Any, plan: sparse.SparsityPlan) -> list[list[float]]:
 
 
 METHOD = register(Method("edst_ensemble", train, {"sparse": SparseOptions, "edst": EDSTOptions},
-                         defaults={"num_members": 3, "training.epochs": 18, "training.lr_schedule": "constant"},
+                         defaults={"num_members": 3, "training.lr_schedule": "constant"},  # epochs: `derived`
                          check=check, derived=derived))

@@ -33,7 +33,8 @@ def predictor(run: Run, options):
 
 
 def train(run: Run, options) -> Trained:
-  if not any(rate > 0 for rate in train_lib.dropout_rates(run.model, run.data.image_shape)):
+  rates = train_lib.dropout_rates(run.model, run.data.image_shape)
+  if not any(rate > 0 for rate in rates):
     raise ConfigError("method 'mc_dropout' needs a model with dropout (an nn.Dropout layer with rate > 0); "
                       "for the library's models set config.model.dropout_rate > 0.")
   state, info = trainer.fit(run, run.init_members())
@@ -41,7 +42,7 @@ def train(run: Run, options) -> Trained:
   flops = run.flops(1, info["steps"])
   flops.update(inference_flops=t * flops["forward_flops_dense"], inference_x_dense=float(t))
   ensemble = run.ensemble(stacked_members(state), apply=predictor(run, options))
-  results = {"mc_dropout": {"num_passes": t, "dropout_rate": run.config.model.get("dropout_rate")}}
+  results = {"mc_dropout": {"num_passes": t, "dropout_rate": max(rates)}}
   return Trained(ensemble, info, flops, results=results, num_members=t)
 
 

@@ -47,8 +47,8 @@ class SparseOptions:
     return sparse.Topology(plan, tx, **{**fields, **changes})
 
 
-def make_plan(run: Run, state: train_lib.TrainState, options: SparseOptions) -> sparse.SparsityPlan:
-  """The sparsity plan of the run's model (from member 0's params)."""
+def make_plan(state: train_lib.TrainState, options: SparseOptions) -> sparse.SparsityPlan:
+  """The sparsity plan of the members' model (from member 0's params)."""
   return sparse.make_plan(members_lib.member(state.params, 0), options.sparsity, options.density_rule)
 
 
@@ -91,15 +91,19 @@ def make_topology_update(run: Run, topology: sparse.Topology) -> Callable:
 
 def update_steps(options: SparseOptions, total_steps: int) -> list[int]:
   """Steps after which `topology_hook` prunes and grows: multiples of ΔT before the stop fraction."""
-  stop = int(options.stop_fraction * total_steps)
+  stop = stop_step(options, total_steps)
   return [done for done in range(options.update_every, total_steps + 1, options.update_every) if done < stop]
+
+
+def stop_step(options: SparseOptions, total_steps: int) -> int:
+  """The step from which no topology update is made: stop_fraction x total steps."""
+  return int(options.stop_fraction * total_steps)
 
 
 def topology_hook(update: Callable, options: SparseOptions, total_steps: int) -> Callable:
   """Trainer hook: prune-and-grow every ΔT steps until the stop fraction of training, with the
   drop fraction of `sparse.drop_fraction_schedule` at that step."""
-  stop = int(options.stop_fraction * total_steps)
-  schedule = sparse.drop_fraction_schedule(options.drop_fraction, options.drop_schedule, stop,
+  schedule = sparse.drop_fraction_schedule(options.drop_fraction, options.drop_schedule, stop_step(options, total_steps),
                                            options.drop_fraction_min)
   steps = set(update_steps(options, total_steps))  # the same steps the FLOPs count charges
 

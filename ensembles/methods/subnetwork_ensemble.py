@@ -18,6 +18,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ensembles import collected
 from ensembles import flops as flops_lib
 from ensembles import members as members_lib
 from ensembles import sparse
@@ -56,7 +57,7 @@ def train(run: Run, options) -> Trained:
   subnetworks.partition_masks(members_lib.member(state.params, 0), m, s.granularity, s.share_input_output,
                               layer_order=layer_order)
   state, info_p = trainer.fit(parent_run, state)
-  parent = {"params": members_lib.member(state.params, 0), "model_state": members_lib.member(state.model_state, 0)}
+  parent = collected.member_tree(state)
   masks = subnetworks.partition_masks(parent["params"], m, s.granularity, s.share_input_output, s.score,
                                       jax.random.fold_in(parent_run.init_key, 2), layer_order)
   if s.granularity == "unit":  # removed units output exactly zero, also through BatchNorm
