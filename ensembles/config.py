@@ -90,6 +90,8 @@ def _validate_rest(config: Any) -> None:
   _require(is_int(t.batch_split) and t.batch_split >= 1 and t.batch_size % t.batch_split == 0,
            "training.batch_split", f"an integer >= 1 dividing training.batch_size={t.batch_size}", t.batch_split)
 
+  _require(isinstance(config.get("compilation_cache_dir", ""), str), "compilation_cache_dir",
+           "a folder path (a string; '' = no persistent compilation cache)", config.get("compilation_cache_dir"))
   for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
                 "eval_batch_size"):
     _require(is_int(config[field]) and config[field] >= 1, field, "an integer >= 1", config[field])
@@ -115,6 +117,8 @@ def validate_model(m: Any) -> None:
       _require(is_number(value) and 0 < value < 1, "model.bn_momentum", "in (0, 1)", value)
     elif field == "conv_impl":
       _require(value in layers.CONV_IMPLS, "model.conv_impl", f"one of {layers.CONV_IMPLS}", value)
+    elif field == "padding":
+      _require(value in layers.PADDINGS, "model.padding", f"one of {layers.PADDINGS}", value)
     elif field in ("hidden", "features"):
       _require(isinstance(value, (tuple, list)) and all(is_int(v) and v >= 1 for v in value), f"model.{field}",
                "a tuple of integers >= 1 (layer widths)", value)

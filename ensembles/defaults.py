@@ -98,4 +98,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.checkpoint_every_steps = 1000 # plus one at the end; a rerun resumes from the newest
   c.keep_checkpoints = 2
+  c.compilation_cache_dir = "~/.cache/ensembles/jax"  # the CLI's persistent XLA compilation cache ('' = off;
+                                                      #   env ENSEMBLES_COMPILATION_CACHE: a folder or 'off')
   return c

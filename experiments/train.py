@@ -12,6 +12,7 @@ import sys
 
 from absl import app, flags, logging
 
+from ensembles import compilation_cache
 from ensembles import config as config_lib
 from ensembles import trainer
 from experiments import cli
@@ -57,6 +58,7 @@ def main(argv):
   except cli.CliError as err:
     _fail(str(err))
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
+  compilation_cache.enable(config.get("compilation_cache_dir", ""))  # a rerun compiles nothing
   if _DISTRIBUTED.value:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()

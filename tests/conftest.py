@@ -14,6 +14,9 @@ hypothesis_settings.register_profile("explore", derandomize=False)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI's persistent compilation cache stays on, as users run it, in a folder of this test session
+# (inherited by the CLI subprocesses), not in the user's ~/.cache.
+os.environ.setdefault("ENSEMBLES_COMPILATION_CACHE", __import__("tempfile").mkdtemp(prefix="ensembles_jax_cache_"))
 
 from ensembles import data as data_lib  # noqa: E402  (after the platform is set)
 from experiments.configs import default  # noqa: E402

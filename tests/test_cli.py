@@ -47,7 +47,8 @@ def test_cli_trains_reports_and_resumes(tmp_path):
 @pytest.mark.parametrize("flag,message", [
     ("--config.training.lr=-1", "config.training.lr must be a number > 0"),
     ("--config.method=bagging", f"config.method must be one of {sorted(METHODS)}"),
-    ("--config.model.name=vgg", "config.model.name must be one of ['lenet', 'mlp', 'resnet', 'wide_resnet']"),
+    ("--config.model.name=vgg", "config.model.name must be one of ['lenet', 'lenet5', 'lenet5_caffe', 'lenet_300_100', "
+     "'mlp', 'resnet', 'wide_resnet']"),
     ("--config.dataset.name=imagenet", "config.dataset.name must be one of"),
     ("--config.num_members=0", "config.num_members must be an integer >= 1"),
 ])
@@ -120,6 +121,39 @@ def test_cli_sets_fields_of_another_model(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   config = json.load(open(workdir / "config.json"))
   assert config["model"] == {"name": "lenet", "features": [6, 16], "hidden": [12], "kernel_size": 3,
-                             "dropout_rate": 0.0, "conv_impl": "auto"}
+                             "dropout_rate": 0.0, "padding": "SAME", "conv_impl": "auto"}
   results = json.load(open(workdir / "results.json"))
   assert results["params_per_member"] == (3 * 3 * 1 * 6 + 6) + (3 * 3 * 6 * 16 + 16) + (7 * 7 * 16 * 12 + 12) + (12 * 10 + 10)
+
+
+@requires_fashion_mnist
+def test_cli_compilation_cache_is_written_reused_and_can_be_turned_off(tmp_path):
+  """The CLI caches every compiled program in compilation_cache_dir; a rerun of the same command
+  adds nothing (it compiled nothing new); ENSEMBLES_COMPILATION_CACHE=off writes none."""
+  flags = [*TINY_FLAGS, "--config.evaluation.corruptions=()", "--config.evaluation.ood_datasets=()"]
+  env = {k: v for k, v in os.environ.items() if k != "ENSEMBLES_COMPILATION_CACHE"}
+
+  def run(workdir, cache, env):
+    return subprocess.run([sys.executable, "-m", "experiments.train", "--workdir", str(workdir), *flags,
+                           f"--config.compilation_cache_dir={cache}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+  cache = tmp_path / "cache"
+  assert run(tmp_path / "a", cache, env).returncode == 0
+  cached = sorted(os.listdir(cache))
+  assert len(cached) >= 5 and any(name.startswith("jit_train_step") for name in cached)
+  assert run(tmp_path / "b", cache, env).returncode == 0  # the same programs: all read from the cache
+  assert sorted(os.listdir(cache)) == cached
+  out = run(tmp_path / "c", tmp_path / "cache2", {**env, "ENSEMBLES_COMPILATION_CACHE": "off"})
+  assert out.returncode == 0 and not (tmp_path / "cache2").exists()
+
+
+def test_compilation_cache_folder_from_config_and_environment(monkeypatch):
+  from ensembles import compilation_cache
+  monkeypatch.delenv(compilation_cache.ENV, raising=False)
+  assert compilation_cache.cache_dir("") is None
+  assert compilation_cache.cache_dir("/tmp/c") == "/tmp/c"
+  monkeypatch.setenv(compilation_cache.ENV, "off")
+  assert compilation_cache.cache_dir("/tmp/c") is None
+  monkeypatch.setenv(compilation_cache.ENV, "/tmp/elsewhere")
+  assert compilation_cache.cache_dir("") == "/tmp/elsewhere"

@@ -62,6 +62,7 @@ def _model_name(c):
 NO_INVALID_VALUE_OF_ITS_TYPE = {
     "seed": "every integer is a seed (negative ones too)",
     "dataset.data_dir": "a free folder path; whether it exists is checked when the data is loaded",
+    "compilation_cache_dir": "a free folder path, created when the cache is turned on",
     **{f: "a boolean: both values are allowed" for f in (
         "augment.flip", "dataset.download", "evaluation.plots", "evaluation.resize_ood", "sparse.allow_regrow",
         "subnetwork.share_input_output", "training.nesterov", "training.shared_data_order")},
@@ -78,6 +79,7 @@ FIELDS = {
     "cbnn.max_weight_ratio": (Other(0.0, 5.0), 0.5),
     "cbnn.rule": (Other("samme_r", "samme"), "adaboost"),
     "checkpoint_every_steps": (Other(5, 6), 0),
+    "compilation_cache_dir": (Other("/tmp/jax_cache", ""), None),  # no invalid string
     "dataset.data_dir": (Other("/tmp", ""), None),  # no invalid string
     "dataset.download": (Other(True, False), "yes"),
     "dataset.imbalance_ratio": (Other(10.0, 2.0), 0.5),
@@ -119,6 +121,7 @@ FIELDS = {
     "method": (lambda c: {}, "bagging"),
     "model.bn_momentum": (Other(0.99, 0.5), 1.5),
     "model.conv_impl": (Other("xla", "auto"), "fft"),
+    "model.padding": (Other("VALID", "SAME"), "FULL"),
     "model.depth": (lambda c: {"model.depth": c.model.depth + 6}, 5),  # 6n+2 (resnet) / 6n+4 (wide_resnet)
     "model.dropout_rate": (Other(0.1, 0.3), 1.0),
     "model.features": (Other((8, 16), (4,)), (8, 0)),

@@ -15,6 +15,10 @@ def _count(params):
 @pytest.mark.parametrize("name,kwargs,shape", [
     ("mlp", {"hidden": (32, 16)}, (3, 28, 28, 1)),
     ("lenet", {}, (3, 28, 28, 1)),
+    ("lenet", {"padding": "VALID"}, (3, 28, 28, 1)),
+    ("lenet5_caffe", {}, (3, 28, 28, 1)),
+    ("lenet5", {}, (3, 28, 28, 1)),
+    ("lenet_300_100", {}, (3, 28, 28, 1)),
     ("resnet", {"depth": 8}, (3, 32, 32, 3)),
     ("wide_resnet", {"depth": 10, "width": 1}, (3, 32, 32, 3)),
 ])
@@ -51,18 +55,36 @@ def test_dropout_is_active_only_in_training():
   np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
 
 
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
 @pytest.mark.parametrize("impl", ["xla", "patches", "auto"])
 @pytest.mark.parametrize("shape,features,kernel,stride", [
     ((2, 9, 9, 1), 4, 5, 1), ((2, 8, 8, 6), 5, 3, 2), ((2, 7, 7, 3), 4, 3, 2), ((2, 8, 8, 4), 6, 1, 2)])
-def test_conv_implementations_equal_flax_conv(impl, shape, features, kernel, stride):
+def test_conv_implementations_equal_flax_conv(impl, shape, features, kernel, stride, padding):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
-  ref = nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME")
-  ours = Conv(features, (kernel, kernel), strides=(stride, stride), impl=impl)
+  ref = nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding)
+  ours = Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding, impl=impl)
   variables = ref.init(jax.random.PRNGKey(1), x)
   assert jax.tree.structure(variables) == jax.tree.structure(ours.init(jax.random.PRNGKey(1), x))
   np.testing.assert_allclose(ours.apply(variables, x), ref.apply(variables, x), rtol=1e-5, atol=1e-5)
   grad = lambda m: jax.grad(lambda v: jnp.sum(m.apply(v, x) ** 2))(variables)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grad(ours), grad(ref))
+
+
+@pytest.mark.parametrize("name,params,macs", [
+    # Caffe's LeNet-5: 20·25 + 20 + 50·20·25 + 50 + 800·500 + 500 + 500·10 + 10 weights; multiply-adds:
+    # 24·24·20·25 + 8·8·50·500 + 800·500 + 500·10
+    ("lenet5_caffe", 431_080, 24 * 24 * 20 * 25 + 8 * 8 * 50 * 500 + 800 * 500 + 500 * 10),
+    ("lenet5", 156 + 2_416 + 30_840 + 10_164 + 850, 24 * 24 * 6 * 25 + 8 * 8 * 16 * 150 + 256 * 120 + 120 * 84 + 840),
+    ("lenet_300_100", 266_610, 784 * 300 + 300 * 100 + 100 * 10),
+])
+def test_classic_lenet_shapes(name, params, macs):
+  """The classic networks by their published parameter counts, and the FLOPs counter's
+  multiply-adds (2 FLOPs each) counted by hand."""
+  from ensembles import flops
+  model = build_model(name, 10)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  assert _count(variables["params"]) == params
+  assert flops.forward_flops(flops.layer_costs(model, (28, 28, 1))) == 2 * macs
 
 
 def test_conv_impl_choice_and_param_paths():
@@ -82,7 +104,7 @@ def test_max_pool_matches_flax():
 
 
 def test_bad_model_names_and_fields():
-  with pytest.raises(ValueError, match=r"model.name must be one of \['lenet', 'mlp', 'resnet', 'wide_resnet'\]"):
+  with pytest.raises(ValueError, match=r"model.name must be one of \['lenet', 'lenet5', 'lenet5_caffe', 'lenet_300_100', 'mlp'"):
     build_model("vgg", 10)
   with pytest.raises(ValueError, match="Unknown field.*'widht'.*allowed"):
     build_model("resnet", 10, {"widht": 2})
@@ -92,4 +114,4 @@ def test_bad_model_names_and_fields():
     build_model("resnet", 10, {"depth": 21}).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match="6n\\+4"):
     build_model("wide_resnet", 10, {"depth": 27}).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
-  assert set(MODELS) == {"mlp", "lenet", "resnet", "wide_resnet"}
+  assert set(MODELS) == {"mlp", "lenet", "lenet5_caffe", "lenet5", "lenet_300_100", "resnet", "wide_resnet"}

@@ -6,14 +6,17 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 
-from ensembles.models.lenet import LeNet
-from ensembles.models.mlp import MLP
+from ensembles.models.lenet import LeNet, LeNet5, LeNet5Caffe
+from ensembles.models.mlp import MLP, LeNet300100
 from ensembles.models.resnet import ResNet
 from ensembles.models.wide_resnet import WideResNet
 
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "lenet": LeNet,
+    "lenet5_caffe": LeNet5Caffe,   # conv 20/50 VALID, fc 800-500
+    "lenet5": LeNet5,              # conv 6/16 VALID, fc 256-120-84
+    "lenet_300_100": LeNet300100,  # MLP 784-300-100
     "resnet": ResNet,
     "wide_resnet": WideResNet,
 }
@@ -44,4 +47,5 @@ def build_model(name: str, num_classes: int, kwargs: Mapping[str, Any] | None = 
   return cls(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "build_model", "model_fields", "MLP", "LeNet", "ResNet", "WideResNet"]
+__all__ = ["MODELS", "build_model", "model_fields", "MLP", "LeNet", "LeNet5", "LeNet5Caffe", "LeNet300100", "ResNet",
+           "WideResNet"]

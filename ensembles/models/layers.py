@@ -26,13 +26,16 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
 
 
 CONV_IMPLS = ("auto", "xla", "patches")
+PADDINGS = ("SAME", "VALID")
 
 
-def conv_via_patches(x: jax.Array, kernel: jax.Array, strides: tuple[int, int] = (1, 1)) -> jax.Array:
-  """SAME-padded 2-D convolution as one matmul over patches built from kh·kw shifted slices.
+def conv_via_patches(x: jax.Array, kernel: jax.Array, strides: tuple[int, int] = (1, 1),
+                     padding: str = "SAME") -> jax.Array:
+  """2-D convolution as one matmul over patches built from kh·kw shifted slices.
 
-  x [B, H, W, C_in], kernel [kh, kw, C_in, C_out] -> [B, ceil(H/s_h), ceil(W/s_w), C_out], equal to
-  `lax.conv_general_dilated(x, kernel, strides, 'SAME')` (cross-correlation, TF/XLA SAME padding).
+  x [B, H, W, C_in], kernel [kh, kw, C_in, C_out] -> [B, H', W', C_out] with H' = ceil(H/s_h) for
+  ``SAME`` padding (TF/XLA: zeros split around the input) and H' = floor((H − kh)/s_h) + 1 for
+  ``VALID`` (no padding); equal to `lax.conv_general_dilated(x, kernel, strides, padding)`.
   patches[b, y, x, (i, j, c)] = pad(x)[b, s_h·y + i, s_w·x + j, c]; out = patches @ reshape(kernel).
   On XLA:CPU this is several times faster than the native convolution, and a vmap over ensemble
   members stays a batched matmul instead of becoming a grouped convolution.
@@ -42,7 +45,12 @@ def conv_via_patches(x: jax.Array, kernel: jax.Array, strides: tuple[int, int] =
   if c != c_in:
     raise ValueError(f"input has {c} channels, kernel expects {c_in}.")
   sh, sw = strides
-  out_h, out_w = -(-h // sh), -(-w // sw)
+  if padding == "VALID":
+    out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
+    if out_h < 1 or out_w < 1:
+      raise ValueError(f"A {kh}x{kw} VALID convolution needs inputs of at least that size, got {h}x{w}.")
+  else:
+    out_h, out_w = -(-h // sh), -(-w // sw)
   pad_h = max((out_h - 1) * sh + kh - h, 0)
   pad_w = max((out_w - 1) * sw + kw - w, 0)
   xp = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
@@ -54,7 +62,7 @@ def conv_via_patches(x: jax.Array, kernel: jax.Array, strides: tuple[int, int] =
 
 
 class Conv(nn.Module):
-  """2-D convolution with SAME padding and a selectable implementation (``impl``):
+  """2-D convolution with SAME or VALID ``padding`` and a selectable implementation (``impl``):
 
   * ``xla``: `lax.conv_general_dilated` (what `flax.linen.Conv` runs);
   * ``patches``: `conv_via_patches`, one matmul over an explicit patch tensor;
@@ -77,15 +85,15 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.padding != "SAME":
-      raise ValueError(f"Conv supports padding='SAME' only, got {self.padding!r}.")
+    if self.padding not in PADDINGS:
+      raise ValueError(f"model.padding must be one of {PADDINGS}, got {self.padding!r}.")
     kh, kw = self.kernel_size
     c_in = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features), jnp.float32)
     if resolve_conv_impl(self.impl, c_in, max(self.strides)) == "patches":
-      y = conv_via_patches(x, kernel, tuple(self.strides))
+      y = conv_via_patches(x, kernel, tuple(self.strides), self.padding)
     else:
-      y = jax.lax.conv_general_dilated(x, kernel, tuple(self.strides), "SAME",
+      y = jax.lax.conv_general_dilated(x, kernel, tuple(self.strides), self.padding,
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)

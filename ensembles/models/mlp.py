@@ -26,5 +26,11 @@ class MLP(nn.Module):
     for width in self.hidden:
       x = nn.relu(nn.Dense(width)(x))
       if self.dropout_rate > 0:
-        x = nn.Dropout(self.dropout_rate, deterministic=not (train))(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
+
+
+class LeNet300100(MLP):
+  """LeNet-300-100 (LeCun et al., 1998): fully connected 784 -> 300 -> 100 -> classes."""
+
+  hidden: Sequence[int] = (300, 100)
