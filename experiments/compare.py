@@ -21,6 +21,8 @@ from absl import app, flags, logging
 
 from ensembles import metrics as metrics_lib
 from ensembles import api
+from ensembles import compilation_cache
+from ensembles import defaults
 from experiments import plots, runner
 
 _COMPARISON = flags.DEFINE_string("comparison", None, "Comparison file with get_comparison().")
@@ -204,6 +206,7 @@ def main(argv):
   if not (_COMPARISON.value and _WORKDIR.value):
     raise app.UsageError("--comparison and --workdir are required.")
   logging.set_verbosity(logging.WARNING)
+  compilation_cache.enable(defaults.default_config().compilation_cache_dir)  # as experiments.train does
   comparison = load_module(_COMPARISON.value).get_comparison()
   if _SEEDS.value:
     comparison["seeds"] = [int(s) for s in _SEEDS.value]
