@@ -112,10 +112,11 @@ def run_config(config: ml_collections.ConfigDict, workdir: str | None, *, model:
 
 def fit_config(config: ml_collections.ConfigDict, model: nn.Module, data: data_lib.Dataset,
                workdir: str | None) -> Fitted:
-  """The shared path: the method's recipe on a run context, then evaluation, the saved ensemble
-  (with a workdir) and the results."""
+  """The shared path for a validated ``config`` (`config.validate`, which includes the method's
+  checks): the method's recipe on a run context, then evaluation, the saved ensemble (with a
+  workdir) and the results."""
   method = get_method(config.method)
-  options = method.validate(config)
+  options = method.read_options(config)
   if workdir is not None:
     claim_workdir(config, workdir)
   run = context.build(config, model, data, workdir)

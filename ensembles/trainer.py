@@ -88,6 +88,7 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Callable] = ()) -
   state, start = store.restore(state)
   images, labels = members_lib.place((run.data.x_train, run.data.y_train), run.mesh)
   progress = _Progress(run, start)
+  synchronous = members_lib.synchronous_steps(run.mesh)
   flag, restore_handler = _preemption_flag()
   try:
     for done, idx in _batches(run, start):
@@ -97,7 +98,7 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Callable] = ()) -
         progress.show(_validate(run, state, done))  # (an EDST ticket before the global exploration)
       for hook in hooks:
         state = hook(state, done, images, labels, idx)
-      if members_lib.synchronous_steps(run.mesh):
+      if synchronous:
         jax.block_until_ready(state)
       progress.step(done, store)
       stop = _should_stop(flag, done)
