@@ -40,8 +40,9 @@ from ensembles.methods import Method, Trained, get_method, register
 ENSEMBLE_DIR = "ensemble"  # WORKDIR/ensemble: the evaluated members
 CONFIG_FILE = "config.json"  # WORKDIR/config.json: the config the run in the folder trains
 # Fields that may change between a run and its resumption (they do not change the result).
-RESUMABLE_FIELDS = ("log_every_steps", "eval_every_epochs", "eval_batch_size", "checkpoint_every_steps",
-                    "keep_checkpoints", "member_execution", "evaluation", "mesh", "compilation_cache_dir")
+RESUMABLE_FIELDS = ("log_every_steps", "steps_per_dispatch", "eval_every_epochs", "eval_batch_size",
+                    "checkpoint_every_steps", "keep_checkpoints", "member_execution", "evaluation", "mesh",
+                    "compilation_cache_dir")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -95,6 +95,8 @@ def _validate_rest(config: Any) -> None:
   for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
                 "eval_batch_size"):
     _require(is_int(config[field]) and config[field] >= 1, field, "an integer >= 1", config[field])
+  _require(is_int(config.get("steps_per_dispatch", 0)) and config.get("steps_per_dispatch", 0) >= 0,
+           "steps_per_dispatch", "an integer >= 0 (0 = auto)", config.get("steps_per_dispatch"))
 
   if "evaluation" in config:
     validate_evaluation(config.evaluation, d.name)

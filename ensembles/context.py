@@ -7,7 +7,8 @@ sparse, its own lr schedule or epochs, its own folder) asks for a new `Run` with
 Fields: the validated config (training, augmentation and loop settings), model, data, workdir (None:
 nothing is written, checkpoints and collected members stay in memory), M, the optimizer (wrapped
 by `sparse.masked` in a sparse phase), the member execution (mode, device mesh), the init key and
-the M per-member data-order keys, the jitted train step and predictor, and the metrics log.
+the M per-member data-order keys, the jitted train step (one step, and several steps of an epoch per
+dispatch) and predictor, and the metrics log.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class Run:
   init_key: jax.Array
   data_keys: jax.Array  # [M] per-member data-order keys
   train_step: Callable
+  train_chunk: Callable  # several steps of one epoch per dispatch (`train.make_train_chunk`)
   predict: Callable
   log: MetricsLog
   name: str  # progress-bar label: the method, or the phase ("parent", "children")
@@ -147,15 +149,16 @@ def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | 
   execution = execution_for(config, model, m, t.batch_size, data.image_shape)
   key = jax.random.PRNGKey(config.seed)
   init_key, data_key = jax.random.split(jax.random.fold_in(key, key_salt) if key_salt else key)
-  train_step = train_lib.make_train_step(model, tx, execution=execution, mean=data.mean, std=data.std,
-                                         crop_padding=config.augment.crop_padding, flip=config.augment.flip,
-                                         batch_split=t.batch_split)
+  step_args = dict(execution=execution, mean=data.mean, std=data.std, crop_padding=config.augment.crop_padding,
+                   flip=config.augment.flip, batch_split=t.batch_split)
+  train_step = train_lib.make_train_step(model, tx, **step_args)
+  train_chunk = train_lib.make_train_chunk(model, tx, **step_args)
   predict = train_lib.make_predict(model, execution=execution, mean=data.mean, std=data.std)
   if workdir is not None:
     os.makedirs(workdir, exist_ok=True)
     log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   return Run(config, model, data, workdir, m, epochs, tx, execution, init_key, jax.random.split(data_key, m),
-             train_step, predict, log or MetricsLog(None), name or config.method, key_salt)
+             train_step, train_chunk, predict, log or MetricsLog(None), name or config.method, key_salt)
 
 
 def execution_for(config: Any, model: nn.Module, num_members: int, batch_size: int | None = None,

@@ -94,6 +94,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.evaluation.plots = True                # PNG plots in the workdir (reliability, corruption severity)
 
   c.log_every_steps = 50          # progress bar and metrics.jsonl
+  c.steps_per_dispatch = 0        # steps per compiled call (no host sync between): 0 = auto, every step up
+                                  #   to the next log/checkpoint/hook/epoch end (1 for conv models on CPU)
   c.eval_every_epochs = 1         # validation metrics of the ensemble
   c.eval_batch_size = 1000
   c.checkpoint_every_steps = 1000 # plus one at the end; a rerun resumes from the newest

@@ -225,15 +225,17 @@ def _select_top(score: jax.Array, eligible: jax.Array, k: jax.Array, max_k: int)
 
 def prune_and_grow_layer(key: jax.Array, weight: jax.Array, mask: jax.Array, grad: jax.Array | None,
                          drop_fraction: jax.Array | float, growth: str = "random",
-                         allow_regrow: bool = False, max_k: int | None = None, active: int | None = None
-                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
+                         allow_regrow: bool = False, max_k: int | None = None, active: int | None = None,
+                         by_gradient: jax.Array | bool | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One topology update of one layer; returns (weight, mask, grown).
 
   k = min(round(drop_fraction · n_active), max_k). Prune the k active weights of smallest |w|; grow
   k positions among those inactive before the update (``random`` uniformly, or ``gradient`` by
   largest |grad| of the effective weight). With fewer than k such positions, the rest are taken
   from the just-pruned ones so the count stays constant; ``allow_regrow`` makes just-pruned
-  positions ordinary candidates (reference behaviour). Grown weights start at 0.
+  positions ordinary candidates (reference behaviour). Grown weights start at 0. ``growth`` =
+  ``either`` picks the rule per call by the (traced) ``by_gradient`` flag, so one compiled update
+  serves updates of both rules (EDST's regular and global ones).
   ``drop_fraction`` may be traced; the static ``max_k`` (default: the layer size) bounds k. With the
   static number of ``active`` weights (a plan's count), the fill from just-pruned positions is left
   out when the inactive ones always suffice (n − active >= max_k), saving a third of the work.
@@ -243,14 +245,18 @@ def prune_and_grow_layer(key: jax.Array, weight: jax.Array, mask: jax.Array, gra
   max_k = int(w.size if max_k is None else min(max_k, w.size))
   k = jnp.minimum(jnp.round(drop_fraction * jnp.sum(m)).astype(jnp.int32), max_k)
   pruned = _select_top(-jnp.abs(w), m, k, max_k)
+  if growth not in GROWTH_RULES + ("either",):
+    raise ValueError(f"sparse.growth must be one of {GROWTH_RULES}, got {growth!r}.")
+  if growth != "random" and grad is None:
+    raise ValueError(f"growth={growth!r} needs the gradient of the effective weights.")
+  if growth == "either" and by_gradient is None:
+    raise ValueError("growth='either' needs by_gradient (True: gradient growth, False: random).")
   if growth == "random":
     score = jax.random.uniform(key, w.shape)
   elif growth == "gradient":
-    if grad is None:
-      raise ValueError("growth='gradient' needs the gradient of the effective weights.")
     score = jnp.abs(grad.ravel())
   else:
-    raise ValueError(f"sparse.growth must be one of {GROWTH_RULES}, got {growth!r}.")
+    score = jnp.where(by_gradient, jnp.abs(grad.ravel()), jax.random.uniform(key, w.shape))
   grown = _select_top(score, ~m | pruned if allow_regrow else ~m, k, max_k)
   fill_possible = active is None or w.size - active < max_k
   if not allow_regrow and fill_possible:  # too few inactive positions: the rest from the just-pruned ones
@@ -262,7 +268,8 @@ def prune_and_grow_layer(key: jax.Array, weight: jax.Array, mask: jax.Array, gra
 
 def prune_and_grow(key: jax.Array, params: PyTree, masks: PyTree, grads: PyTree | None,
                    drop_fraction: jax.Array | float, plan: SparsityPlan, growth: str = "random",
-                   allow_regrow: bool = False, max_drop_fraction: float = 1.0) -> tuple[PyTree, PyTree, PyTree]:
+                   allow_regrow: bool = False, max_drop_fraction: float = 1.0,
+                   by_gradient: jax.Array | bool | None = None) -> tuple[PyTree, PyTree, PyTree]:
   """`prune_and_grow_layer` on every sparse layer of ``plan``; dense leaves are untouched.
 
   ``max_drop_fraction`` (static) bounds the traced ``drop_fraction``: set it to the schedule's
@@ -280,7 +287,8 @@ def prune_and_grow(key: jax.Array, params: PyTree, masks: PyTree, grads: PyTree 
                                           treedef.flatten_up_to(plan.sparse_leaves())):
     if is_sparse:
       max_k = math.ceil(max_drop_fraction * count)
-      w, m, grown = prune_and_grow_layer(k, w, m, g, drop_fraction, growth, allow_regrow, max_k, active=count)
+      w, m, grown = prune_and_grow_layer(k, w, m, g, drop_fraction, growth, allow_regrow, max_k, active=count,
+                                         by_gradient=by_gradient)
     else:
       grown = jnp.zeros(w.shape, bool)
     out_w.append(w)
@@ -377,8 +385,9 @@ def init_sparse(key: jax.Array, params: PyTree, tx: MaskedOptimizer, plan: Spars
 @dataclasses.dataclass(frozen=True)
 class Topology:
   """How prune-and-grow changes one member's masks: the ``plan`` (which leaves, how many weights),
-  the ``growth`` rule, ``allow_regrow`` and the largest drop fraction it is called with (see
-  `prune_and_grow`), and the masked optimizer ``tx`` whose moments it resets."""
+  the ``growth`` rule (``either``: chosen per update, see `update_topology`), ``allow_regrow`` and
+  the largest drop fraction it is called with (see `prune_and_grow`), and the masked optimizer
+  ``tx`` whose moments it resets."""
 
   plan: SparsityPlan
   tx: MaskedOptimizer
@@ -388,11 +397,13 @@ class Topology:
 
 
 def update_topology(key: jax.Array, params: PyTree, state: SparseState, grads: PyTree | None,
-                    drop_fraction: jax.Array | float, topology: Topology) -> tuple[PyTree, SparseState]:
+                    drop_fraction: jax.Array | float, topology: Topology,
+                    by_gradient: jax.Array | bool | None = None) -> tuple[PyTree, SparseState]:
   """One prune-and-grow of every sparse layer (one member): returns (params, state) with the new
-  masks and the inner optimizer's moments reset for pruned and grown connections."""
+  masks and the inner optimizer's moments reset for pruned and grown connections. ``by_gradient``
+  (may be traced): the growth rule of this update where ``topology.growth`` is ``either``."""
   t = topology
   params, masks, grown = prune_and_grow(key, params, state.masks, grads, drop_fraction, t.plan, t.growth,
-                                        t.allow_regrow, t.max_drop_fraction)
+                                        t.allow_regrow, t.max_drop_fraction, by_gradient)
   keep = jax.tree.map(lambda m, g: m & ~g, masks, grown)
   return params, SparseState(masks, reset_moments(t.tx.inner, state.inner_state, keep))

@@ -177,6 +177,51 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   XLA partitions the computation (a member's batch mean and BatchNorm statistics become reductions
   over ``data``). Random numbers are partitionable, so the result equals the one-device step.
   """
+  step = _all_members_step(model, tx, execution, mean, std, crop_padding, flip, batch_split)
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_train_chunk(model: nn.Module, tx: optax.GradientTransformation, *,
+                     execution: str | members_lib.Execution, mean: np.ndarray, std: np.ndarray,
+                     crop_padding: int = 0, flip: bool = False, batch_split: int = 1) -> Callable:
+  """Returns ``train_chunk(state, images, labels, epoch_idx, start, count) -> (state, metrics)``,
+  jitted: the train step of `make_train_step` for steps start, ..., start + count − 1 of one epoch
+  in a single dispatch, step i on the batches idx = epoch_idx[:, i].
+
+  epoch_idx [M, S, B] int32 is the epoch's example order (`epoch_indices`); start and count are
+  traced (a `lax.fori_loop`), so one compiled program serves every chunk of the run. metrics:
+  {"loss", "accuracy"}, each [S, M]: row i holds step i's values (rows outside the chunk are 0).
+  The state after the chunk equals ``count`` calls of the single step (test_trainer). On a mesh,
+  epoch_idx is split over ``members`` x (steps) x ``data``.
+
+  On XLA:CPU a convolution inside a compiled loop runs about 70x slower than at top level
+  (jax-ml/jax#12868, measured here); the trainer dispatches such models one step at a time there.
+  """
+  step = _all_members_step(model, tx, execution, mean, std, crop_padding, flip, batch_split)
+  mesh = members_lib.as_execution(execution, model).mesh
+  members_axis, data_axis = members_lib.MEMBER_AXIS, members_lib.DATA_AXIS
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_chunk(state, images, labels, epoch_idx, start, count):
+    epoch_idx = members_lib.constrain(epoch_idx, mesh, members_axis, None, data_axis)
+    m, s = epoch_idx.shape[:2]
+    rows = {"loss": jnp.zeros((s, m), jnp.float32), "accuracy": jnp.zeros((s, m), jnp.float32)}
+
+    def body(i, carry):
+      state, rows = carry
+      state, metrics = step(state, images, labels, jax.lax.dynamic_index_in_dim(epoch_idx, i, 1, keepdims=False))
+      rows = jax.tree.map(lambda r, v: jax.lax.dynamic_update_index_in_dim(r, v.astype(r.dtype), i, 0), rows, metrics)
+      return state, rows
+
+    state, rows = jax.lax.fori_loop(start, start + count, body, (state, rows))
+    return members_lib.constrain(state, mesh, members_axis), members_lib.constrain(rows, mesh, None, members_axis)
+
+  return train_chunk
+
+
+def _all_members_step(model: nn.Module, tx: optax.GradientTransformation, execution: str | members_lib.Execution,
+                      mean: np.ndarray, std: np.ndarray, crop_padding: int, flip: bool, batch_split: int) -> Callable:
+  """The (unjitted) step of all members: ``step(state, images, labels, idx) -> (state, metrics)``."""
   gradients = make_member_gradients(model, mean=mean, std=std, crop_padding=crop_padding, flip=flip,
                                     batch_split=batch_split)
   execution = members_lib.as_execution(execution, model)
@@ -193,7 +238,6 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
 
   members_axis, data_axis = members_lib.MEMBER_AXIS, members_lib.DATA_AXIS
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def train_step(state, images, labels, idx):
     state = members_lib.constrain(state, mesh, members_axis)
     idx = members_lib.constrain(idx, mesh, members_axis, data_axis)

@@ -4,11 +4,12 @@
 all-members step. A rerun with the same workdir restores the newest complete checkpoint and
 continues from its step; because data order and per-step randomness are functions of (seed, epoch,
 step), the resumed run ends with the same parameters as an uninterrupted one. The loop is made of
-small steps: `_batches` (data order), `_validate`, `_Checkpoints` (restore, save), `_Progress`
+small steps: `_chunks` (data order, several steps per dispatch), `_validate`, `_Checkpoints` (restore, save), `_Progress`
 (progress bar and training-metric log).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -18,7 +19,6 @@ from typing import Callable, Iterator, Sequence
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -54,27 +54,44 @@ def _should_stop(flag: dict, step: int) -> bool:
   return flag["signal"] is not None
 
 
-def _mean_metrics(history: list[dict]) -> dict[str, np.ndarray]:
-  """Averages per-step metrics over steps: each value [M] (gathered from all hosts)."""
-  stacked = members_lib.to_host(jax.tree.map(lambda *xs: jnp.stack(xs), *history))
-  return {k: v.mean(axis=0) for k, v in stacked.items()}
+def _mean_metrics(history: list[tuple[dict, slice | None]]) -> dict[str, np.ndarray]:
+  """Averages per-step metrics over steps: each value [M] (gathered from all hosts). ``history``
+  holds (one step's metrics [M], None) or (a chunk's metrics [S, M], its rows)."""
+  rows = []
+  for metrics, chunk_rows in history:
+    host = members_lib.to_host(metrics)
+    rows.append({k: v[None] if chunk_rows is None else v[chunk_rows] for k, v in host.items()})
+  return {k: np.concatenate([r[k] for r in rows]).mean(axis=0) for k in rows[0]}
 
 
-def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Callable] = ()) -> tuple[train_lib.TrainState, dict]:
-  """Trains ``state`` (the run's M members) for ``run.epochs`` epochs with ``run.train_step``;
-  returns (state, info).
+@dataclasses.dataclass(frozen=True)
+class Hook:
+  """Work between steps: ``state = apply(state, done, images, labels, idx)`` after every step count
+  ``done`` in ``steps``, with the device-resident training set and that step's batch indices idx
+  [M, B] (e.g. a sparse method's topology update every ΔT steps). ``apply`` must be a
+  deterministic function of the state and step so that resuming stays exact. A dispatch of several
+  steps ends at each of ``steps``."""
 
-  ``hooks`` run after every step as ``state = hook(state, done_steps, images, labels, idx)`` with
-  the device-resident training set and the step's batch indices idx [M, B] (e.g. a sparse method's
-  topology update every ΔT steps); they must be deterministic functions of the state and step so
-  that resuming stays exact.
+  steps: frozenset
+  apply: Callable
+
+
+def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tuple[train_lib.TrainState, dict]:
+  """Trains ``state`` (the run's M members) for ``run.epochs`` epochs; returns (state, info).
+
+  Steps go to the device in chunks (`run.train_chunk`: one dispatch, no host sync, for every step
+  up to the next boundary: a hook's step, a log, validation or checkpoint step, an epoch end, or
+  ``config.steps_per_dispatch`` steps); a chunk's result equals one step per call
+  (`run.train_step`, used where `steps_per_dispatch` is 1). After a chunk: validation (on the
+  state the steps produced, before any hook changes it: an EDST ticket before its global
+  exploration), the hooks (`Hook`), the progress bar and log, a checkpoint.
 
   With a distributed mesh the state is laid out over its ``members`` axis, the training set
-  replicated and each step's idx [M, B] split over ``members`` x ``data`` (each host builds only its
-  own devices' shards). On a multi-device CPU mesh each step (and hook) finishes before the next is
-  dispatched (`members.synchronous_steps`).
+  replicated and each epoch's indices [M, S, B] split over ``members`` x ``data`` (each host builds
+  only its own devices' shards). On a multi-device CPU mesh each dispatch (and hook) finishes before
+  the next is made (`members.synchronous_steps`).
 
-  SIGTERM (a preemption notice) makes the loop finish its step, save a checkpoint and raise
+  SIGTERM (a preemption notice) makes the loop finish its chunk, save a checkpoint and raise
   `Preempted`; rerunning resumes from it.
 
   info: {"train_time_s": wall time summed over resumed runs, "steps": total steps,
@@ -89,18 +106,26 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Callable] = ()) -
   images, labels = members_lib.place((run.data.x_train, run.data.y_train), run.mesh)
   progress = _Progress(run, start)
   synchronous = members_lib.synchronous_steps(run.mesh)
+  limit = steps_per_dispatch(run)
+  ends = _chunk_ends(run, hooks, limit)
   flag, restore_handler = _preemption_flag()
   try:
-    for done, idx in _batches(run, start):
-      state, step_metrics = run.train_step(state, images, labels, idx)
-      progress.add(step_metrics)
-      if _is_validation_step(run, done):  # the state the step produced, before hooks change it
-        progress.show(_validate(run, state, done))  # (an EDST ticket before the global exploration)
+    for first, done, epoch in _chunks(run, start, ends, limit):
+      if limit == 1:
+        state, step_metrics = run.train_step(state, images, labels, epoch.step(first))
+        progress.add(step_metrics)
+      else:
+        position = first % run.steps_per_epoch
+        state, step_metrics = run.train_chunk(state, images, labels, epoch.device, position, done - first)
+        progress.add(step_metrics, slice(position, position + done - first))
+      if _is_validation_step(run, done):  # the state the steps produced, before hooks change it
+        progress.show(_validate(run, state, done))
       for hook in hooks:
-        state = hook(state, done, images, labels, idx)
+        if done in hook.steps:
+          state = hook.apply(state, done, images, labels, epoch.step(done - 1))
       if synchronous:
         jax.block_until_ready(state)
-      progress.step(done, store)
+      progress.step(done, done - first, store)
       stop = _should_stop(flag, done)
       if done % run.config.checkpoint_every_steps == 0 or done == run.total_steps or stop:
         store.save(state, done)
@@ -116,18 +141,67 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Callable] = ()) -
   return state, {"train_time_s": store.train_time(), "steps": run.total_steps, "resumed_from": start}
 
 
-def _batches(run: Run, start: int) -> Iterator[tuple[int, jax.Array]]:
-  """(steps done after this one, idx [M, B] on the mesh) for every step from ``start``: each
-  member's shuffled order of each epoch (`train.epoch_indices`), built on the host once per epoch."""
-  t = run.config.training
-  indices, indices_epoch = None, None
-  for step in range(start, run.total_steps):
-    epoch, position = divmod(step, run.steps_per_epoch)
-    if indices_epoch != epoch:
-      indices = np.asarray(train_lib.epoch_indices(run.data_keys, epoch, len(run.data.y_train), t.batch_size,
-                                                   t.shared_data_order))  # [M, steps, B] on the host
-      indices_epoch = epoch
-    yield step + 1, members_lib.place(indices[:, position], run.mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
+def steps_per_dispatch(run: Run) -> int:
+  """The most steps of one dispatch: ``config.steps_per_dispatch``, or where it is 0 (auto) no
+  limit but the chunk boundaries -- except 1 for a model with convolutions on XLA:CPU, where a
+  convolution inside a compiled loop runs about 70x slower than at top level (jax-ml/jax#12868;
+  benchmarks/end_to_end.py). 0 returned means no limit."""
+  limit = int(run.config.get("steps_per_dispatch", 0))
+  if limit == 0 and run.execution.has_conv and jax.default_backend() == "cpu":
+    return 1
+  return limit
+
+
+def _chunk_ends(run: Run, hooks: Sequence[Hook], limit: int) -> np.ndarray:
+  """The sorted step counts at which a dispatch must end: epoch ends (data order, validation),
+  log and checkpoint steps, the hooks' steps, the last step, and every step when ``limit`` is 1."""
+  total, c = run.total_steps, run.config
+  if limit == 1:
+    return np.arange(1, total + 1)
+  ends = {total}
+  for every in (run.steps_per_epoch, c.log_every_steps, c.checkpoint_every_steps):
+    ends.update(range(every, total + 1, every))
+  for hook in hooks:
+    ends.update(t for t in hook.steps if 0 < t <= total)
+  return np.array(sorted(ends))
+
+
+class _Epoch:
+  """One epoch's example order: ``host`` [M, S, B] (`train.epoch_indices`) and, on first use, the
+  same on the mesh (``device``, split over ``members`` x ``data``)."""
+
+  def __init__(self, run: Run, epoch: int):
+    t = run.config.training
+    self.run, self.number = run, epoch
+    self.host = np.asarray(train_lib.epoch_indices(run.data_keys, epoch, len(run.data.y_train), t.batch_size,
+                                                   t.shared_data_order))
+    self._device = None
+
+  @property
+  def device(self) -> jax.Array:
+    if self._device is None:
+      self._device = members_lib.place(self.host, self.run.mesh, members_lib.MEMBER_AXIS, None, members_lib.DATA_AXIS)
+    return self._device
+
+  def step(self, step: int) -> jax.Array:
+    """idx [M, B] of the run's step ``step`` (0-based; in this epoch) on the mesh."""
+    position = step - self.number * self.run.steps_per_epoch
+    return members_lib.place(self.host[:, position], self.run.mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
+
+
+def _chunks(run: Run, start: int, ends: np.ndarray, limit: int) -> Iterator[tuple[int, int, _Epoch]]:
+  """(first step, steps done after the chunk, its `_Epoch`) for every dispatch from ``start``: each
+  chunk ends at the next of ``ends`` (which include every epoch end) or after ``limit`` > 0 steps."""
+  epoch = None
+  first = start
+  while first < run.total_steps:
+    done = int(ends[np.searchsorted(ends, first, side="right")])
+    if limit:
+      done = min(done, first + limit)
+    if epoch is None or epoch.number != first // run.steps_per_epoch:
+      epoch = _Epoch(run, first // run.steps_per_epoch)
+    yield first, done, epoch
+    first = done
 
 
 def _is_validation_step(run: Run, done: int) -> bool:
@@ -212,15 +286,17 @@ class _Progress:
     self.bar = tqdm(total=run.total_steps, initial=start, desc=run.name, unit="step", dynamic_ncols=True,
                     file=sys.stderr, mininterval=1.0)
 
-  def add(self, step_metrics: dict) -> None:
-    self.history.append(step_metrics)
+  def add(self, metrics: dict, rows: slice | None = None) -> None:
+    """One step's metrics [M], or a chunk's [S, M] with its ``rows``."""
+    self.history.append((metrics, rows))
 
   def show(self, postfix: dict) -> None:
     self.postfix.update(postfix)
     self.bar.set_postfix(self.postfix)
 
-  def step(self, done: int, store: _Checkpoints) -> None:
-    self.bar.update(1)
+  def step(self, done: int, steps: int, store: _Checkpoints) -> None:
+    """After ``steps`` more steps, ``done`` in all: the bar, and the log at a log step."""
+    self.bar.update(steps)
     if done % self.run.config.log_every_steps and done != self.run.total_steps:
       return
     averaged = _mean_metrics(self.history)

@@ -8,6 +8,7 @@ import sys
 
 import chex
 import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 
@@ -82,6 +83,20 @@ def test_every_method_on_own_model_and_feature_arrays(method, tmp_path, monkeypa
                                                           result.ensemble.combine))
   assert r["test"]["ensemble"]["accuracy"] == pytest.approx((probs.argmax(1) == data["y_test"]).mean())
   assert any("train_loss" in record for record in result.log)  # the in-memory log
+
+
+@pytest.mark.parametrize("method", sorted(ensembles.METHODS))
+def test_steps_in_chunks_equal_one_step_per_call(method):
+  """The default dispatch (every step up to the next log, hook or epoch end in one compiled call)
+  trains exactly the ensemble of one step per call, for every method's hooks (topology updates,
+  tickets, snapshots, boosting)."""
+  fields = {"log_every_steps": 7, **({} if method == "edst_ensemble" else {"epochs": 5}),
+            **({"update_every": 4} if "sparse" in method or method == "edst_ensemble" else {})}
+  # 15 steps per epoch: hooks (updates every 4 steps, segment ends at 25, 50) fall between logs and epoch ends
+  chunked, stepped = _fit(method, **fields), _fit(method, steps_per_dispatch=1, **fields)
+  jax.tree.map(np.testing.assert_array_equal, chunked.ensemble.params, stepped.ensemble.params)
+  assert chunked.results["test"] == stepped.results["test"]
+  assert [r for r in chunked.log if "train_loss" in r] == [r for r in stepped.log if "train_loss" in r]
 
 
 @pytest.mark.parametrize("method", ["cbnn", "edst_ensemble", "subnetwork_ensemble"])

@@ -113,6 +113,7 @@ FIELDS = {
     "evaluation.resize_ood": (Other(True, False), "no"),
     "keep_checkpoints": (Other(3, 4), 0),
     "log_every_steps": (Other(10, 11), 0),
+    "steps_per_dispatch": (Other(1, 2), -1),
     "mc_dropout.num_passes": (Other(5, 6), 1),
     "member_execution": (Other("loop", "vmap"), "pmap"),
     "mesh.data": (Other(2, 1), 0),

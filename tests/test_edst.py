@@ -11,7 +11,7 @@ from ensembles import api
 from ensembles import data as data_lib
 
 from ensembles import config as config_lib, sparse
-from ensembles.methods import edst_ensemble
+from ensembles.methods import edst_ensemble, sparse_common
 from ensembles.models import build_model
 from experiments.configs import edst_ensemble as edst_config
 from conftest import make_dataset, tiny_config
@@ -86,9 +86,23 @@ def test_global_exploration_replaces_at_least_q_of_each_layer():
 def test_edst_end_to_end_tickets_differ_and_resume(tmp_path, monkeypatch):
   dataset = make_dataset(n_train=128, n_val=16, n_test=32)
   monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
+  updates, calls = [], []
+  make_update = sparse_common.make_topology_update
+
+  def counted(run, topology):  # every update made through the update function(s) the run built
+    update = make_update(run, topology)
+    updates.append(update)
+    return lambda *args: calls.append(args[4:]) or update(*args)
+
+  monkeypatch.setattr(sparse_common, "make_topology_update", counted)
   cfg = _cfg()
   config_lib.validate(cfg)
   results = api.run_config(cfg, str(tmp_path))
+  # one compiled update serves the regular updates (gradient growth, p <= 0.5) and the global
+  # explorations (random growth, q = 0.8): drop fraction and growth rule are its traced arguments
+  assert len(updates) == 1 and updates[0].jitted._cache_size() == 1
+  assert [(f, g) for f, g in calls if f == 0.8] == [(0.8, False)] * 2
+  assert {g for f, g in calls if f != 0.8} == {True} and len(calls) > 2
   assert results["num_members"] == 3 and len(results["test"]["members"]) == 3
   overlap = np.array(results["tickets"]["mask_overlap"])
   np.testing.assert_allclose(np.diag(overlap), 1.0, rtol=1e-6)

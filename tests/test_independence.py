@@ -21,10 +21,15 @@ def test_members_train_on_different_batches_each_epoch(tmp_path, fake_data, monk
   original_fit = trainer.fit
 
   def fit(run, state, *args, **kwargs):
-    def spy(state, images, labels, idx):
+    def spy_step(state, images, labels, idx):
       seen.append(np.asarray(idx))
       return run.train_step(state, images, labels, idx)
-    return original_fit(dataclasses.replace(run, train_step=spy), state, *args, **kwargs)
+
+    def spy_chunk(state, images, labels, epoch_idx, start, count):  # the default: steps in chunks
+      seen.extend(np.asarray(epoch_idx)[:, i] for i in range(int(start), int(start) + int(count)))
+      return run.train_chunk(state, images, labels, epoch_idx, start, count)
+
+    return original_fit(dataclasses.replace(run, train_step=spy_step, train_chunk=spy_chunk), state, *args, **kwargs)
 
   monkeypatch.setattr(trainer, "fit", fit)
   cfg = method_config(deep_config, hidden=(8,), num_members=3, **{"training.epochs": 2})

@@ -37,22 +37,29 @@ def _config(module, **overrides):
 
 
 def _train(cfg, workdir, stop_after=None, record=()):
-  """Runs the method. ``stop_after`` = n: raises Stop in place of train step n + 1 (counting the
-  steps of every `trainer.fit` of the run). ``record``: train-step counts after which the state the
-  step returned is copied to the host. Returns (results or None, {count: state}, final states)."""
+  """Runs the method. ``stop_after`` = n: raises Stop in place of the train call (one step, or a
+  chunk of several) that would take the run past n steps (counting the steps of every
+  `trainer.fit` of the run). ``record``: step counts after which the state a call returned is
+  copied to the host (a count inside a chunk is never seen: tests that record every step set
+  steps_per_dispatch = 1). Returns (results or None, {count: state}, final states)."""
   calls, recorded, finals = {"n": 0}, {}, []
   original_fit = trainer.fit
 
   def fit(run, state, *args, **kwargs):
-    def step(*a):
-      if calls["n"] == stop_after:
-        raise Stop()
-      out = run.train_step(*a)
-      calls["n"] += 1
-      if calls["n"] in record:
-        recorded[calls["n"]] = jax.device_get(out[0])
-      return out
-    out = original_fit(dataclasses.replace(run, train_step=step), state, *args, **kwargs)
+    def counted(fn, steps_of_call):
+      def call(*a):
+        if stop_after is not None and calls["n"] + steps_of_call(a) > stop_after:
+          raise Stop()
+        out = fn(*a)
+        calls["n"] += steps_of_call(a)
+        if calls["n"] in record:
+          recorded[calls["n"]] = jax.device_get(out[0])
+        return out
+      return call
+
+    run = dataclasses.replace(run, train_step=counted(run.train_step, lambda a: 1),
+                              train_chunk=counted(run.train_chunk, lambda a: int(a[5])))
+    out = original_fit(run, state, *args, **kwargs)
     finals.append(jax.device_get(out[0]))
     return out
 
@@ -142,7 +149,7 @@ def test_dense_methods_flops_by_hand(tmp_path, fake_data, module, members, passe
 
 @pytest.mark.parametrize("module", ["snapshot_ensemble", "cbnn"])
 def test_checkpoints_are_taken_exactly_at_segment_ends(tmp_path, fake_data, module):
-  cfg = _config(module, **{"training.epochs": 3})
+  cfg = _config(module, steps_per_dispatch=1, **{"training.epochs": 3})  # every step's state recorded
   ends = (4, 8, 12)
   results, recorded, _ = _train(cfg, tmp_path, record=set(ends) | {e - 1 for e in ends})
   like = {"params": recorded[4].params, "model_state": recorded[4].model_state}
@@ -206,7 +213,8 @@ def test_edst_tickets_are_the_states_at_phase_ends_before_exploring(tmp_path, fa
   # exploration [0, 4), refinement phases [4, 8), [8, 12), [12, 16): tickets after steps 8, 12, 16;
   # the global explorations after steps 8 and 12 change the masks of the states that follow
   cfg = _config("edst_ensemble", **{"training.epochs": 4, "edst.exploration_epochs": 1,
-                                    "edst.refinement_epochs": 1, "sparse.update_every": 2, "edst.ticket": "final"})
+                                    "edst.refinement_epochs": 1, "sparse.update_every": 2, "edst.ticket": "final"},
+                steps_per_dispatch=1)  # the state after step 9 is recorded
   _, recorded, finals = _train(cfg, tmp_path, record={8, 9, 12, 16})
   one = lambda tree: jax.tree.map(lambda x: np.asarray(x)[0], tree)
   like = {"params": one(recorded[8].params), "model_state": one(recorded[8].model_state),

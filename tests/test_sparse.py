@@ -182,6 +182,25 @@ def test_vmapped_topology_update_equals_per_member():
     jax.tree.map(np.testing.assert_array_equal, members.member(out, i), single)
 
 
+def test_growth_either_is_the_flagged_rule_in_one_compiled_update():
+  """EDST's regular (gradient, p = 0.5) and global (random, q = 0.8) updates through one jitted
+  update with ``growth='either'`` and the larger bound equal the two separate updates exactly."""
+  params = _params()
+  plan = sparse.make_plan(params, 0.8, "erk")
+  tx = sparse.masked(optax.sgd(0.1, momentum=0.9))
+  params, state = sparse.init_sparse(jax.random.PRNGKey(0), params, tx, plan)
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(3), p.shape), params)
+  either = sparse.Topology(plan, tx, growth="either", max_drop_fraction=0.8)
+  one = jax.jit(lambda p, s, f, g: sparse.update_topology(jax.random.PRNGKey(1), p, s, grads, f, either, g))
+  for fraction, rule in ((0.5, "gradient"), (0.8, "random")):
+    separate = sparse.update_topology(jax.random.PRNGKey(1), params, state, grads, fraction,
+                                      sparse.Topology(plan, tx, growth=rule, max_drop_fraction=fraction))
+    jax.tree.map(np.testing.assert_array_equal, one(params, state, fraction, rule == "gradient"), separate)
+  assert one._cache_size() == 1
+  with pytest.raises(ValueError, match="growth='either' needs by_gradient"):
+    sparse.update_topology(jax.random.PRNGKey(1), params, state, grads, 0.5, either)
+
+
 def test_drop_fraction_schedules():
   cos = sparse.drop_fraction_schedule(0.5, "cosine", end_step=100, minimum=0.1)
   assert float(cos(0)) == pytest.approx(0.5) and float(cos(50)) == pytest.approx(0.3)

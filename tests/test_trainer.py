@@ -17,24 +17,28 @@ class Interrupted(Exception):
   pass
 
 
-def _run(workdir, monkeypatch, wrap_step=None, **overrides):
+def _run(workdir, monkeypatch, wrap=None, hooks=(), dataset=None, **overrides):
+  """trainer.fit on a tiny config; ``wrap(fn, steps_of_call)`` wraps the run's train step and its
+  chunked step (``steps_of_call(args)``: how many steps a call makes)."""
   cfg = tiny_config(**overrides)
-  dataset = make_dataset(n_train=128, n_val=16, n_test=16)
-  run = context.build(cfg, api.build_model(cfg, dataset), dataset, str(workdir))
+  dataset = dataset or make_dataset(n_train=128, n_val=16, n_test=16)
+  run = context.build(cfg, api.build_model(cfg, dataset), dataset, None if workdir is None else str(workdir))
   state = train.init_state(run.model, run.tx, run.init_key, cfg.num_members, dataset.image_shape)
-  if wrap_step:
-    run = dataclasses.replace(run, train_step=wrap_step(run.train_step))
-  return trainer.fit(run, state)
+  if wrap:
+    run = dataclasses.replace(run, train_step=wrap(run.train_step, lambda args: 1),
+                              train_chunk=wrap(run.train_chunk, lambda args: int(args[5])))
+  return trainer.fit(run, state, hooks)
 
 
 def _interrupt_after(n):
-  def wrap(step):
-    calls = {"n": 0}
+  """Raises Interrupted in place of the call that would take the run past ``n`` steps."""
+  def wrap(step, steps_of_call):
+    done = {"n": 0}
 
     def wrapped(*args):
-      if calls["n"] == n:
+      if done["n"] + steps_of_call(args) > n:
         raise Interrupted()
-      calls["n"] += 1
+      done["n"] += steps_of_call(args)
       return step(*args)
 
     return wrapped
@@ -42,17 +46,17 @@ def _interrupt_after(n):
   return wrap
 
 
-@pytest.mark.parametrize("model", ["mlp", "lenet"])
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch, model):
+@pytest.mark.parametrize("model,dispatch", [("mlp", 0), ("mlp", 1), ("lenet", 0)])
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, model, dispatch):
   overrides = {"model.name": model, "model.hidden": (8,), "augment.crop_padding": 1, "augment.flip": True,
-               "model.dropout_rate": 0.2, "training.epochs": 3}
+               "model.dropout_rate": 0.2, "training.epochs": 3, "steps_per_dispatch": dispatch}
   if model == "lenet":
     overrides["model.features"] = (4,)
     overrides.pop("model.dropout_rate")
   # 128 examples / batch 32 = 4 steps per epoch, 12 steps; checkpoints every 4 steps
   full, info = _run(tmp_path / "full", monkeypatch, **overrides)
   with pytest.raises(Interrupted):
-    _run(tmp_path / "cut", monkeypatch, wrap_step=_interrupt_after(6), **overrides)
+    _run(tmp_path / "cut", monkeypatch, wrap=_interrupt_after(6), **overrides)
   manager = checkpoints.make_manager(str(tmp_path / "cut" / "checkpoints"))
   assert manager.latest_step() == 4
   resumed, resumed_info = _run(tmp_path / "cut", monkeypatch, **overrides)
@@ -61,14 +65,67 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, model):
   np.testing.assert_array_equal(resumed.step, [12, 12])
 
 
+def _count_calls(calls):
+  def wrap(step, steps_of_call):
+    def wrapped(*args):
+      calls.append(steps_of_call(args))
+      return step(*args)
+    return wrapped
+  return wrap
+
+
+def test_chunked_steps_equal_one_step_per_call(monkeypatch):
+  """Several steps per dispatch (the default for an MLP) give the parameters, the logged metrics
+  and the hook calls of one step per call, bit for bit; chunks end at log, checkpoint, hook and
+  epoch boundaries and at steps_per_dispatch."""
+  dataset = make_dataset(n_train=320, n_val=16, n_test=16)  # 10 steps per epoch of 32
+
+  def scale(state, done, images, labels, idx):  # a hook that changes the state between steps
+    seen.append((done, np.asarray(idx)))
+    return state.replace(params=jax.tree.map(lambda p: p * 0.9, state.params))
+
+  results = {}
+  for dispatch in (1, 0, 4):
+    seen, calls = [], []
+    overrides = {"steps_per_dispatch": dispatch, "training.epochs": 3, "log_every_steps": 7,
+                 "checkpoint_every_steps": 100, "model.dropout_rate": 0.2, "augment.flip": True}
+    cfg = tiny_config(**overrides)
+    run = context.build(cfg, api.build_model(cfg, dataset), dataset, None)
+    run = dataclasses.replace(run, train_step=_count_calls(calls)(run.train_step, lambda a: 1),
+                              train_chunk=_count_calls(calls)(run.train_chunk, lambda a: int(a[5])))
+    state = train.init_state(run.model, run.tx, run.init_key, cfg.num_members, dataset.image_shape)
+    state, _ = trainer.fit(run, state, [trainer.Hook(frozenset({5, 13}), scale)])
+    results[dispatch] = (jax.device_get(state), run.log.records, list(seen), calls)
+  per_step = results[1]
+  assert per_step[3] == [1] * 30
+  # ends: hooks 5, 13; logs 7, 14, 21, 28; epochs 10, 20, 30
+  assert results[0][3] == [5, 2, 3, 3, 1, 6, 1, 7, 2]
+  assert results[4][3] == [4, 1, 2, 3, 3, 1, 4, 2, 1, 4, 3, 2]
+  for dispatch in (0, 4):
+    state, records, seen, _ = results[dispatch]
+    jax.tree.map(np.testing.assert_array_equal, state, per_step[0])
+    assert records == per_step[1]
+    assert [d for d, _ in seen] == [5, 13] and all(np.array_equal(a[1], b[1]) for a, b in zip(seen, per_step[2]))
+
+
+def test_steps_per_dispatch_auto_is_one_for_convolutions_on_cpu(tmp_path):
+  dataset = make_dataset()
+  for name, expected in (("mlp", 0), ("lenet", 1)):
+    cfg = tiny_config(**{"model.name": name})
+    run = context.build(cfg, api.build_model(cfg, dataset), dataset, None)
+    assert trainer.steps_per_dispatch(run) == expected
+  cfg = tiny_config(**{"model.name": "lenet", "steps_per_dispatch": 8})  # a user's choice is kept
+  assert trainer.steps_per_dispatch(context.build(cfg, api.build_model(cfg, dataset), dataset, None)) == 8
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   def poison_after(n):
-    def wrap(step):
-      calls = {"n": 0}
+    def wrap(step, steps_of_call):
+      done = {"n": 0}
 
       def wrapped(state, *args):
-        calls["n"] += 1
-        if calls["n"] > n:
+        done["n"] += steps_of_call((state, *args))
+        if done["n"] > n:
           state = state.replace(params=jax.tree.map(lambda x: x * np.nan, state.params))
         return step(state, *args)
 
@@ -77,7 +134,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     return wrap
 
   with pytest.raises(trainer.NonFiniteLossError, match=r"last good checkpoint \(step 4\)"):
-    _run(tmp_path, monkeypatch, wrap_step=poison_after(5), **{"training.epochs": 3})
+    _run(tmp_path, monkeypatch, wrap=poison_after(5), **{"training.epochs": 3})
   manager = checkpoints.make_manager(str(tmp_path / "checkpoints"))
   assert manager.all_steps() == [4]
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]

@@ -52,10 +52,8 @@ def train(run: Run, options) -> Trained:
   reweight = jax.jit(lambda w, p, y: boosting.reweight(w, p, y, c.rule, c.eps, c.max_weight_ratio or None))
   labels = jnp.asarray(run.data.y_train)
 
-  def boosting_hook(state, done, images, labels_dev, idx):
+  def boost(state, done, images, labels_dev, idx):
     """At a segment's end: α and new weights from the training-set predictions; the checkpoint."""
-    if done not in saved.ends:
-      return state
     probs = run.member_probs(state, run.data.x_train)[0]
     weights, alpha, error = reweight(state.extra["sample_weights"][0], jnp.asarray(probs), labels)
     k = saved.ends[done]
@@ -64,7 +62,7 @@ def train(run: Run, options) -> Trained:
                    "weighted_train_error": float(error), "max_weight": float(jnp.max(weights))})
     return state.replace(extra={"sample_weights": weights[None]})
 
-  state, info = trainer.fit(run, state, [boosting_hook])
+  state, info = trainer.fit(run, state, [trainer.Hook(frozenset(saved.ends), boost)])
   members, metas = saved.load(state)
   alphas = [meta["alpha"] for meta in metas]
   flops = run.flops(m, info["steps"], trained_members=1, extra_passes=m * n)  # + M training-set passes

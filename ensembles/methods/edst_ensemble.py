@@ -150,9 +150,11 @@ def train(run: Run, options) -> Trained:
   plan = sparse_common.make_plan(state, s)
   state = sparse_common.init_member_masks(run, state, plan, s.init_rule)
 
-  dst_update = sparse_common.make_topology_update(run, s.topology(plan, run.tx))
-  global_update = sparse_common.make_topology_update(
-      run, s.topology(plan, run.tx, growth=e.exploration_growth, max_drop_fraction=e.global_drop_fraction))
+  # One compiled update serves the regular and the global ones: the drop fraction and growth rule
+  # are traced arguments, the selection bound the larger of the two drop fractions.
+  growth = s.growth if s.growth == e.exploration_growth else "either"
+  update = sparse_common.make_topology_update(
+      run, s.topology(plan, run.tx, growth=growth, max_drop_fraction=max(s.drop_fraction, e.global_drop_fraction)))
   regular_p = regular_updates(s, e, m, spe)
   phases = phase_boundaries(e, m, spe)
   starts = {start: k for k, (start, _) in enumerate(phases) if k > 0}
@@ -192,16 +194,18 @@ def train(run: Run, options) -> Trained:
       select_best(state, done)
     if done not in ends:
       p = regular_p(done)
-      return state if p is None else dst_update(state, images, labels, idx, jnp.float32(p))
+      return state if p is None else update(state, images, labels, idx, p, s.growth == "gradient")
     if e.ticket == "final":
       save_ticket(state, ends[done], done)
     run.log.write({"step": done, "event": f"ticket {ends[done]} saved"})
     if done in starts:
-      state = global_update(state, images, labels, idx, jnp.float32(e.global_drop_fraction))
+      state = update(state, images, labels, idx, e.global_drop_fraction, e.exploration_growth == "gradient")
       run.log.write({"step": done, "event": f"global exploration before phase {starts[done]}"})
     return state
 
-  state, info = trainer.fit(run, state, [phase_hook])
+  total = phases[-1][1]
+  hook_steps = {t for t in range(1, total + 1) if regular_p(t) is not None} | set(ends) | selection_steps
+  state, info = trainer.fit(run, state, [trainer.Hook(frozenset(hook_steps), phase_hook)])
   members, _ = tickets.load(state)
   densities = sparse.density_of(members["masks"])
   flops = run.flops(m, info["steps"], sparse.density_of(sparse.masks_of(state.opt_state)),

@@ -32,13 +32,12 @@ def train(run: Run, options) -> Trained:
   run = run.phase(num_members=1, schedule=cyclic_cosine(run.config.training.lr, run.total_steps, m))
   snapshots = run.collection("members", at_segment_ends(run.total_steps, m))
 
-  def snapshot_hook(state, done, images, labels, idx):  # a snapshot at the end of every cycle
-    if done in snapshots.ends:
-      snapshots.save(state, snapshots.ends[done], {"step": done})
-      run.log.write({"step": done, "event": f"snapshot {snapshots.ends[done]} saved"})
+  def snapshot(state, done, images, labels, idx):  # a snapshot at the end of every cycle
+    snapshots.save(state, snapshots.ends[done], {"step": done})
+    run.log.write({"step": done, "event": f"snapshot {snapshots.ends[done]} saved"})
     return state
 
-  state, info = trainer.fit(run, run.init_members(), [snapshot_hook])
+  state, info = trainer.fit(run, run.init_members(), [trainer.Hook(frozenset(snapshots.ends), snapshot)])
   members, _ = snapshots.load(state)
   return Trained(run.ensemble(members), info, run.flops(m, info["steps"], trained_members=1))
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from ensembles import members as members_lib
 from ensembles import sparse
 from ensembles import train as train_lib
+from ensembles import trainer
 from ensembles.context import Run
 from ensembles.errors import require
 from ensembles.options import choice, flag, integer, number
@@ -65,27 +66,35 @@ def init_member_masks(run: Run, state: train_lib.TrainState, plan: sparse.Sparsi
 
 
 def make_topology_update(run: Run, topology: sparse.Topology) -> Callable:
-  """Returns jitted ``update(state, images, labels, idx, drop_fraction) -> state`` for all members:
-  one `sparse.update_topology` per member, with the gradient of its batch ``idx`` for RigL growth,
-  executed as the run's train step is (mode, mesh)."""
+  """Returns jitted ``update(state, images, labels, idx, drop_fraction, by_gradient=None) -> state``
+  for all members: one `sparse.update_topology` per member, with the gradient of its batch ``idx``
+  for RigL growth, executed as the run's train step is (mode, mesh). drop_fraction and by_gradient
+  (the growth rule where ``topology.growth`` is ``either``) are traced: one compiled update serves
+  every call."""
   gradients = train_lib.make_member_gradients(run.model, mean=run.data.mean, std=run.data.std,
                                               crop_padding=run.config.augment.crop_padding,
                                               flip=run.config.augment.flip)
   execution = run.execution
 
-  def member_update(state, idx, images, labels, drop_fraction):
+  def member_update(state, idx, images, labels, drop_fraction, by_gradient):
     key = jax.random.fold_in(jax.random.fold_in(state.rng, _TOPOLOGY_SALT), state.step)
-    grads = gradients(state, idx, images, labels)[0] if topology.growth == "gradient" else None
-    params, opt_state = sparse.update_topology(key, state.params, state.opt_state, grads, drop_fraction, topology)
+    grads = gradients(state, idx, images, labels)[0] if topology.growth != "random" else None
+    params, opt_state = sparse.update_topology(key, state.params, state.opt_state, grads, drop_fraction, topology,
+                                               by_gradient)
     return state.replace(params=params, opt_state=opt_state)
 
   @functools.partial(jax.jit, donate_argnums=0)
-  def update(state, images, labels, idx, drop_fraction):
+  def jitted(state, images, labels, idx, drop_fraction, by_gradient):
     state = members_lib.constrain(state, execution.mesh, members_lib.MEMBER_AXIS)
     idx = members_lib.constrain(idx, execution.mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
-    state = execution.map(member_update, num_shared=3)(state, idx, images, labels, drop_fraction)
+    state = execution.map(member_update, num_shared=4)(state, idx, images, labels, drop_fraction, by_gradient)
     return members_lib.constrain(state, execution.mesh, members_lib.MEMBER_AXIS)
 
+  def update(state, images, labels, idx, drop_fraction, by_gradient=None):
+    flag = jnp.bool_(topology.growth == "gradient" if by_gradient is None else by_gradient)
+    return jitted(state, images, labels, idx, jnp.float32(drop_fraction), flag)
+
+  update.jitted = jitted  # the one compiled program (its cache size is tested)
   return update
 
 
@@ -100,19 +109,16 @@ def stop_step(options: SparseOptions, total_steps: int) -> int:
   return int(options.stop_fraction * total_steps)
 
 
-def topology_hook(update: Callable, options: SparseOptions, total_steps: int) -> Callable:
+def topology_hook(update: Callable, options: SparseOptions, total_steps: int) -> trainer.Hook:
   """Trainer hook: prune-and-grow every ΔT steps until the stop fraction of training, with the
   drop fraction of `sparse.drop_fraction_schedule` at that step."""
   schedule = sparse.drop_fraction_schedule(options.drop_fraction, options.drop_schedule, stop_step(options, total_steps),
                                            options.drop_fraction_min)
-  steps = set(update_steps(options, total_steps))  # the same steps the FLOPs count charges
 
   def hook(state, done, images, labels, idx):
-    if done not in steps:
-      return state
     return update(state, images, labels, idx, jnp.float32(schedule(done)))
 
-  return hook
+  return trainer.Hook(frozenset(update_steps(options, total_steps)), hook)  # the steps the FLOPs count charges
 
 
 def growth_rule(options: SparseOptions) -> str:
