@@ -18,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 
 def _to_float(images: np.ndarray) -> np.ndarray:
@@ -56,6 +55,7 @@ def speckle_noise(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarr
 def gaussian_blur(x: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
   """Gaussian filter with standard deviation c pixels over height and width."""
   del rng
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top  (scipy loads only when corrupting)
   return ndimage.gaussian_filter(x, sigma=(0, c, c, 0), mode="reflect")
 
 
@@ -67,6 +67,7 @@ def defocus_blur(x: np.ndarray, c: tuple[float, float], rng: np.random.Generator
   yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
   disk = (xx ** 2 + yy ** 2 <= radius ** 2).astype(np.float64)
   disk /= disk.sum()
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
   out = ndimage.convolve(x, disk[None, :, :, None], mode="reflect")
   return ndimage.gaussian_filter(out, sigma=(0, alias_sigma, alias_sigma, 0), mode="reflect")
 

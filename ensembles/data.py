@@ -240,7 +240,18 @@ def fingerprint(data: Dataset) -> str:
 
 def input_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel (last axis) mean and std [C] of training inputs x [N, ..., C] in the units the
-  model sees before normalisation (uint8 images / 255; float features as they are); std >= 1e-3."""
+  model sees before normalisation (uint8 images / 255; float features as they are); std >= 1e-3.
+  uint8 images are counted per value (a 256-bin histogram per channel: no float copy of the
+  training set, which took about a second on Fashion-MNIST in a fresh process)."""
+  if x.dtype == np.uint8:
+    values = np.arange(256, dtype=np.float64) / 255.0
+    flat = x.reshape(-1, x.shape[-1])
+    rows = 1 << 18  # counted in blocks: bincount copies its input to int64
+    counts = np.stack([sum(np.bincount(flat[i:i + rows, c], minlength=256) for i in range(0, len(flat), rows))
+                       for c in range(flat.shape[1])]).astype(np.float64)
+    mean = counts @ values / counts.sum(1)
+    std = np.sqrt(np.sum(counts * (values[None] - mean[:, None]) ** 2, axis=1) / counts.sum(1))
+    return mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)
   scaled = x.astype(np.float64) / 255.0 if np.issubdtype(x.dtype, np.integer) else x.astype(np.float64)
   axes = tuple(range(x.ndim - 1))
   return scaled.mean(axis=axes).astype(np.float32), np.maximum(scaled.std(axis=axes), 1e-3).astype(np.float32)

@@ -147,7 +147,8 @@ def steps_per_dispatch(run: Run) -> int:
   convolution inside a compiled loop runs about 70x slower than at top level (jax-ml/jax#12868;
   benchmarks/end_to_end.py). 0 returned means no limit."""
   limit = int(run.config.get("steps_per_dispatch", 0))
-  if limit == 0 and run.execution.has_conv and jax.default_backend() == "cpu":
+  platform = (run.mesh.devices.flat[0] if run.mesh is not None else jax.devices()[0]).platform
+  if limit == 0 and run.execution.has_conv and platform == "cpu":
     return 1
   return limit
 

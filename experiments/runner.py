@@ -16,7 +16,6 @@ from ensembles import api
 from ensembles import config as config_lib
 from ensembles import defaults
 from ensembles import evaluation as evaluation_lib
-from experiments import plots
 from experiments import report
 
 def run(config, workdir: str) -> dict:
@@ -25,6 +24,7 @@ def run(config, workdir: str) -> dict:
   if jax.process_index() == 0:  # one writer across hosts
     api.write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     if config.evaluation.plots:
+      from experiments import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only when plotting)
       plots.run_plots(results, workdir)
     api.write_atomic(os.path.join(workdir, "results.md"), report.run_table(results))
   return results

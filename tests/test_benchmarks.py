@@ -28,3 +28,15 @@ def test_sparse_overhead_runs(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   row = json.load(open(out))["rows"][0]
   assert row["masked_over_dense"] > 0 and row["update_in_dense_steps"] > 0
+
+
+def test_end_to_end_runs(tmp_path):
+  out = tmp_path / "e2e.json"
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.end_to_end", "--models", "lenet_300_100", "--threads", "2",
+                         "--epochs", "3", "--train-subset", "1024", "--out", str(out)], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  row = json.load(open(out))["rows"][0]
+  assert row["steps_s"] > 0 and row["step_gflops"] > 0 and row["startup_s_rerun"] > 0
+  assert row["compile_s_rerun"] < row["compile_s_first"]  # the rerun reads the compiled programs from the cache
+  assert "| lenet_300_100 | 2 |" in proc.stdout

@@ -105,3 +105,16 @@ def test_real_fashion_mnist():
   assert np.bincount(ds.y_test).tolist() == [1000] * 10
   sub = data_lib.load_dataset(_cfg(val_size=100, train_subset=500, test_subset=200))
   assert len(sub.y_train) == 500 and len(sub.y_test) == 200
+
+
+def test_input_statistics_of_uint8_images_equal_the_float_mean_and_std():
+  """The per-value histogram path gives the float64 mean and std of images / 255 per channel (to
+  float32), and the std floor for a constant channel."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (500, 6, 6, 3)).astype(np.uint8)
+  x[..., 2] = 7  # a constant channel
+  mean, std = data_lib.input_statistics(x)
+  scaled = x.astype(np.float64) / 255.0
+  np.testing.assert_array_equal(mean, scaled.mean(axis=(0, 1, 2)).astype(np.float32))
+  np.testing.assert_array_equal(std, np.maximum(scaled.std(axis=(0, 1, 2)), 1e-3).astype(np.float32))
+  assert std[2] == np.float32(1e-3) and mean.dtype == std.dtype == np.float32
