@@ -49,8 +49,10 @@ SCRIPT = textwrap.dedent("""
           os.kill(os.getpid(), signal.SIGKILL if mode == "kill_at_step" else signal.SIGTERM)
         return original_stop(flag, step)
       trainer._should_stop = should_stop
+    # steps run in chunks ending at logs (5, 10, 15), checkpoints (3, 6, ...) and epoch ends (4, 8, ...):
+    # step 5, where the interruptions happen, ends a chunk
     cfg = tiny_config(**{"model.dropout_rate": 0.2, "training.epochs": 4, "checkpoint_every_steps": 3,
-                         "keep_checkpoints": 2})
+                         "keep_checkpoints": 2, "log_every_steps": 5})
     try:
       runner.run(cfg, workdir)
     except trainer.Preempted as err:
