@@ -4,8 +4,8 @@
 all-members step. A rerun with the same workdir restores the newest complete checkpoint and
 continues from its step; because data order and per-step randomness are functions of (seed, epoch,
 step), the resumed run ends with the same parameters as an uninterrupted one. The loop is made of
-small steps: `_chunks` (data order, several steps per dispatch), `_validate`, `_Checkpoints` (restore, save), `_Progress`
-(progress bar and training-metric log).
+small steps: `_chunks` (data order, several steps per dispatch), `_validate`, `_Checkpoints`
+(restore, save), `_Progress` (progress bar and training-metric log).
 """
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def steps_per_dispatch(run: Run) -> int:
   """The most steps of one dispatch: ``config.steps_per_dispatch``, or where it is 0 (auto) no
   limit but the chunk boundaries -- except 1 for a model with convolutions on XLA:CPU, where a
   convolution inside a compiled loop runs about 70x slower than at top level (jax-ml/jax#12868;
-  benchmarks/end_to_end.py). 0 returned means no limit."""
+  README "Member execution and performance"). 0 returned means no limit."""
   limit = int(run.config.get("steps_per_dispatch", 0))
   platform = (run.mesh.devices.flat[0] if run.mesh is not None else jax.devices()[0]).platform
   if limit == 0 and run.execution.has_conv and platform == "cpu":
