@@ -52,7 +52,7 @@ def core_peak_gflops(clock_ghz: float) -> dict:
 
 
 def _clock_ghz() -> float:
-  """The nominal clock from /proc/cpuinfo (BogoMIPS / 2 on x86 where 'cpu MHz' is the TSC)."""
+  """The clock /proc/cpuinfo reports ('cpu MHz'; in this VM the nominal one), in GHz; 2.6 if absent."""
   mhz = [float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz")]
   return round(mhz[0] / 1000, 2) if mhz else 2.6
 

@@ -204,13 +204,14 @@ def make_train_chunk(model: nn.Module, tx: optax.GradientTransformation, *,
   @functools.partial(jax.jit, donate_argnums=0)
   def train_chunk(state, images, labels, epoch_idx, start, count):
     epoch_idx = members_lib.constrain(epoch_idx, mesh, members_axis, None, data_axis)
-    m, s = epoch_idx.shape[:2]
-    rows = {"loss": jnp.zeros((s, m), jnp.float32), "accuracy": jnp.zeros((s, m), jnp.float32)}
+    batch = lambda i: jax.lax.dynamic_index_in_dim(epoch_idx, i, 1, keepdims=False)  # idx [M, B] of step i
+    _, one_step = jax.eval_shape(step, state, images, labels, batch(0))  # each metric [M]
+    rows = jax.tree.map(lambda v: jnp.zeros((epoch_idx.shape[1], *v.shape), v.dtype), one_step)
 
     def body(i, carry):
       state, rows = carry
-      state, metrics = step(state, images, labels, jax.lax.dynamic_index_in_dim(epoch_idx, i, 1, keepdims=False))
-      rows = jax.tree.map(lambda r, v: jax.lax.dynamic_update_index_in_dim(r, v.astype(r.dtype), i, 0), rows, metrics)
+      state, metrics = step(state, images, labels, batch(i))
+      rows = jax.tree.map(lambda r, v: jax.lax.dynamic_update_index_in_dim(r, v, i, 0), rows, metrics)
       return state, rows
 
     state, rows = jax.lax.fori_loop(start, start + count, body, (state, rows))

@@ -204,7 +204,8 @@ def train(run: Run, options) -> Trained:
     return state
 
   total = phases[-1][1]
-  hook_steps = {t for t in range(1, total + 1) if regular_p(t) is not None} | set(ends) | selection_steps
+  regular = {t for t in range(s.update_every, total + 1, s.update_every) if regular_p(t) is not None}
+  hook_steps = regular | set(ends) | selection_steps
   state, info = trainer.fit(run, state, [trainer.Hook(frozenset(hook_steps), phase_hook)])
   members, _ = tickets.load(state)
   densities = sparse.density_of(members["masks"])

@@ -91,9 +91,7 @@ def make_topology_update(run: Run, topology: sparse.Topology) -> Callable:
     return members_lib.constrain(state, execution.mesh, members_lib.MEMBER_AXIS)
 
   def update(state, images, labels, idx, drop_fraction, by_gradient=None):
-    if by_gradient is None and topology.growth == "either":
-      raise ValueError("A topology update with growth='either' needs by_gradient (True: gradient, False: random).")
-    flag = jnp.bool_(topology.growth == "gradient" if by_gradient is None else by_gradient)
+    flag = None if by_gradient is None else jnp.bool_(by_gradient)  # None: the topology's own rule
     return jitted(state, images, labels, idx, jnp.float32(drop_fraction), flag)
 
   update.jitted = jitted  # the one compiled program (its cache size is tested)
