@@ -59,6 +59,15 @@ def validate_dataset(d: Any) -> None:
            "a folder path (a string; '' = the default location)", d.get("data_dir"))
   _require(is_int(d.get("split_seed", 0)) and d.get("split_seed", 0) >= 0, "dataset.split_seed", "an integer >= 0",
            d.get("split_seed"))
+  _require(d.get("input", "auto") in data_lib.INPUTS, "dataset.input", f"one of {data_lib.INPUTS}", d.get("input"))
+  _require(is_int(d.get("image_size", 0)) and d.get("image_size", 0) >= 0, "dataset.image_size",
+           "an integer >= 0 (0 = the images' own fixed size)", d.get("image_size"))
+  _require(is_number(d.get("memory_limit_gb", 4.0)) and d.get("memory_limit_gb", 4.0) > 0, "dataset.memory_limit_gb",
+           "a number > 0 (GiB)", d.get("memory_limit_gb"))
+  for field in ("statistics_examples", "read_threads"):
+    _require(is_int(d.get(field, 1)) and d.get(field, 1) >= 1, f"dataset.{field}", "an integer >= 1", d.get(field))
+  _require(is_int(d.get("prefetch_batches", 0)) and d.get("prefetch_batches", 0) >= 0, "dataset.prefetch_batches",
+           "an integer >= 0", d.get("prefetch_batches"))
 
 
 def _validate_rest(config: Any) -> None:
@@ -67,6 +76,14 @@ def _validate_rest(config: Any) -> None:
   _require(is_int(a.crop_padding) and a.crop_padding >= 0, "augment.crop_padding", "an integer >= 0",
            a.crop_padding)
   _require(isinstance(a.flip, bool), "augment.flip", "True or False", a.flip)
+  _require(isinstance(a.get("random_resized_crop", False), bool), "augment.random_resized_crop", "True or False",
+           a.get("random_resized_crop"))
+  _require(is_number(a.get("crop_scale_min", 0.08)) and 0 < a.get("crop_scale_min", 0.08) <= 1,
+           "augment.crop_scale_min", "in (0, 1]", a.get("crop_scale_min"))
+  if a.get("random_resized_crop", False):
+    _require(d.get("input", "auto") == "stream" or d.name in data_lib.STREAMED_BY_DEFAULT, "augment.random_resized_crop",
+             "False unless the training set streams (dataset.input = 'stream'): the crop is made on the host as "
+             "images are read", True)
 
   t = config.training
   _require(is_int(t.epochs) and t.epochs >= 1, "training.epochs", "an integer >= 1", t.epochs)

@@ -7,8 +7,8 @@ sparse, its own lr schedule or epochs, its own folder) asks for a new `Run` with
 Fields: the validated config (training, augmentation and loop settings), model, data, workdir (None:
 nothing is written, checkpoints and collected members stay in memory), M, the optimizer (wrapped
 by `sparse.masked` in a sparse phase), the member execution (mode, device mesh), the init key and
-the M per-member data-order keys, the jitted train step (one step, and several steps of an epoch per
-dispatch) and predictor, and the metrics log.
+the M per-member data-order keys, the jitted train step (one step, several steps of an epoch per
+dispatch, and one step on a batch read from disk) and predictor, and the metrics log.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ class Run:
   data_keys: jax.Array  # [M] per-member data-order keys
   train_step: Callable
   train_chunk: Callable  # several steps of one epoch per dispatch (`train.make_train_chunk`)
+  batch_step: Callable  # one step on a host-read `train.Batch` (streaming input)
   predict: Callable
   log: MetricsLog
   name: str  # progress-bar label: the method, or the phase ("parent", "children")
@@ -153,12 +154,13 @@ def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | 
                    flip=config.augment.flip, batch_split=t.batch_split)
   train_step = train_lib.make_train_step(model, tx, **step_args)
   train_chunk = train_lib.make_train_chunk(model, tx, **step_args)
+  batch_step = train_lib.make_batch_train_step(model, tx, **step_args)
   predict = train_lib.make_predict(model, execution=execution, mean=data.mean, std=data.std)
   if workdir is not None:
     os.makedirs(workdir, exist_ok=True)
     log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   return Run(config, model, data, workdir, m, epochs, tx, execution, init_key, jax.random.split(data_key, m),
-             train_step, train_chunk, predict, log or MetricsLog(None), name or config.method, key_salt)
+             train_step, train_chunk, batch_step, predict, log or MetricsLog(None), name or config.method, key_salt)
 
 
 def execution_for(config: Any, model: nn.Module, num_members: int, batch_size: int | None = None,

@@ -1,7 +1,9 @@
-"""Datasets as numpy arrays: offline Fashion-MNIST (IDX files) and named datasets through tfds.
+"""Datasets: offline Fashion-MNIST (IDX files), named datasets through tfds, folders of images.
 
 Small datasets are held whole in (device) memory as uint8 images [N, H, W, C] and int32 labels [N];
-normalisation and augmentation happen inside the jitted step (`ensembles.augment`).
+normalisation and augmentation happen inside the jitted step (`ensembles.augment`). Large ones
+stream (``dataset.input``): their images are `streaming.ImageView`s read from disk per batch, their
+labels numpy arrays.
 A validation split is carved from the training set with a fixed ``split_seed`` (independent of the
 run's seed, so every method sees the same split); checkpoint selection uses it, never the test set.
 """
@@ -34,8 +36,16 @@ TFDS_DATASETS = {
     "svhn_cropped": ("test", 10),
     "mnist": ("test", 10),
     "fashion_mnist": ("test", 10),
+    "imagenet2012": ("validation", 1000),            # manual download (tfds catalog); streams
+    "imagenet_resized/64x64": ("validation", 1000),  # downsampled ImageNet, a Tiny-ImageNet-scale stand-in
+    "fashion_mnist_records": ("test", 10),  # Fashion-MNIST as ArrayRecord files (experiments/prepare_records.py)
 }
-DATASETS = tuple(sorted(TFDS_DATASETS))
+FOLDER = "folder"  # data_dir/train/<class>/... (any depth) and data_dir/{test,val}/<class>/...
+DATASETS = tuple(sorted(TFDS_DATASETS)) + (FOLDER,)
+INPUTS = ("auto", "memory", "stream")
+# `auto` streams these (their images vary in size or do not fit in memory), and any training set
+# larger than dataset.memory_limit_gb at the model's input size
+STREAMED_BY_DEFAULT = ("imagenet2012", "imagenet_resized/64x64", FOLDER)
 
 MISSING_FASHION_MNIST = (
     "Fashion-MNIST was not found in {dir!r} and tensorflow-datasets could not provide it ({err}).\n"
@@ -130,7 +140,7 @@ def _subset(x: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator):
   if n <= 0 or n >= len(y):
     return x, y
   idx = np.sort(rng.permutation(len(y))[:n])
-  return x[idx], y[idx]
+  return x.take(idx, axis=0), y[idx]
 
 
 def long_tailed_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
@@ -153,7 +163,7 @@ def long_tailed_subset(x: np.ndarray, y: np.ndarray, num_classes: int, ratio: fl
     idx = np.flatnonzero(y == c)
     keep.append(rng.choice(idx, size=n, replace=False))
   keep = np.sort(np.concatenate(keep))
-  return x[keep], y[keep]
+  return x.take(keep, axis=0), y[keep]
 
 
 def check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) -> None:
@@ -167,7 +177,8 @@ def check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) -> 
 
 
 DEFAULT_FIELDS = {"name": "fashion_mnist", "data_dir": "", "download": False, "val_size": 5000, "split_seed": 0,
-                  "train_subset": 0, "test_subset": 0, "imbalance_ratio": 1.0}
+                  "train_subset": 0, "test_subset": 0, "imbalance_ratio": 1.0, "input": "auto", "image_size": 0,
+                  "memory_limit_gb": 4.0, "statistics_examples": 100_000}
 
 
 def load_dataset(config: Any = None, **fields: Any) -> Dataset:
@@ -184,8 +195,10 @@ def load_dataset(config: Any = None, **fields: Any) -> Dataset:
       raise ValueError(f"Unknown dataset field(s) {unknown}; allowed: {sorted(DEFAULT_FIELDS)}.")
     config = types.SimpleNamespace(**{**DEFAULT_FIELDS, **fields})
   name = config.name
-  if name not in TFDS_DATASETS:
+  if name not in DATASETS:
     raise ValueError(f"dataset.name must be one of {list(DATASETS)}, got {name!r}.")
+  if name in STREAMED_BY_DEFAULT or name == "fashion_mnist_records" or getattr(config, "input", "auto") == "stream":
+    return load_from_source(config)
   num_classes = TFDS_DATASETS[name][1]
   check_training_source(config)
   data_dir = config.data_dir or None
@@ -229,10 +242,91 @@ def load_dataset(config: Any = None, **fields: Any) -> Dataset:
   return Dataset(name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes, *input_statistics(x_train))
 
 
+def training_sources(config: Any) -> tuple[Any, Any, int]:
+  """(train source, test source or None, number of classes) of the ``dataset`` block
+  (`ensembles.sources`): a folder of class folders, or a prepared tfds dataset."""
+  from ensembles import sources  # pylint: disable=g-import-not-at-top
+  data_dir = config.data_dir
+  if config.name == FOLDER:
+    if not data_dir:
+      raise DataNotFoundError("dataset.name='folder' needs dataset.data_dir: a folder holding train/<class>/<images> "
+                              "(and optionally test/ or val/ with the same class folders).")
+    train = sources.FolderSource(os.path.join(data_dir, "train"))
+    test_dirs = [os.path.join(data_dir, d) for d in ("test", "val", "validation") if os.path.isdir(os.path.join(data_dir, d))]
+    test = sources.FolderSource(test_dirs[0], classes=train.classes) if test_dirs else None
+    return train, test, len(train.classes)
+  if data_dir and not os.path.isdir(data_dir):
+    raise DataNotFoundError(f"dataset.data_dir {data_dir!r} does not exist; it must be a tfds data folder with "
+                            f"{config.name!r} prepared.")
+  test_split, num_classes = TFDS_DATASETS[config.name]
+  return sources.TfdsSource(config.name, "train", data_dir), sources.TfdsSource(config.name, test_split, data_dir), num_classes
+
+
+def model_image_shape(source: Any, image_size: int) -> tuple[int, int, int]:
+  """The model's input [H, W, C]: image_size x image_size when set, else the source's fixed shape."""
+  if image_size:
+    channels = source.image_shape[-1] if source.image_shape else 3
+    return (int(image_size), int(image_size), int(channels))
+  if source.image_shape is None:
+    raise ValueError(f"dataset.image_size must be set (e.g. 224) for {source.describe()}: its images differ in size.")
+  return tuple(source.image_shape)
+
+
+def load_from_source(config: Any) -> Dataset:
+  """A `Dataset` read through `ensembles.sources`: streamed (`streaming.ImageView` splits, read per
+  batch) when ``dataset.input`` is 'stream', or 'auto' and the set is one of `STREAMED_BY_DEFAULT`
+  or larger than ``memory_limit_gb`` at the model's input size; otherwise read whole into memory.
+  Splits, subsets and the long-tailed set are drawn as `load_dataset` draws them (the same examples
+  for the same seed); mean / std come from `statistics_examples` training images (all when fewer)."""
+  from ensembles import streaming  # pylint: disable=g-import-not-at-top
+  train_source, test_source, num_classes = training_sources(config)
+  shape = model_image_shape(train_source, getattr(config, "image_size", 0))
+  y_all = train_source.labels()
+  train = streaming.ImageView(train_source, shape)
+  rng = np.random.default_rng(config.split_seed)
+  if not 0 <= config.val_size < len(y_all):
+    raise ValueError(f"dataset.val_size must be in [0, {len(y_all)}), got {config.val_size}.")
+  perm = rng.permutation(len(y_all))
+  val_idx, train_idx = np.sort(perm[: config.val_size]), np.sort(perm[config.val_size:])
+  x_val, y_val = train.take(val_idx), y_all[val_idx]
+  x_train, y_train = train.take(train_idx), y_all[train_idx]
+  x_train, y_train = _subset(x_train, y_train, config.train_subset, rng)
+  ratio = float(getattr(config, "imbalance_ratio", 1.0))
+  if ratio != 1.0:
+    x_train, y_train = long_tailed_subset(x_train, y_train, num_classes, ratio, rng)
+  if test_source is None:
+    x_test, y_test = train.take(np.zeros(0, np.int64)), np.zeros(0, np.int32)
+  else:
+    x_test, y_test = streaming.ImageView(test_source, shape), test_source.labels()
+  x_test, y_test = _subset(x_test, y_test, config.test_subset, rng)
+  for y, where in ((y_train, "train"), (y_test, "test")):
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+      raise ValueError(f"{config.name} {where}: labels must lie in [0, {num_classes}), found [{y.min()}, {y.max()}].")
+  limit = int(getattr(config, "statistics_examples", 100_000))
+  sample = np.arange(len(y_train)) if len(y_train) <= limit else np.sort(
+      np.random.default_rng(0).choice(len(y_train), limit, replace=False))
+  mean, std = input_statistics(x_train[sample])
+  if not _streams(config, len(y_train), shape):
+    x_train, x_val, x_test = x_train[:], x_val[:], x_test[:]
+  return Dataset(config.name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes, mean, std)
+
+
+def _streams(config: Any, num_train: int, shape: tuple[int, ...]) -> bool:
+  choice = getattr(config, "input", "auto")
+  if choice != "auto":
+    return choice == "stream"
+  too_large = num_train * int(np.prod(shape)) > float(getattr(config, "memory_limit_gb", 4.0)) * 2 ** 30
+  return config.name in STREAMED_BY_DEFAULT or too_large
+
+
 def fingerprint(data: Dataset) -> str:
   """CRC32 of every split's inputs and labels with their shapes: what identifies a user's data."""
   crc = 0
   for array in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test):
+    if hasattr(array, "indices"):  # a streamed view: its source, examples and shape, not its pixels
+      array = np.frombuffer(f"{array.describe()}".encode(), np.uint8), array.indices
+      crc = zlib.crc32(array[1].tobytes(), zlib.crc32(array[0].tobytes(), crc))
+      continue
     array = np.ascontiguousarray(array)
     crc = zlib.crc32(array.tobytes(), zlib.crc32(f"{array.shape}{array.dtype}".encode(), crc))
   return f"{crc:08x}"

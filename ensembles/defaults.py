@@ -50,6 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "fashion_mnist"  # fashion_mnist (offline IDX files) | cifar10 | cifar100 | svhn_cropped | mnist
+                                    # | imagenet2012 | imagenet_resized/64x64 | fashion_mnist_records | folder
   c.dataset.data_dir = ""           # '' = default (/usr/share/datasets/fashion-mnist or tfds's folder); must exist
   c.dataset.download = False        # True: tensorflow-datasets may download a missing training set (network)
   c.dataset.val_size = 5000         # examples carved from train for validation (never the test set)
@@ -57,6 +58,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.train_subset = 0        # >0: keep this many training examples (quick runs, tests)
   c.dataset.test_subset = 0         # >0: keep this many test examples
   c.dataset.imbalance_ratio = 1.0   # ρ > 1: long-tailed training set, n_c = n_max·ρ^(−c/(K−1))
+  c.dataset.input = "auto"          # memory (whole set on the devices) | stream (read per batch, README
+                                    #   "Running at scale") | auto: stream imagenet, folders, sets > memory_limit_gb
+  c.dataset.image_size = 0          # model input H = W for images of varying size (ImageNet: 224); 0 = their own
+  c.dataset.memory_limit_gb = 4.0   # auto: a training set larger than this (uint8, model input size) streams
+  c.dataset.statistics_examples = 100_000  # training images the normalisation mean / std come from (all if fewer)
+  c.dataset.read_threads = 4        # stream: grain threads reading batches ahead
+  c.dataset.prefetch_batches = 4    # stream: batches read ahead of the step
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"            # mlp | lenet | resnet | wide_resnet; other fields go to the model (a user's own model: "custom")
@@ -66,6 +74,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_padding = 0      # random crop after zero padding by this many pixels (0 = off)
   c.augment.flip = False          # random horizontal flip
+  c.augment.random_resized_crop = False  # stream only: Inception crop on the host (ImageNet recipe)
+  c.augment.crop_scale_min = 0.08        # its smallest area fraction
 
   c.training = ml_collections.ConfigDict()
   c.training.epochs = 10

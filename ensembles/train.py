@@ -114,14 +114,31 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Ar
   return jnp.mean(weights * optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
+@flax.struct.dataclass
+class Batch:
+  """One step's examples: images [..., B, H, W, C] (uint8 0..255, or float features), labels
+  [..., B] int32 and ids [..., B] int32, the examples' indices in the training set (they pick the
+  sample weights). The leading axis is M in the all-members step and absent for one member."""
+
+  images: jax.Array
+  labels: jax.Array
+  ids: jax.Array
+
+
+def gather_batch(images: jax.Array, labels: jax.Array, idx: jax.Array) -> Batch:
+  """The `Batch` of examples idx [M, B] from a training set held whole (images [N, ...], labels [N])."""
+  return Batch(images[idx], labels[idx], idx)
+
+
 def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray, crop_padding: int = 0,
                           flip: bool = False, batch_split: int = 1) -> Callable:
-  """Returns ``gradients(state, idx, images, labels) -> (grads, aux)`` for ONE member.
+  """Returns ``gradients(state, batch) -> (grads, aux)`` for ONE member and its `Batch` [B, ...].
 
-  The loss is the sample-weighted cross-entropy of the member's batch ``images[idx]`` after its
-  augmentation (keys from fold_in(rng, step)); gradients are taken w.r.t. the stored params, which
-  are the effective weights (sparse methods keep pruned weights at exactly zero, so RigL sees the
-  gradient of inactive connections). aux: {"loss", "logits", "labels", "model_state"}.
+  The loss is the sample-weighted cross-entropy of the batch after the member's augmentation (keys
+  from fold_in(rng, step)), weights ``extra["sample_weights"][batch.ids]`` (1 without them);
+  gradients are taken w.r.t. the stored params, which are the effective weights (sparse methods keep
+  pruned weights at exactly zero, so RigL sees the gradient of inactive connections). aux: {"loss",
+  "logits", "labels", "model_state"}.
 
   ``batch_split`` = k > 1 computes the gradient as the mean of k independent gradients of equal
   parts of the batch (the same value: the loss is a mean), which XLA:CPU runs concurrently on
@@ -129,9 +146,9 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
   """
   mean, std = jnp.asarray(mean), jnp.asarray(std)
 
-  def gradients(state: TrainState, idx: jax.Array, images: jax.Array, labels: jax.Array):
-    x, y = images[idx], labels[idx]
-    weights = state.extra["sample_weights"][idx] if "sample_weights" in state.extra else jnp.ones(y.shape)
+  def gradients(state: TrainState, batch: Batch):
+    x, y = batch.images, batch.labels
+    weights = state.extra["sample_weights"][batch.ids] if "sample_weights" in state.extra else jnp.ones(y.shape)
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
     x = augment_lib.normalize(augment_lib.augment(aug_key, x, crop_padding, flip), mean, std)
     mutable = list(state.model_state)
@@ -178,7 +195,26 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   over ``data``). Random numbers are partitionable, so the result equals the one-device step.
   """
   step = _all_members_step(model, tx, execution, mean, std, crop_padding, flip, batch_split)
+  mesh = members_lib.as_execution(execution, model).mesh
+  return jax.jit(lambda state, images, labels, idx: step(state, _gathered(images, labels, idx, mesh)),
+                 donate_argnums=0)
+
+
+def make_batch_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
+                          execution: str | members_lib.Execution, mean: np.ndarray, std: np.ndarray,
+                          crop_padding: int = 0, flip: bool = False, batch_split: int = 1) -> Callable:
+  """Returns ``train_step(state, batch) -> (state, metrics)``, jitted: the step of
+  `make_train_step` on a `Batch` [M, B, ...] that the host read (streaming input, split over
+  ``members`` x ``data`` on a mesh). The same batch gives the same result as the in-memory step."""
+  step = _all_members_step(model, tx, execution, mean, std, crop_padding, flip, batch_split)
   return jax.jit(step, donate_argnums=0)
+
+
+def _gathered(images: jax.Array, labels: jax.Array, idx: jax.Array, mesh: jax.sharding.Mesh | None) -> Batch:
+  """`gather_batch` inside jit, idx and the batch laid out over ``members`` x ``data``."""
+  idx = members_lib.constrain(idx, mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
+  return members_lib.constrain(gather_batch(images, labels, idx), mesh, members_lib.MEMBER_AXIS,
+                               members_lib.DATA_AXIS)
 
 
 def make_train_chunk(model: nn.Module, tx: optax.GradientTransformation, *,
@@ -204,13 +240,13 @@ def make_train_chunk(model: nn.Module, tx: optax.GradientTransformation, *,
   @functools.partial(jax.jit, donate_argnums=0)
   def train_chunk(state, images, labels, epoch_idx, start, count):
     epoch_idx = members_lib.constrain(epoch_idx, mesh, members_axis, None, data_axis)
-    batch = lambda i: jax.lax.dynamic_index_in_dim(epoch_idx, i, 1, keepdims=False)  # idx [M, B] of step i
-    _, one_step = jax.eval_shape(step, state, images, labels, batch(0))  # each metric [M]
+    batch = lambda i: _gathered(images, labels, jax.lax.dynamic_index_in_dim(epoch_idx, i, 1, keepdims=False), mesh)
+    _, one_step = jax.eval_shape(step, state, batch(0))  # each metric [M]
     rows = jax.tree.map(lambda v: jnp.zeros((epoch_idx.shape[1], *v.shape), v.dtype), one_step)
 
     def body(i, carry):
       state, rows = carry
-      state, metrics = step(state, images, labels, batch(i))
+      state, metrics = step(state, batch(i))
       rows = jax.tree.map(lambda r, v: jax.lax.dynamic_update_index_in_dim(r, v, i, 0), rows, metrics)
       return state, rows
 
@@ -222,14 +258,14 @@ def make_train_chunk(model: nn.Module, tx: optax.GradientTransformation, *,
 
 def _all_members_step(model: nn.Module, tx: optax.GradientTransformation, execution: str | members_lib.Execution,
                       mean: np.ndarray, std: np.ndarray, crop_padding: int, flip: bool, batch_split: int) -> Callable:
-  """The (unjitted) step of all members: ``step(state, images, labels, idx) -> (state, metrics)``."""
+  """The (unjitted) step of all members on their `Batch` [M, B, ...]: ``step(state, batch) -> (state, metrics)``."""
   gradients = make_member_gradients(model, mean=mean, std=std, crop_padding=crop_padding, flip=flip,
                                     batch_split=batch_split)
   execution = members_lib.as_execution(execution, model)
   mesh = execution.mesh
 
-  def member_step(state: TrainState, idx: jax.Array, images: jax.Array, labels: jax.Array):
-    grads, aux = gradients(state, idx, images, labels)
+  def member_step(state: TrainState, batch: Batch):
+    grads, aux = gradients(state, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": aux["loss"], "accuracy": jnp.mean(jnp.argmax(aux["logits"], -1) == aux["labels"])}
@@ -239,10 +275,10 @@ def _all_members_step(model: nn.Module, tx: optax.GradientTransformation, execut
 
   members_axis, data_axis = members_lib.MEMBER_AXIS, members_lib.DATA_AXIS
 
-  def train_step(state, images, labels, idx):
+  def train_step(state, batch):
     state = members_lib.constrain(state, mesh, members_axis)
-    idx = members_lib.constrain(idx, mesh, members_axis, data_axis)
-    state, metrics = execution.map(member_step, num_shared=2)(state, idx, images, labels)
+    batch = members_lib.constrain(batch, mesh, members_axis, data_axis)
+    state, metrics = execution.map(member_step)(state, batch)
     return members_lib.constrain((state, metrics), mesh, members_axis)
 
   return train_step

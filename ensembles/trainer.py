@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ensembles import checkpoints
 from ensembles import members as members_lib
 from ensembles import metrics as metrics_lib
+from ensembles import streaming
 from ensembles import train as train_lib
 from ensembles.context import Run
 from ensembles.errors import NonFiniteLossError, Preempted  # noqa: F401  (re-exported)
@@ -66,9 +67,9 @@ def _mean_metrics(history: list[tuple[dict, slice | None]]) -> dict[str, np.ndar
 
 @dataclasses.dataclass(frozen=True)
 class Hook:
-  """Work between steps: ``state = apply(state, done, images, labels, idx)`` after every step count
-  ``done`` in ``steps``, with the device-resident training set and that step's batch indices idx
-  [M, B] (e.g. a sparse method's topology update every ΔT steps). ``apply`` must be a
+  """Work between steps: ``state = apply(state, done, batch)`` after every step count ``done`` in
+  ``steps``, with that step's `train.Batch` [M, B, ...] (e.g. a sparse method's topology update
+  every ΔT steps, whose gradient growth uses the batch). ``apply`` must be a
   deterministic function of the state and step so that resuming stays exact. A dispatch of several
   steps ends at each of ``steps``."""
 
@@ -88,7 +89,9 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
 
   With a distributed mesh the state is laid out over its ``members`` axis, the training set
   replicated and each epoch's indices [M, S, B] split over ``members`` x ``data`` (each host builds
-  only its own devices' shards). On a multi-device CPU mesh each dispatch (and hook) finishes before
+  only its own devices' shards). A streamed training set (`streaming.ImageView`) is never placed
+  whole: each step's batch is read by `streaming.TrainBatches` (each host its own rows) and trained
+  with `run.batch_step`, one step per dispatch; the reader's state is saved with every checkpoint. On a multi-device CPU mesh each dispatch (and hook) finishes before
   the next is made (`members.synchronous_steps`).
 
   SIGTERM (a preemption notice) makes the loop finish its chunk, save a checkpoint and raise
@@ -103,7 +106,11 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
   store = _Checkpoints(run)
   state = members_lib.place(state, run.mesh, members_lib.MEMBER_AXIS)
   state, start = store.restore(state)
-  images, labels = members_lib.place((run.data.x_train, run.data.y_train), run.mesh)
+  streamed = streaming.is_streamed(run.data.x_train)
+  if streamed:  # batches read from disk as they are needed (`streaming.TrainBatches`)
+    batches = streaming.TrainBatches(run, start, store.input_state)
+  else:
+    images, labels = members_lib.place((run.data.x_train, run.data.y_train), run.mesh)
   progress = _Progress(run, start)
   synchronous = members_lib.synchronous_steps(run.mesh)
   limit = steps_per_dispatch(run)
@@ -111,7 +118,12 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
   flag, restore_handler = _preemption_flag()
   try:
     for first, done, epoch in _chunks(run, start, ends, limit):
-      if limit == 1:
+      batch = None
+      if streamed:
+        batch = next(batches)
+        state, step_metrics = run.batch_step(state, batch)
+        progress.add(step_metrics)
+      elif limit == 1:
         state, step_metrics = run.train_step(state, images, labels, epoch.step(first))
         progress.add(step_metrics)
       else:
@@ -122,13 +134,15 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
         progress.show(_validate(run, state, done))
       for hook in hooks:
         if done in hook.steps:
-          state = hook.apply(state, done, images, labels, epoch.step(done - 1))
+          if batch is None:
+            batch = _gather(images, labels, epoch.step(done - 1))
+          state = hook.apply(state, done, batch)
       if synchronous:
         jax.block_until_ready(state)
       progress.step(done, done - first, store)
       stop = _should_stop(flag, done)
       if done % run.config.checkpoint_every_steps == 0 or done == run.total_steps or stop:
-        store.save(state, done)
+        store.save(state, done, batches.state() if streamed else None)
       if stop and done < run.total_steps:
         store.close()
         raise Preempted(f"SIGTERM received at step {done}/{run.total_steps}: " + (
@@ -141,11 +155,17 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
   return state, {"train_time_s": store.train_time(), "steps": run.total_steps, "resumed_from": start}
 
 
+_gather = jax.jit(train_lib.gather_batch)
+
+
 def steps_per_dispatch(run: Run) -> int:
   """The most steps of one dispatch: ``config.steps_per_dispatch``, or where it is 0 (auto) no
   limit but the chunk boundaries -- except 1 for a model with convolutions on XLA:CPU, where a
   convolution inside a compiled loop runs about 70x slower than at top level (jax-ml/jax#12868;
-  README "Member execution and performance"). 0 returned means no limit."""
+  README "Member execution and performance"), and 1 for streamed input (each step's batch is read
+  on the host; reading runs ahead on other threads). 0 returned means no limit."""
+  if streaming.is_streamed(run.data.x_train):
+    return 1
   limit = int(run.config.get("steps_per_dispatch", 0))
   platform = (run.mesh.devices.flat[0] if run.mesh is not None else jax.devices()[0]).platform
   if limit == 0 and run.execution.has_conv and platform == "cpu":
@@ -172,11 +192,16 @@ class _Epoch:
   same on the mesh (``device``, split over ``members`` x ``data``)."""
 
   def __init__(self, run: Run, epoch: int):
-    t = run.config.training
     self.run, self.number = run, epoch
-    self.host = np.asarray(train_lib.epoch_indices(run.data_keys, epoch, len(run.data.y_train), t.batch_size,
-                                                   t.shared_data_order))
-    self._device = None
+    self._host = self._device = None
+
+  @property
+  def host(self) -> np.ndarray:
+    if self._host is None:
+      t = self.run.config.training
+      self._host = np.asarray(train_lib.epoch_indices(self.run.data_keys, self.number, len(self.run.data.y_train),
+                                                      t.batch_size, t.shared_data_order))
+    return self._host
 
   @property
   def device(self) -> jax.Array:
@@ -227,6 +252,7 @@ class _Checkpoints:
     self.manager = None if run.workdir is None else checkpoints.make_manager(
         os.path.join(run.workdir, "checkpoints"), run.config.keep_checkpoints)
     self.last_saved: int | None = None
+    self.input_state: dict | None = None  # the streamed input's iterator state of the restored checkpoint
     self.time_before = 0.0  # training time of earlier (resumed) runs
     self.tick = time.perf_counter()
 
@@ -243,22 +269,26 @@ class _Checkpoints:
                        f"config asks for {self.run.total_steps}; use a new workdir.")
     print(f"Resuming from step {start}/{self.run.total_steps} ({self.run.workdir}).", file=sys.stderr)
     self.last_saved, self.time_before = start, float(meta["train_time_s"])
+    self.input_state = meta.get("input_state")
     self.tick = time.perf_counter()
     return state, start
 
   def train_time(self) -> float:
     return self.time_before + time.perf_counter() - self.tick
 
-  def save(self, state: train_lib.TrainState, step: int) -> None:
-    """Checkpoints ``state`` after ``step`` steps, unless a parameter is not finite."""
+  def save(self, state: train_lib.TrainState, step: int, input_state: dict | None = None) -> None:
+    """Checkpoints ``state`` after ``step`` steps (with the streamed input's iterator state),
+    unless a parameter is not finite."""
     jax.block_until_ready(state)
     if not bool(train_lib.all_finite(state.params)):
       raise NonFiniteLossError(f"Non-finite parameters at step {step}; not saving. " + self.kept())
     if self.manager is None:
       return
     elapsed = self.train_time()
-    checkpoints.save(self.manager, step, state, {"step": step, "train_time_s": elapsed,
-                                                 "total_steps": self.run.total_steps})
+    meta = {"step": step, "train_time_s": elapsed, "total_steps": self.run.total_steps}
+    if input_state is not None:
+      meta["input_state"] = input_state
+    checkpoints.save(self.manager, step, state, meta)
     self.time_before, self.tick = elapsed, time.perf_counter()
     self.last_saved = step
 

@@ -64,7 +64,7 @@ NO_INVALID_VALUE_OF_ITS_TYPE = {
     "dataset.data_dir": "a free folder path; whether it exists is checked when the data is loaded",
     "compilation_cache_dir": "a free folder path, created when the cache is turned on",
     **{f: "a boolean: both values are allowed" for f in (
-        "augment.flip", "dataset.download", "evaluation.plots", "evaluation.resize_ood", "sparse.allow_regrow",
+        "augment.flip", "augment.random_resized_crop", "dataset.download", "evaluation.plots", "evaluation.resize_ood", "sparse.allow_regrow",
         "subnetwork.share_input_output", "training.nesterov", "training.shared_data_order")},
 }
 
@@ -74,6 +74,8 @@ NO_INVALID_VALUE_OF_ITS_TYPE = {
 FIELDS = {
     "augment.crop_padding": (Other(2, 4), -1),
     "augment.flip": (Other(True, False), "yes"),
+    "augment.random_resized_crop": (lambda c: {"augment.random_resized_crop": True, "dataset.input": "stream"}, "yes"),
+    "augment.crop_scale_min": (Other(0.25, 0.5), 0.0),
     "cbnn.combine": (Other("vote", "weighted"), "median"),
     "cbnn.eps": (Other(0.01, 0.02), 0.5),
     "cbnn.max_weight_ratio": (Other(0.0, 5.0), 0.5),
@@ -83,6 +85,12 @@ FIELDS = {
     "dataset.data_dir": (Other("/tmp", ""), None),  # no invalid string
     "dataset.download": (Other(True, False), "yes"),
     "dataset.imbalance_ratio": (Other(10.0, 2.0), 0.5),
+    "dataset.input": (Other("stream", "memory"), "disk"),
+    "dataset.image_size": (Other(32, 64), -1),
+    "dataset.memory_limit_gb": (Other(8.0, 2.0), 0.0),
+    "dataset.statistics_examples": (Other(1000, 2000), 0),
+    "dataset.read_threads": (Other(2, 3), 0),
+    "dataset.prefetch_batches": (Other(2, 3), -1),
     # a dataset other than the config's and its OoD sets
     "dataset.name": (lambda c: {"dataset.name": "fashion_mnist" if c.dataset.name == "cifar10" else "svhn_cropped"},
                      "imagenet"),

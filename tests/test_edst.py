@@ -92,7 +92,7 @@ def test_edst_end_to_end_tickets_differ_and_resume(tmp_path, monkeypatch):
   def counted(run, topology):  # every update made through the update function(s) the run built
     update = make_update(run, topology)
     updates.append(update)
-    return lambda *args: calls.append(args[4:]) or update(*args)
+    return lambda *args: calls.append(args[2:]) or update(*args)
 
   monkeypatch.setattr(sparse_common, "make_topology_update", counted)
   cfg = _cfg()

@@ -73,12 +73,11 @@ def _member_aux(model, data, num_members=3, steps=(0,), crop_padding=0, flip=Fal
   state = train.init_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), num_members, data.image_shape)
   gradients = train.make_member_gradients(model, mean=np.zeros(1), std=np.ones(1), crop_padding=crop_padding,
                                           flip=flip)
-  idx = jnp.arange(16)
+  batch = train.gather_batch(jnp.asarray(data.x_train), jnp.asarray(data.y_train), jnp.arange(16))
   out = []
   for step in steps:
     state = state.replace(step=jnp.full(num_members, step, jnp.int32))
-    _, aux = jax.vmap(gradients, in_axes=(0, None, None, None))(state, idx, jnp.asarray(data.x_train),
-                                                                jnp.asarray(data.y_train))
+    _, aux = jax.vmap(gradients, in_axes=(0, None))(state, batch)
     out.append(np.asarray(aux["logits"]))
   return np.stack(out)
 

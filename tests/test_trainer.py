@@ -80,8 +80,8 @@ def test_chunked_steps_equal_one_step_per_call(monkeypatch):
   epoch boundaries and at steps_per_dispatch."""
   dataset = make_dataset(n_train=320, n_val=16, n_test=16)  # 10 steps per epoch of 32
 
-  def scale(state, done, images, labels, idx):  # a hook that changes the state between steps
-    seen.append((done, np.asarray(idx)))
+  def scale(state, done, batch):  # a hook that changes the state between steps
+    seen.append((done, np.asarray(batch.ids)))
     return state.replace(params=jax.tree.map(lambda p: p * 0.9, state.params))
 
   results = {}

@@ -52,7 +52,7 @@ def train(run: Run, options) -> Trained:
   reweight = jax.jit(lambda w, p, y: boosting.reweight(w, p, y, c.rule, c.eps, c.max_weight_ratio or None))
   labels = jnp.asarray(run.data.y_train)
 
-  def boost(state, done, images, labels_dev, idx):
+  def boost(state, done, batch):
     """At a segment's end: α and new weights from the training-set predictions; the checkpoint."""
     probs = run.member_probs(state, run.data.x_train)[0]
     weights, alpha, error = reweight(state.extra["sample_weights"][0], jnp.asarray(probs), labels)

@@ -187,19 +187,19 @@ def train(run: Run, options) -> Trained:
       save_ticket(state, k, done, val_nll)
       run.log.write({"step": done, "event": f"ticket {k} candidate", "val_nll": val_nll})
 
-  def phase_hook(state, done, images, labels, idx):
+  def phase_hook(state, done, batch):
     """Regular DST updates (`regular_updates`); at a phase end: the ticket (the trained state,
     before any topology change), then the global exploration before every phase after the first."""
     if e.ticket == "best_val":
       select_best(state, done)
     if done not in ends:
       p = regular_p(done)
-      return state if p is None else update(state, images, labels, idx, p, s.growth == "gradient")
+      return state if p is None else update(state, batch, p, s.growth == "gradient")
     if e.ticket == "final":
       save_ticket(state, ends[done], done)
     run.log.write({"step": done, "event": f"ticket {ends[done]} saved"})
     if done in starts:
-      state = update(state, images, labels, idx, e.global_drop_fraction, e.exploration_growth == "gradient")
+      state = update(state, batch, e.global_drop_fraction, e.exploration_growth == "gradient")
       run.log.write({"step": done, "event": f"global exploration before phase {starts[done]}"})
     return state
 

@@ -32,7 +32,7 @@ def train(run: Run, options) -> Trained:
   run = run.phase(num_members=1, schedule=cyclic_cosine(run.config.training.lr, run.total_steps, m))
   snapshots = run.collection("members", at_segment_ends(run.total_steps, m))
 
-  def snapshot(state, done, images, labels, idx):  # a snapshot at the end of every cycle
+  def snapshot(state, done, batch):  # a snapshot at the end of every cycle
     snapshots.save(state, snapshots.ends[done], {"step": done})
     run.log.write({"step": done, "event": f"snapshot {snapshots.ends[done]} saved"})
     return state

@@ -66,9 +66,9 @@ def init_member_masks(run: Run, state: train_lib.TrainState, plan: sparse.Sparsi
 
 
 def make_topology_update(run: Run, topology: sparse.Topology) -> Callable:
-  """Returns jitted ``update(state, images, labels, idx, drop_fraction, by_gradient=None) -> state``
-  for all members: one `sparse.update_topology` per member, with the gradient of its batch ``idx``
-  for RigL growth, executed as the run's train step is (mode, mesh). drop_fraction and by_gradient
+  """Returns jitted ``update(state, batch, drop_fraction, by_gradient=None) -> state`` for all
+  members: one `sparse.update_topology` per member, with the gradient of its `train.Batch` for RigL
+  growth, executed as the run's train step is (mode, mesh). drop_fraction and by_gradient
   (the growth rule where ``topology.growth`` is ``either``) are traced: one compiled update serves
   every call."""
   gradients = train_lib.make_member_gradients(run.model, mean=run.data.mean, std=run.data.std,
@@ -76,23 +76,23 @@ def make_topology_update(run: Run, topology: sparse.Topology) -> Callable:
                                               flip=run.config.augment.flip)
   execution = run.execution
 
-  def member_update(state, idx, images, labels, drop_fraction, by_gradient):
+  def member_update(state, batch, drop_fraction, by_gradient):
     key = jax.random.fold_in(jax.random.fold_in(state.rng, _TOPOLOGY_SALT), state.step)
-    grads = gradients(state, idx, images, labels)[0] if topology.growth != "random" else None
+    grads = gradients(state, batch)[0] if topology.growth != "random" else None
     params, opt_state = sparse.update_topology(key, state.params, state.opt_state, grads, drop_fraction, topology,
                                                by_gradient)
     return state.replace(params=params, opt_state=opt_state)
 
   @functools.partial(jax.jit, donate_argnums=0)
-  def jitted(state, images, labels, idx, drop_fraction, by_gradient):
+  def jitted(state, batch, drop_fraction, by_gradient):
     state = members_lib.constrain(state, execution.mesh, members_lib.MEMBER_AXIS)
-    idx = members_lib.constrain(idx, execution.mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
-    state = execution.map(member_update, num_shared=4)(state, idx, images, labels, drop_fraction, by_gradient)
+    batch = members_lib.constrain(batch, execution.mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
+    state = execution.map(member_update, num_shared=2)(state, batch, drop_fraction, by_gradient)
     return members_lib.constrain(state, execution.mesh, members_lib.MEMBER_AXIS)
 
-  def update(state, images, labels, idx, drop_fraction, by_gradient=None):
+  def update(state, batch, drop_fraction, by_gradient=None):
     flag = None if by_gradient is None else jnp.bool_(by_gradient)  # None: the topology's own rule
-    return jitted(state, images, labels, idx, jnp.float32(drop_fraction), flag)
+    return jitted(state, batch, jnp.float32(drop_fraction), flag)
 
   update.jitted = jitted  # the one compiled program (its cache size is tested)
   return update
@@ -115,8 +115,8 @@ def topology_hook(update: Callable, options: SparseOptions, total_steps: int) ->
   schedule = sparse.drop_fraction_schedule(options.drop_fraction, options.drop_schedule, stop_step(options, total_steps),
                                            options.drop_fraction_min)
 
-  def hook(state, done, images, labels, idx):
-    return update(state, images, labels, idx, jnp.float32(schedule(done)))
+  def hook(state, done, batch):
+    return update(state, batch, jnp.float32(schedule(done)))
 
   return trainer.Hook(frozenset(update_steps(options, total_steps)), hook)  # the steps the FLOPs count charges
 
