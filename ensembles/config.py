@@ -143,6 +143,9 @@ def validate_model(m: Any) -> None:
                "a tuple of integers >= 1 (layer widths)", value)
     elif isinstance(fields[field], int) and not isinstance(fields[field], bool):
       _require(is_int(value) and value >= 1, f"model.{field}", "an integer >= 1", value)
+  for field, allowed in getattr(models_lib.MODELS[m.name], "choices", {}).items():
+    if field in m:
+      _require(m[field] in allowed, f"model.{field}", f"one of {allowed} for {m.name}", m[field])
   depth_rule = getattr(models_lib.MODELS[m.name], "depth_rule", None)  # (step, offset): depth = step·n + offset
   if depth_rule is not None and "depth" in m:
     step, offset = depth_rule

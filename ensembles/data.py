@@ -255,7 +255,7 @@ def training_sources(config: Any) -> tuple[Any, Any, int]:
     test_dirs = [os.path.join(data_dir, d) for d in ("test", "val", "validation") if os.path.isdir(os.path.join(data_dir, d))]
     test = sources.FolderSource(test_dirs[0], classes=train.classes) if test_dirs else None
     return train, test, len(train.classes)
-  if data_dir and not os.path.isdir(data_dir):
+  if data_dir and "://" not in data_dir and not os.path.isdir(data_dir):  # gs:// folders: tfds reads them
     raise DataNotFoundError(f"dataset.data_dir {data_dir!r} does not exist; it must be a tfds data folder with "
                             f"{config.name!r} prepared.")
   test_split, num_classes = TFDS_DATASETS[config.name]
@@ -461,11 +461,16 @@ def check_training_source(config: Any) -> None:
   nor a prepared tfds copy; a named tfds dataset that is not prepared (unless ``download``)."""
   name, data_dir = config.name, config.data_dir
   download = bool(getattr(config, "download", False))
+  if name == FOLDER:
+    if not (data_dir and os.path.isdir(os.path.join(data_dir, "train"))):
+      raise DataNotFoundError(f"dataset.data_dir {data_dir!r} must be a folder holding train/<class>/<images> (and "
+                              "optionally test/ or val/ with the same class folders) for dataset.name='folder'.")
+    return
   if name == "fashion_mnist":
     expected = f"Fashion-MNIST's IDX files {list(FASHION_MNIST_FILES.values())} or a tfds data folder with fashion_mnist"
   else:
     expected = f"a tfds data folder with {name!r} prepared (`tfds build {name} --data_dir DIR`)"
-  if data_dir and not os.path.isdir(data_dir):
+  if data_dir and "://" not in data_dir and not os.path.isdir(data_dir):
     raise DataNotFoundError(f"dataset.data_dir {data_dir!r} does not exist; it must hold {expected}.")
   if name == "fashion_mnist":
     if _has_idx_files(data_dir or os.environ.get("ENSEMBLES_FASHION_MNIST_DIR", FASHION_MNIST_DIR)):

@@ -35,8 +35,9 @@ class Ensemble:
     return members_lib.num_members(self.params)
 
   def member_probs(self, x: np.ndarray) -> np.ndarray:
-    """Member probabilities [M', N, K] of inputs x [N, ...] (in batches of ``batch_size``)."""
-    x = np.asarray(x)
+    """Member probabilities [M', N, K] of inputs x [N, ...] (in batches of ``batch_size``; a
+    `streaming.ImageView` is read batch by batch)."""
+    x = x if hasattr(x, "read") else np.asarray(x)
     chex.assert_shape(x, (None, *self.input_shape))
     return train_lib.predict_probs(self.apply, self, x, self.batch_size)
 

@@ -1,7 +1,7 @@
 """Example sources on disk: random access to one decoded example at a time, nothing held whole.
 
-A source has ``len(source)``, ``source.image(i) -> uint8 [H, W, C]`` (decoded; sizes may differ
-between examples), ``source.labels() -> int32 [N]`` and ``source.image_shape`` (the fixed
+A source has ``len(source)``, ``source.images(indices) -> [uint8 [H, W, C], ...]`` (decoded; sizes
+may differ between examples), ``source.labels() -> int32 [N]`` and ``source.image_shape`` (the fixed
 [H, W, C] of every example, or None when sizes vary). ``describe()`` names it (fingerprints, errors).
 
 * `TfdsSource`: a prepared tensorflow-datasets split through `tfds.data_source` (ArrayRecord
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class ExampleSource(Protocol):
 
   def __len__(self) -> int: ...
 
-  def image(self, i: int) -> np.ndarray: ...
+  def images(self, indices: list[int]) -> list[np.ndarray]: ...
 
   def labels(self) -> np.ndarray: ...
 
@@ -55,14 +55,23 @@ class ArraySource:
   def __len__(self) -> int:
     return len(self.y)
 
-  def image(self, i: int) -> np.ndarray:
-    return _as_hwc(self.x[i])
+  def images(self, indices: list[int]) -> list[np.ndarray]:
+    return [_as_hwc(self.x[i]) for i in indices]
 
   def labels(self) -> np.ndarray:
     return self.y
 
   def describe(self) -> str:
     return f"{self.name} {self.x.shape}"
+
+
+def _get_many(source: Any, keys: Any) -> list:
+  """Records ``keys`` of a tfds data source, read together (one call) where the source can."""
+  keys = [int(k) for k in keys]
+  try:
+    return source.__getitems__(keys)
+  except TypeError:  # tfds' mock data sources read one record at a time
+    return [source[k] for k in keys]
 
 
 class TfdsSource:
@@ -89,8 +98,8 @@ class TfdsSource:
   def __len__(self) -> int:
     return len(self.source)
 
-  def image(self, i: int) -> np.ndarray:
-    return _as_hwc(self.source[int(i)][self.image_key])
+  def images(self, indices: list[int]) -> list[np.ndarray]:
+    return [_as_hwc(e[self.image_key]) for e in _get_many(self.source, indices)]
 
   def labels(self) -> np.ndarray:
     if self._labels is None:
@@ -107,28 +116,41 @@ class TfdsSource:
 
   def _read_labels(self) -> np.ndarray:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    def read(source):
+      blocks = (_get_many(source, range(i, min(i + 1024, len(source)))) for i in range(0, len(source), 1024))
+      return np.asarray([int(e[self.label_key]) for block in blocks for e in block], np.int32)
+
     try:  # records without decoding the images
-      source = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir or None, download=False,
-                                decoders={self.image_key: tfds.decode.SkipDecoding()})
-      source[0]  # under tfds' mock data this raises
+      return read(tfds.data_source(self.name, split=self.split, data_dir=self.data_dir or None, download=False,
+                                   decoders={self.image_key: tfds.decode.SkipDecoding()}))
     except Exception:  # noqa: BLE001  (e.g. tfds' mock data, which encodes with TensorFlow)
-      source = self.source
-    return np.asarray([int(source[i][self.label_key]) for i in range(len(source))], np.int32)
+      return read(self.source)
 
   def _cache_path(self) -> str | None:
+    """The labels' cache file, named by the split's record files (paths, sizes, modification
+    times): a rewritten dataset gets a new file. None for remote, default or missing folders."""
     folder = os.environ.get(LABELS_CACHE_ENV, os.path.expanduser("~/.cache/ensembles/labels"))
-    if folder == "off" or not (self.data_dir and os.path.isdir(self.data_dir)):
-      return None  # only local, existing data folders: a remote or default folder is read each time
-    key = hashlib.sha1(f"{os.path.abspath(self.data_dir)}|{self.name}|{self.split}|{len(self)}".encode()).hexdigest()
-    return os.path.join(folder, f"{self.name.replace('/', '_')}-{self.split}-{key[:12]}.npy")
+    dataset_dir = os.path.join(self.data_dir, *self.name.split("/")) if self.data_dir else ""
+    if folder == "off" or not os.path.isdir(dataset_dir):
+      return None
+    stamp = [f"{os.path.abspath(self.data_dir)}|{self.name}|{self.split}|{len(self)}"]
+    for root, _, files in sorted(os.walk(dataset_dir)):
+      for f in sorted(files):
+        if f"-{self.split}." in f:
+          st = os.stat(os.path.join(root, f))
+          stamp.append(f"{root}/{f}|{st.st_size}|{st.st_mtime_ns}")
+    key = hashlib.sha1("\n".join(stamp).encode()).hexdigest()
+    return os.path.join(folder, f"{self.name.replace('/', '_')}-{self.split}-{key[:16]}.npy")
 
   def describe(self) -> str:
     return f"tfds {self.name}[{self.split}] in {self.data_dir or 'default'} ({len(self)} examples)"
 
 
 class FolderSource:
-  """Images in ``root/<class>/<file>``: class k is the k-th sub-folder in sorted order (or the
-  order of ``classes``); files with an image suffix, sorted. Decoded with PIL, as RGB (or L when
+  """Images in ``root/<class>/.../<file>`` (at any depth, e.g. Tiny-ImageNet's
+  train/<wnid>/images/): class k is the k-th sub-folder in sorted order (or the order of
+  ``classes``); files with an image suffix, sorted by path. Decoded with PIL, as RGB (or L when
   ``channels`` is 1)."""
 
   def __init__(self, root: str, classes: tuple[str, ...] | None = None, channels: int = 3):
@@ -143,8 +165,9 @@ class FolderSource:
       folder = os.path.join(root, c)
       if not os.path.isdir(folder):
         raise DataNotFoundError(f"{root!r} has no class folder {c!r} (the training split's classes must all be there).")
-      names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
-      files += [os.path.join(folder, f) for f in names]
+      names = sorted(os.path.join(root_, f) for root_, _, fs in os.walk(folder) for f in fs
+                     if f.lower().endswith(IMAGE_SUFFIXES))
+      files += names
       labels += [k] * len(names)
     if not files:
       raise DataNotFoundError(f"{root!r} holds no images in class sub-folders (suffixes {IMAGE_SUFFIXES}).")
@@ -154,10 +177,13 @@ class FolderSource:
   def __len__(self) -> int:
     return len(self.files)
 
-  def image(self, i: int) -> np.ndarray:
+  def images(self, indices: list[int]) -> list[np.ndarray]:
     from PIL import Image  # pylint: disable=g-import-not-at-top
-    with Image.open(self.files[int(i)]) as image:
-      return _as_hwc(np.asarray(image.convert("RGB" if self.channels == 3 else "L")))
+    out = []
+    for i in indices:
+      with Image.open(self.files[int(i)]) as image:
+        out.append(_as_hwc(np.asarray(image.convert("RGB" if self.channels == 3 else "L"))))
+    return out
 
   def labels(self) -> np.ndarray:
     return self._labels

@@ -27,6 +27,7 @@ from ensembles import train as train_lib
 
 CROP_FRACTION = 0.875  # evaluation: shorter side resized to size / 0.875, then the centre crop
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="decode")
+_CHUNK = 64  # examples per read call (tfds reads several records at once)
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -118,22 +119,24 @@ class ImageView:
                     "(view[a:b]) or set dataset.input = 'memory'.")
 
   def read(self, positions: Sequence[int], transforms: Sequence[Any] | None = None) -> np.ndarray:
-    """Images at ``positions`` of the view, uint8 [n, H, W, C], decoded on a thread pool; each
-    through ``transforms[i](image)`` if given, else the evaluation transform."""
+    """Images at ``positions`` of the view, uint8 [n, H, W, C], read and decoded in chunks on a
+    thread pool; each through ``transforms[i](image)`` if given, else the evaluation transform."""
     positions = np.asarray(positions, np.int64)
     if len(positions) == 0:
       return np.zeros((0, *self.image_shape), np.uint8)
 
-    def one(i):
-      image = self.source.image(int(self.indices[positions[i]]))
-      out = transforms[i](image) if transforms is not None else center_crop(image, self.image_shape,
-                                                                           self.crop_fraction)
-      if out.shape != self.image_shape:
-        raise ValueError(f"{self.describe()}: example {int(self.indices[positions[i]])} has shape {out.shape} after "
-                         f"its transform, expected {self.image_shape}.")
+    def chunk(start):
+      part = positions[start:start + _CHUNK]
+      images = self.source.images([int(i) for i in self.indices[part]])
+      out = [transforms[start + j](image) if transforms is not None else
+             center_crop(image, self.image_shape, self.crop_fraction) for j, image in enumerate(images)]
+      for j, image in enumerate(out):
+        if image.shape != self.image_shape:
+          raise ValueError(f"{self.describe()}: example {int(self.indices[part[j]])} has shape {image.shape} after "
+                           f"its transform, expected {self.image_shape}.")
       return out
 
-    return np.stack(list(_POOL.map(one, range(len(positions)))))
+    return np.stack([image for part in _POOL.map(chunk, range(0, len(positions), _CHUNK)) for image in part])
 
   def describe(self) -> str:
     return f"{self.source.describe()} as {self.image_shape}"
