@@ -102,6 +102,12 @@ def _validate_rest(config: Any) -> None:
            "fractions of training in (0, 1)", t.decay_milestones)
   _require(is_number(t.decay_factor) and 0 < t.decay_factor <= 1, "training.decay_factor", "in (0, 1]",
            t.decay_factor)
+  _require(t.get("weight_decay_on", "all") in train_lib.WEIGHT_DECAY_ON, "training.weight_decay_on",
+           f"one of {train_lib.WEIGHT_DECAY_ON}", t.get("weight_decay_on"))
+  _require(is_number(t.get("label_smoothing", 0.0)) and 0 <= t.get("label_smoothing", 0.0) < 1,
+           "training.label_smoothing", "in [0, 1)", t.get("label_smoothing"))
+  _require(t.get("compute_dtype", "float32") in train_lib.COMPUTE_DTYPES, "training.compute_dtype",
+           f"one of {train_lib.COMPUTE_DTYPES}", t.get("compute_dtype"))
   for field in ("nesterov", "shared_data_order"):
     _require(isinstance(t.get(field, False), bool), f"training.{field}", "True or False", t.get(field))
   _require(is_int(t.batch_split) and t.batch_split >= 1 and t.batch_size % t.batch_split == 0,
@@ -109,6 +115,10 @@ def _validate_rest(config: Any) -> None:
 
   _require(isinstance(config.get("compilation_cache_dir", ""), str), "compilation_cache_dir",
            "a folder path (a string; '' = no persistent compilation cache)", config.get("compilation_cache_dir"))
+  _require(isinstance(config.get("tensorboard", True), bool), "tensorboard", "True or False", config.get("tensorboard"))
+  _require(is_number(config.get("peak_flops_per_device", 0.0)) and config.get("peak_flops_per_device", 0.0) >= 0,
+           "peak_flops_per_device", "a number >= 0 (FLOP/s; 0 = from the device table)",
+           config.get("peak_flops_per_device"))
   for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
                 "eval_batch_size"):
     _require(is_int(config[field]) and config[field] >= 1, field, "an integer >= 1", config[field])

@@ -57,6 +57,10 @@ class Run:
     return self.execution.mesh
 
   @property
+  def compute_dtype(self) -> str:
+    return self.config.training.get("compute_dtype", "float32")
+
+  @property
   def steps_per_epoch(self) -> int:
     return len(self.data.y_train) // self.config.training.batch_size
 
@@ -100,7 +104,7 @@ class Run:
     execution = execution_for(self.config, self.model, m, input_shape=self.data.image_shape)
     members = members_lib.place(members, execution.mesh, members_lib.MEMBER_AXIS)
     apply = apply or train_lib.make_predict(self.model, execution=execution, mean=self.data.mean,
-                                            std=self.data.std)
+                                            std=self.data.std, compute_dtype=self.compute_dtype)
     return ensemble_lib.Ensemble(members["params"], members["model_state"], apply, self.data.image_shape,
                                  None if weights is None else tuple(float(w) for w in weights), combine,
                                  self.config.eval_batch_size)
@@ -150,15 +154,15 @@ def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | 
   execution = execution_for(config, model, m, t.batch_size, data.image_shape)
   key = jax.random.PRNGKey(config.seed)
   init_key, data_key = jax.random.split(jax.random.fold_in(key, key_salt) if key_salt else key)
-  step_args = dict(execution=execution, mean=data.mean, std=data.std, crop_padding=config.augment.crop_padding,
-                   flip=config.augment.flip, batch_split=t.batch_split)
+  step_args = dict(execution=execution, mean=data.mean, std=data.std, **train_lib.gradient_options(config))
   train_step = train_lib.make_train_step(model, tx, **step_args)
   train_chunk = train_lib.make_train_chunk(model, tx, **step_args)
   batch_step = train_lib.make_batch_train_step(model, tx, **step_args)
-  predict = train_lib.make_predict(model, execution=execution, mean=data.mean, std=data.std)
+  predict = train_lib.make_predict(model, execution=execution, mean=data.mean, std=data.std,
+                                   compute_dtype=t.get("compute_dtype", "float32"))
   if workdir is not None:
     os.makedirs(workdir, exist_ok=True)
-    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), tensorboard=bool(config.get("tensorboard", True)))
   return Run(config, model, data, workdir, m, epochs, tx, execution, init_key, jax.random.split(data_key, m),
              train_step, train_chunk, batch_step, predict, log or MetricsLog(None), name or config.method, key_salt)
 

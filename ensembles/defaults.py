@@ -85,6 +85,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.training.momentum = 0.9       # sgd only; 0 = plain SGD
   c.training.nesterov = True
   c.training.weight_decay = 5e-4  # L2 added to the gradient (decoupled for adamw)
+  c.training.weight_decay_on = "all"  # all | kernels (no decay on biases and BatchNorm scale/offset)
+  c.training.label_smoothing = 0.0    # ε: targets (1 − ε)·one-hot + ε/K
+  c.training.compute_dtype = "float32"  # float32 | bfloat16: forward/backward in bf16, params,
+                                        #   optimizer state and BatchNorm statistics in float32
   c.training.lr_schedule = "cosine"   # constant | cosine | step
   c.training.warmup_epochs = 0.0
   c.training.decay_milestones = (0.5, 0.75)  # step schedule: fractions of training
@@ -104,6 +108,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.evaluation.plots = True                # PNG plots in the workdir (reliability, corruption severity)
 
   c.log_every_steps = 50          # progress bar and metrics.jsonl
+  c.tensorboard = True            # also TensorBoard scalars in WORKDIR/tensorboard (no TensorFlow needed)
+  c.peak_flops_per_device = 0.0   # for the logged MFU: 0 = the device's bf16/f32 peak from ensembles/hardware.py
   c.steps_per_dispatch = 0        # steps per compiled call (no host sync between): 0 = auto, every step up
                                   #   to the next log/checkpoint/hook/epoch end (1 for conv models on CPU)
   c.eval_every_epochs = 1         # validation metrics of the ensemble

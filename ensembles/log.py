@@ -1,20 +1,30 @@
-"""The run's metrics log: one JSON object per line in WORKDIR/metrics.jsonl, or a list in memory."""
+"""The run's metrics log: one JSON object per line in WORKDIR/metrics.jsonl (and its numbers as
+TensorBoard scalars in WORKDIR/tensorboard/), or a list in memory."""
 from __future__ import annotations
 
 import json
+import numbers
 import os
 
 import jax
 
+from ensembles import tensorboard
+
 
 class MetricsLog:
   """Appends records to ``path`` (kept across resumed runs); with ``path`` None keeps them in
-  ``records`` (a run without a workdir), marked with ``phase`` when given."""
+  ``records`` (a run without a workdir), marked with ``phase`` when given. With a path and
+  ``tensorboard``, every number of a record with a ``step`` is also a TensorBoard scalar (tag: the
+  field's name) in the folder ``tensorboard`` beside the file."""
 
-  def __init__(self, path: str | None, records: list | None = None, phase: str | None = None):
+  def __init__(self, path: str | None, records: list | None = None, phase: str | None = None,
+               tensorboard: bool = False):
     if path is not None:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     self.path = path
+    self.tensorboard_dir = (os.path.join(os.path.dirname(os.path.abspath(path)), "tensorboard")
+                            if path is not None and tensorboard else None)
+    self._events = None
     self.records: list[dict] = [] if records is None else records
     self.phase = phase
 
@@ -31,3 +41,9 @@ class MetricsLog:
       return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+    if self.tensorboard_dir is not None and "step" in record:
+      scalars = {k: v for k, v in record.items() if k not in ("step", "epoch") and isinstance(v, numbers.Real)
+                 and not isinstance(v, bool)}
+      if scalars:
+        self._events = self._events or tensorboard.EventWriter(self.tensorboard_dir)
+        self._events.scalars(int(record["step"]), scalars)

@@ -76,17 +76,23 @@ def make_optimizer(cfg: Any, total_steps: int, steps_per_epoch: int,
   """The optimizer of the config's ``training`` block (``schedule`` replaces its lr schedule).
 
   sgd: L2 weight decay added to the gradient (g + λw), then momentum (optionally Nesterov);
-  adam: L2 decay added to the gradient; adamw: decoupled decay.
+  adam: L2 decay added to the gradient; adamw: decoupled decay. ``weight_decay_on``: ``all``
+  parameters, or ``kernels`` only (parameters of 2 or more dimensions: no decay on biases and
+  BatchNorm scales and offsets, as the FreeTickets ImageNet recipe).
   """
   if cfg.optimizer not in OPTIMIZERS:
     raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}.")
   lr = schedule or learning_rate_schedule(cfg, total_steps, steps_per_epoch)
   wd = float(cfg.weight_decay)
+  on = cfg.get("weight_decay_on", "all")
+  if on not in WEIGHT_DECAY_ON:
+    raise ValueError(f"training.weight_decay_on must be one of {WEIGHT_DECAY_ON}, got {on!r}.")
+  mask = None if on == "all" else (lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
   if cfg.optimizer == "adamw":
-    return optax.adamw(lr, weight_decay=wd)
+    return optax.adamw(lr, weight_decay=wd, mask=mask)
   base = (optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
           if cfg.optimizer == "sgd" else optax.adam(lr))
-  return optax.chain(optax.add_decayed_weights(wd), base) if wd > 0 else base
+  return optax.chain(optax.add_decayed_weights(wd, mask), base) if wd > 0 else base
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
@@ -106,12 +112,39 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Arra
   return jax.jit(jax.vmap(init_one), out_shardings=out)(jax.random.split(key, num_members))
 
 
-def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
-  """mean_b w_b · CE(logits_b, y_b); equals the plain mean cross-entropy when w = 1.
+def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array,
+                           label_smoothing: float = 0.0) -> jax.Array:
+  """mean_b w_b · CE(logits_b, t_b); equals the plain mean cross-entropy when w = 1.
 
-  logits [B, K], labels [B] int, weights [B] -> scalar.
+  logits [B, K], labels [B] int, weights [B] -> scalar. Targets t_b: one-hot(y_b), or with label
+  smoothing ε > 0, (1 − ε)·one-hot(y_b) + ε/K.
   """
+  if label_smoothing:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    return jnp.mean(weights * optax.softmax_cross_entropy(logits, targets))
   return jnp.mean(weights * optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+WEIGHT_DECAY_ON = ("all", "kernels")
+
+
+def gradient_options(config: Any) -> dict:
+  """The config's fields that shape the training loss and its gradient (`make_member_gradients`)."""
+  t, a = config.training, config.augment
+  return {"crop_padding": a.crop_padding, "flip": a.flip, "batch_split": t.batch_split,
+          "label_smoothing": float(t.get("label_smoothing", 0.0)), "compute_dtype": t.get("compute_dtype", "float32")}
+
+
+def in_compute_dtype(params: PyTree, x: jax.Array, compute_dtype: str) -> tuple[PyTree, jax.Array]:
+  """Mixed precision: float parameters and inputs cast to ``compute_dtype`` for the forward and
+  backward pass (the stored parameters, optimizer state and BatchNorm statistics stay float32;
+  gradients flow back through the cast in float32). float32: unchanged."""
+  if compute_dtype == "float32":
+    return params, x
+  dtype = jnp.dtype(compute_dtype)
+  cast = lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v
+  return jax.tree.map(cast, params), cast(x)
 
 
 @flax.struct.dataclass
@@ -131,7 +164,8 @@ def gather_batch(images: jax.Array, labels: jax.Array, idx: jax.Array) -> Batch:
 
 
 def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray, crop_padding: int = 0,
-                          flip: bool = False, batch_split: int = 1) -> Callable:
+                          flip: bool = False, batch_split: int = 1, label_smoothing: float = 0.0,
+                          compute_dtype: str = "float32") -> Callable:
   """Returns ``gradients(state, batch) -> (grads, aux)`` for ONE member and its `Batch` [B, ...].
 
   The loss is the sample-weighted cross-entropy of the batch after the member's augmentation (keys
@@ -143,6 +177,8 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
   ``batch_split`` = k > 1 computes the gradient as the mean of k independent gradients of equal
   parts of the batch (the same value: the loss is a mean), which XLA:CPU runs concurrently on
   several cores. Models with BatchNorm are refused (their statistics would be per part).
+  ``label_smoothing`` ε: see `weighted_cross_entropy`; ``compute_dtype``: `in_compute_dtype`
+  (logits are cast back to float32 for the loss).
   """
   mean, std = jnp.asarray(mean), jnp.asarray(std)
 
@@ -159,9 +195,11 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
       raise ValueError(f"training.batch_size ({x.shape[0]}) must be divisible by training.batch_split ({batch_split}).")
 
     def loss_fn(params, x, y, w, key):
+      params, x = in_compute_dtype(params, x, compute_dtype)
       logits, new_model_state = model.apply(
           {"params": params, **state.model_state}, x, train=True, rngs={"dropout": key}, mutable=mutable)
-      return weighted_cross_entropy(logits, y, w), (logits, new_model_state)
+      logits = logits.astype(jnp.float32)
+      return weighted_cross_entropy(logits, y, w, label_smoothing), (logits, new_model_state)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if batch_split == 1:
@@ -180,21 +218,21 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     execution: str | members_lib.Execution, mean: np.ndarray, std: np.ndarray,
-                    crop_padding: int = 0, flip: bool = False, batch_split: int = 1) -> Callable:
+                    **options: Any) -> Callable:
   """Returns ``train_step(state, images, labels, idx) -> (state, metrics)``, jitted.
 
   images [N, H, W, C] uint8 and labels [N] are the whole training set (shared by members, kept on
   device); idx [M, B] are each member's example indices for this step. metrics: {"loss",
   "accuracy"}, each [M], laid out like the members (no collective is needed to produce them).
-  ``execution``: a `members.Execution` (or a concrete mode name: one device); ``batch_split`` see
-  `make_member_gradients`.
+  ``execution``: a `members.Execution` (or a concrete mode name: one device); ``options``: those
+  of `make_member_gradients` (augmentation, batch_split, label smoothing, compute dtype).
 
   With a distributed mesh (`members.make_mesh`) the same step is laid out over the devices: the
   state split over ``members``, idx [M, B] over ``members`` x ``data``, the training set replicated;
   XLA partitions the computation (a member's batch mean and BatchNorm statistics become reductions
   over ``data``). Random numbers are partitionable, so the result equals the one-device step.
   """
-  step = _all_members_step(model, tx, execution, mean, std, crop_padding, flip, batch_split)
+  step = _all_members_step(model, tx, execution, mean, std, options)
   mesh = members_lib.as_execution(execution, model).mesh
   return jax.jit(lambda state, images, labels, idx: step(state, _gathered(images, labels, idx, mesh)),
                  donate_argnums=0)
@@ -202,11 +240,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
 
 def make_batch_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                           execution: str | members_lib.Execution, mean: np.ndarray, std: np.ndarray,
-                          crop_padding: int = 0, flip: bool = False, batch_split: int = 1) -> Callable:
+                          **options: Any) -> Callable:
   """Returns ``train_step(state, batch) -> (state, metrics)``, jitted: the step of
   `make_train_step` on a `Batch` [M, B, ...] that the host read (streaming input, split over
   ``members`` x ``data`` on a mesh). The same batch gives the same result as the in-memory step."""
-  step = _all_members_step(model, tx, execution, mean, std, crop_padding, flip, batch_split)
+  step = _all_members_step(model, tx, execution, mean, std, options)
   return jax.jit(step, donate_argnums=0)
 
 
@@ -219,7 +257,7 @@ def _gathered(images: jax.Array, labels: jax.Array, idx: jax.Array, mesh: jax.sh
 
 def make_train_chunk(model: nn.Module, tx: optax.GradientTransformation, *,
                      execution: str | members_lib.Execution, mean: np.ndarray, std: np.ndarray,
-                     crop_padding: int = 0, flip: bool = False, batch_split: int = 1) -> Callable:
+                     **options: Any) -> Callable:
   """Returns ``train_chunk(state, images, labels, epoch_idx, start, count) -> (state, metrics)``,
   jitted: the train step of `make_train_step` for steps start, ..., start + count − 1 of one epoch
   in a single dispatch, step i on the batches idx = epoch_idx[:, i].
@@ -233,7 +271,7 @@ def make_train_chunk(model: nn.Module, tx: optax.GradientTransformation, *,
   On XLA:CPU a convolution inside a compiled loop runs about 70x slower than at top level
   (jax-ml/jax#12868, measured here); the trainer dispatches such models one step at a time there.
   """
-  step = _all_members_step(model, tx, execution, mean, std, crop_padding, flip, batch_split)
+  step = _all_members_step(model, tx, execution, mean, std, options)
   mesh = members_lib.as_execution(execution, model).mesh
   members_axis, data_axis = members_lib.MEMBER_AXIS, members_lib.DATA_AXIS
 
@@ -257,10 +295,10 @@ def make_train_chunk(model: nn.Module, tx: optax.GradientTransformation, *,
 
 
 def _all_members_step(model: nn.Module, tx: optax.GradientTransformation, execution: str | members_lib.Execution,
-                      mean: np.ndarray, std: np.ndarray, crop_padding: int, flip: bool, batch_split: int) -> Callable:
-  """The (unjitted) step of all members on their `Batch` [M, B, ...]: ``step(state, batch) -> (state, metrics)``."""
-  gradients = make_member_gradients(model, mean=mean, std=std, crop_padding=crop_padding, flip=flip,
-                                    batch_split=batch_split)
+                      mean: np.ndarray, std: np.ndarray, options: dict) -> Callable:
+  """The (unjitted) step of all members on their `Batch` [M, B, ...]: ``step(state, batch) -> (state, metrics)``;
+  ``options``: the keyword options of `make_member_gradients` (`gradient_options`)."""
+  gradients = make_member_gradients(model, mean=mean, std=std, **options)
   execution = members_lib.as_execution(execution, model)
   mesh = execution.mesh
 
@@ -285,7 +323,7 @@ def _all_members_step(model: nn.Module, tx: optax.GradientTransformation, execut
 
 
 def make_predict(model: nn.Module, *, execution: str | members_lib.Execution, mean: np.ndarray,
-                 std: np.ndarray) -> Callable:
+                 std: np.ndarray, compute_dtype: str = "float32") -> Callable:
   """Returns ``predict(params, model_state, images) -> probs [M, B, K]`` (eval mode, jitted).
 
   params / model_state are stacked [M, ...]; images [B, H, W, C] uint8 are shared by members.
@@ -302,7 +340,8 @@ def make_predict(model: nn.Module, *, execution: str | members_lib.Execution, me
     x = augment_lib.normalize(members_lib.constrain(images, mesh, members_lib.DATA_AXIS), mean, std)
 
     def one(p, ms, x):
-      return jax.nn.softmax(model.apply({"params": p, **ms}, x, train=False))
+      p, x = in_compute_dtype(p, x, compute_dtype)
+      return jax.nn.softmax(model.apply({"params": p, **ms}, x, train=False).astype(jnp.float32))
 
     return members_lib.constrain(execution.map(one, num_shared=1)(params, model_state, x), mesh)
 
@@ -310,7 +349,8 @@ def make_predict(model: nn.Module, *, execution: str | members_lib.Execution, me
 
 
 def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array,
-                    execution: str | members_lib.Execution, mean: np.ndarray, std: np.ndarray) -> Callable:
+                    execution: str | members_lib.Execution, mean: np.ndarray, std: np.ndarray,
+                    compute_dtype: str = "float32") -> Callable:
   """MC dropout: ``predict(params, model_state, images) -> probs [M·T, B, K]``, T = num_passes
   stochastic passes per member (dropout on, BatchNorm in inference mode), vmapped over pass keys.
 
@@ -327,9 +367,12 @@ def make_mc_predict(model: nn.Module, *, num_passes: int, key: jax.Array,
     x = augment_lib.normalize(members_lib.constrain(images, mesh, members_lib.DATA_AXIS), mean, std)
 
     def one(p, ms, x):
+      p, x = in_compute_dtype(p, x, compute_dtype)
+
       def one_pass(k):
         with nn.intercept_methods(_dropout_always_on):
-          return jax.nn.softmax(model.apply({"params": p, **ms}, x, train=False, rngs={"dropout": k}))
+          logits = model.apply({"params": p, **ms}, x, train=False, rngs={"dropout": k})
+          return jax.nn.softmax(logits.astype(jnp.float32))
 
       return jax.vmap(one_pass)(pass_keys)
 

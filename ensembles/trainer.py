@@ -23,6 +23,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ensembles import checkpoints
+from ensembles import flops as flops_lib
+from ensembles import hardware
 from ensembles import members as members_lib
 from ensembles import metrics as metrics_lib
 from ensembles import streaming
@@ -156,6 +158,7 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
 
 
 _gather = jax.jit(train_lib.gather_batch)
+THROUGHPUT_FIELDS = ("images_per_s", "images_per_s_per_device", "mfu")  # log fields measured in wall time
 
 
 def steps_per_dispatch(run: Run) -> int:
@@ -308,12 +311,23 @@ class _Checkpoints:
 
 
 class _Progress:
-  """Progress bar and the logged training loss and accuracy averaged over log_every_steps steps."""
+  """Progress bar and the logged training loss and accuracy averaged over log_every_steps steps,
+  with the throughput over the same steps (wall time between logs, the first including compiles):
+  images/s (M x B per step) in all and per device, and the model FLOPs utilisation
+  mfu = 3 · f_dense · M · B · steps/s / (devices · peak FLOP/s) where the device's peak is known
+  (`hardware.peak_flops`; f_dense: the dense forward FLOPs of one example, `flops.layer_costs`)."""
 
   def __init__(self, run: Run, start: int):
     self.run = run
     self.history: list[dict] = []
     self.postfix: dict[str, str] = {}
+    self.devices = run.mesh.size if run.mesh is not None else 1
+    device = run.mesh.devices.flat[0] if run.mesh is not None else jax.devices()[0]
+    self.peak = hardware.peak_flops(device, run.compute_dtype, float(run.config.get("peak_flops_per_device", 0.0)))
+    self.images_per_step = run.num_members * run.config.training.batch_size
+    self.flops_per_step = None if self.peak is None else 3.0 * self.images_per_step * flops_lib.forward_flops(
+        flops_lib.layer_costs(run.model, run.data.image_shape))
+    self.since, self.steps_since = time.perf_counter(), 0
     self.bar = tqdm(total=run.total_steps, initial=start, desc=run.name, unit="step", dynamic_ncols=True,
                     file=sys.stderr, mininterval=1.0)
 
@@ -328,6 +342,7 @@ class _Progress:
   def step(self, done: int, steps: int, store: _Checkpoints) -> None:
     """After ``steps`` more steps, ``done`` in all: the bar, and the log at a log step."""
     self.bar.update(steps)
+    self.steps_since += steps
     if done % self.run.config.log_every_steps and done != self.run.total_steps:
       return
     averaged = _mean_metrics(self.history)
@@ -336,12 +351,20 @@ class _Progress:
       raise NonFiniteLossError(
           f"Loss became non-finite by step {done} (per member: {averaged['loss'].tolist()}). Stopping. "
           f"{store.kept()} Lower training.lr or check the data.")
+    now = time.perf_counter()
+    steps_per_s = self.steps_since / max(now - self.since, 1e-9)
+    self.since, self.steps_since = now, 0
     record = {"step": done, "epoch": done / self.run.steps_per_epoch,
               "train_loss": float(averaged["loss"].mean()),
               "train_accuracy": float(averaged["accuracy"].mean()),
-              "train_loss_members": averaged["loss"].tolist()}
+              "train_loss_members": averaged["loss"].tolist(),
+              "images_per_s": steps_per_s * self.images_per_step,
+              "images_per_s_per_device": steps_per_s * self.images_per_step / self.devices}
+    if self.flops_per_step is not None:
+      record["mfu"] = steps_per_s * self.flops_per_step / (self.devices * self.peak)
     self.run.log.write(record)
-    self.show({"loss": f"{record['train_loss']:.4f}", "acc": f"{record['train_accuracy']:.3f}"})
+    self.show({"loss": f"{record['train_loss']:.4f}", "acc": f"{record['train_accuracy']:.3f}",
+               "img/s": f"{record['images_per_s']:.0f}", **({"mfu": f"{record['mfu']:.2f}"} if "mfu" in record else {})})
 
   def close(self) -> None:
     self.bar.close()

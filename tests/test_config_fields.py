@@ -64,7 +64,8 @@ NO_INVALID_VALUE_OF_ITS_TYPE = {
     "dataset.data_dir": "a free folder path; whether it exists is checked when the data is loaded",
     "compilation_cache_dir": "a free folder path, created when the cache is turned on",
     **{f: "a boolean: both values are allowed" for f in (
-        "augment.flip", "augment.random_resized_crop", "dataset.download", "evaluation.plots", "evaluation.resize_ood", "sparse.allow_regrow",
+        "augment.flip", "augment.random_resized_crop", "dataset.download", "evaluation.plots",
+        "evaluation.resize_ood", "sparse.allow_regrow", "tensorboard",
         "subnetwork.share_input_output", "training.nesterov", "training.shared_data_order")},
 }
 
@@ -122,6 +123,8 @@ FIELDS = {
     "keep_checkpoints": (Other(3, 4), 0),
     "log_every_steps": (Other(10, 11), 0),
     "steps_per_dispatch": (Other(1, 2), -1),
+    "tensorboard": (Other(False, True), "yes"),
+    "peak_flops_per_device": (Other(1e12, 2e12), -1.0),
     "mc_dropout.num_passes": (Other(5, 6), 1),
     "member_execution": (Other("loop", "vmap"), "pmap"),
     "mesh.data": (Other(2, 1), 0),
@@ -131,7 +134,9 @@ FIELDS = {
     "model.bn_momentum": (Other(0.99, 0.5), 1.5),
     "model.conv_impl": (Other("xla", "auto"), "fft"),
     "model.padding": (Other("VALID", "SAME"), "FULL"),
-    "model.depth": (lambda c: {"model.depth": c.model.depth + 6}, 5),  # 6n+2 (resnet) / 6n+4 (wide_resnet)
+    # 6n+2 (resnet) / 6n+4 (wide_resnet) / one of 18, 34, 50, 101, 152 (imagenet_resnet)
+    "model.depth": (lambda c: {"model.depth": 18 if c.model.name == "imagenet_resnet" else c.model.depth + 6}, 5),
+    "model.stem": (Other("small", "imagenet"), "tiny"),
     "model.dropout_rate": (Other(0.1, 0.3), 1.0),
     "model.features": (Other((8, 16), (4,)), (8, 0)),
     "model.hidden": (Other((64,), (32, 32)), (64, -1)),
@@ -168,6 +173,9 @@ FIELDS = {
     "training.shared_data_order": (Other(True, False), "yes"),
     "training.warmup_epochs": (Other(1.0, 2.0), -1.0),
     "training.weight_decay": (Other(0.0, 1e-4), -1.0),
+    "training.weight_decay_on": (Other("kernels", "all"), "biases"),
+    "training.label_smoothing": (Other(0.1, 0.2), 1.0),
+    "training.compute_dtype": (Other("bfloat16", "float32"), "float16"),
 }
 
 

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ensembles import flops
 from ensembles.models import MODELS, build_model
 from ensembles.models.layers import Conv, max_pool_2x2, resolve_conv_impl
 import flax.linen as nn
@@ -104,7 +105,7 @@ def test_max_pool_matches_flax():
 
 
 def test_bad_model_names_and_fields():
-  with pytest.raises(ValueError, match=r"model.name must be one of \['lenet', 'lenet5', 'lenet5_caffe', 'lenet_300_100', 'mlp'"):
+  with pytest.raises(ValueError, match=r"model.name must be one of \['imagenet_resnet', 'lenet', 'lenet5', 'lenet5_caffe', 'lenet_300_100', 'mlp'"):
     build_model("vgg", 10)
   with pytest.raises(ValueError, match="Unknown field.*'widht'.*allowed"):
     build_model("resnet", 10, {"widht": 2})
@@ -114,4 +115,29 @@ def test_bad_model_names_and_fields():
     build_model("resnet", 10, {"depth": 21}).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match="6n\\+4"):
     build_model("wide_resnet", 10, {"depth": 27}).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
-  assert set(MODELS) == {"mlp", "lenet", "lenet5_caffe", "lenet5", "lenet_300_100", "resnet", "wide_resnet"}
+  assert set(MODELS) == {"mlp", "lenet", "lenet5_caffe", "lenet5", "lenet_300_100", "resnet", "wide_resnet", "imagenet_resnet"}
+
+
+@pytest.mark.parametrize("name,kwargs,classes,shape,params,gmacs", [
+    # torchvision's resnet50 has 25,557,032 parameters; ~4.1 GMACs per 224x224 image
+    ("imagenet_resnet", {"depth": 50}, 1000, (224, 224, 3), 25_557_032, (4.05, 4.15)),
+    ("imagenet_resnet", {"depth": 18, "stem": "small"}, 200, (64, 64, 3), 11_271_432, (2.2, 2.25)),
+    # CIFAR ResNet-110 (He et al.: 1.7M parameters)
+    ("resnet", {"depth": 110}, 10, (32, 32, 3), 1_730_714, (0.25, 0.26)),
+])
+def test_paper_scale_models_parameters_and_flops(name, kwargs, classes, shape, params, gmacs):
+  model = build_model(name, classes, kwargs)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), train=False))
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"])) == params
+  macs = flops.forward_flops(flops.layer_costs(model, shape)) / 2 / 1e9
+  assert gmacs[0] <= macs <= gmacs[1]
+
+
+def test_imagenet_resnet_runs_and_checks_its_fields():
+  model = build_model("imagenet_resnet", 10, {"depth": 50, "width": 2})
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  logits, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert logits.shape == (2, 10) and "batch_stats" in state
+  with pytest.raises(ValueError, match="model.depth for imagenet_resnet must be one of"):
+    build_model("imagenet_resnet", 10, {"depth": 20}).init(jax.random.PRNGKey(0), x)

@@ -210,3 +210,64 @@ def test_float_features_are_not_rescaled_as_images():
   # uint8 images are still scaled to [0, 1] before (x - mean) / std
   image = jnp.full((1, 2, 2, 1), 255, jnp.uint8)
   np.testing.assert_allclose(augment.normalize(image, jnp.array([0.5]), jnp.array([0.25])), 2.0)
+
+
+def test_label_smoothing_targets():
+  """CE against (1 − ε)·one-hot + ε/K, from the formula; ε = 0 is the plain cross-entropy."""
+  logits = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+  labels = jnp.array([0, 2])
+  log_p = np.asarray(jax.nn.log_softmax(logits))
+  eps, k = 0.1, 3
+  targets = np.full((2, 3), eps / k)
+  targets[[0, 1], [0, 2]] += 1 - eps
+  expected = -np.mean(np.sum(targets * log_p, axis=1))
+  np.testing.assert_allclose(train.weighted_cross_entropy(logits, labels, jnp.ones(2), eps), expected, rtol=1e-6)
+  np.testing.assert_allclose(train.weighted_cross_entropy(logits, labels, jnp.ones(2), 0.0),
+                             -np.mean(log_p[[0, 1], [0, 2]]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_weight_decay_on_kernels_spares_biases_and_batchnorm(optimizer):
+  """weight_decay_on='kernels': a zero gradient leaves biases and BatchNorm scales unchanged and
+  shrinks kernels (by lr·λ·w for sgd); 'all' shrinks every parameter."""
+  cfg = ml_collections.ConfigDict({"optimizer": optimizer, "lr": 0.1, "lr_schedule": "constant", "warmup_epochs": 0.0,
+                                   "momentum": 0.0, "nesterov": False, "weight_decay": 0.5, "weight_decay_on": "kernels"})
+  params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}, "BatchNorm_0": {"scale": jnp.ones(2)}}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  for on in ("kernels", "all"):
+    cfg.weight_decay_on = on
+    tx = train.make_optimizer(cfg, 10, 10)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    shrunk = 1 - 0.1 * 0.5
+    np.testing.assert_allclose(new["Dense_0"]["kernel"], shrunk, rtol=1e-6)
+    for leaf in (new["Dense_0"]["bias"], new["BatchNorm_0"]["scale"]):
+      np.testing.assert_allclose(leaf, 1.0 if on == "kernels" else shrunk, rtol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_state(tiny_dataset):
+  """compute_dtype='bfloat16': the convolutions and matmuls of the step run in bf16, while the
+  parameters, optimizer state and BatchNorm statistics stay float32; the loss is close to the
+  float32 step's."""
+  name, kwargs = MODELS["resnet_bn"]
+  model = build_model(name, tiny_dataset.num_classes, kwargs)
+  tx = optax.sgd(0.05, momentum=0.9)
+  state = train.init_state(model, tx, jax.random.PRNGKey(0), 2, tiny_dataset.image_shape)
+  idx = train.epoch_indices(jax.random.split(jax.random.PRNGKey(1), 2), 0, len(tiny_dataset.y_train), 16)[:, 0]
+  x, y = jnp.asarray(tiny_dataset.x_train), jnp.asarray(tiny_dataset.y_train)
+  out = {}
+  for dtype in ("float32", "bfloat16"):
+    step = train.make_train_step(model, tx, execution="vmap", mean=tiny_dataset.mean, std=tiny_dataset.std,
+                                 compute_dtype=dtype)
+    jaxpr = str(jax.make_jaxpr(step)(state, x, y, idx))
+    assert ("conv_general_dilated" in jaxpr and "bf16[" in jaxpr) == (dtype == "bfloat16")
+    new, metrics = step(_copy(state), x, y, idx)
+    out[dtype] = metrics["loss"]
+    for leaf in jax.tree.leaves((new.params, new.opt_state, new.model_state)):
+      assert leaf.dtype == jnp.float32, leaf.dtype
+  np.testing.assert_allclose(out["bfloat16"], out["float32"], rtol=3e-2)
+  predict = train.make_predict(model, execution="vmap", mean=tiny_dataset.mean, std=tiny_dataset.std,
+                               compute_dtype="bfloat16")
+  probs = predict(state.params, state.model_state, x[:8])
+  assert probs.dtype == jnp.float32
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)

@@ -29,7 +29,7 @@ def predictor(run: Run, options):
   (also used to evaluate a saved run again)."""
   return train_lib.make_mc_predict(run.model, num_passes=options.mc_dropout.num_passes,
                                    key=jax.random.fold_in(run.init_key, 3), execution=run.execution,
-                                   mean=run.data.mean, std=run.data.std)
+                                   mean=run.data.mean, std=run.data.std, compute_dtype=run.compute_dtype)
 
 
 def train(run: Run, options) -> Trained:

@@ -71,9 +71,8 @@ def make_topology_update(run: Run, topology: sparse.Topology) -> Callable:
   growth, executed as the run's train step is (mode, mesh). drop_fraction and by_gradient
   (the growth rule where ``topology.growth`` is ``either``) are traced: one compiled update serves
   every call."""
-  gradients = train_lib.make_member_gradients(run.model, mean=run.data.mean, std=run.data.std,
-                                              crop_padding=run.config.augment.crop_padding,
-                                              flip=run.config.augment.flip)
+  options = {**train_lib.gradient_options(run.config), "batch_split": 1}
+  gradients = train_lib.make_member_gradients(run.model, mean=run.data.mean, std=run.data.std, **options)
   execution = run.execution
 
   def member_update(state, batch, drop_fraction, by_gradient):

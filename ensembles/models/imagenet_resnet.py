@@ -12,9 +12,8 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from ensembles.models.layers import Conv, global_avg_pool
+from ensembles.models.layers import Conv, as_float, global_avg_pool
 
 # depth -> (block kind, blocks per stage)
 STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
@@ -90,7 +89,7 @@ class ImageNetResNet(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum)
     conv_cls = functools.partial(Conv, impl=self.conv_impl)
     block_cls = Bottleneck if kind == "bottleneck" else Basic
-    x = x.astype(jnp.float32)
+    x = as_float(x)
     if self.stem == "imagenet":
       x = nn.relu(norm()(conv_cls(self.width, (7, 7), strides=(2, 2), use_bias=False)(x)))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")

@@ -20,6 +20,12 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+def as_float(x: jax.Array) -> jax.Array:
+  """Inputs as floats: float inputs keep their dtype (bfloat16 under mixed precision, see
+  `train.in_compute_dtype`), others become float32."""
+  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+
 def global_avg_pool(x: jax.Array) -> jax.Array:
   """[B, H, W, C] -> [B, C]."""
   return jnp.mean(x, axis=(1, 2))

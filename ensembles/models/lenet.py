@@ -6,9 +6,8 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from ensembles.models.layers import Conv, max_pool_2x2
+from ensembles.models.layers import Conv, as_float, max_pool_2x2
 
 
 class LeNet(nn.Module):
@@ -31,7 +30,7 @@ class LeNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = x.astype(jnp.float32)
+    x = as_float(x)
     k = self.kernel_size
     conv = functools.partial(Conv, impl=self.conv_impl)
     for width in self.features:

@@ -5,7 +5,8 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+
+from ensembles.models.layers import as_float
 
 
 class MLP(nn.Module):
@@ -22,7 +23,7 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    x = as_float(x.reshape(x.shape[0], -1))
     for width in self.hidden:
       x = nn.relu(nn.Dense(width)(x))
       if self.dropout_rate > 0:

@@ -6,9 +6,8 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from ensembles.models.layers import Conv, global_avg_pool
+from ensembles.models.layers import Conv, as_float, global_avg_pool
 
 
 class BasicBlock(nn.Module):
@@ -56,7 +55,7 @@ class ResNet(nn.Module):
     n = (self.depth - 2) // 6
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum)
     conv_cls = functools.partial(Conv, impl=self.conv_impl)
-    x = x.astype(jnp.float32)
+    x = as_float(x)
     x = conv_cls(16 * self.width, (3, 3), padding="SAME", use_bias=False)(x)
     x = nn.relu(norm()(x))
     for stage, features in enumerate((16, 32, 64)):
