@@ -1,0 +1,147 @@
+"""Cost estimates on paper for a config: training FLOPs from the library's FLOPs counter (the
+model's real shapes), and from them steps/s and wall time on a named accelerator. Nothing is run:
+these are ESTIMATES that assume a model FLOPs utilisation (MFU) of the chips' datasheet peak
+(`ensembles.hardware`). The default 20% is about what NVIDIA publishes for ResNet-50 training on an
+A100 in mixed precision (about 2,700 images/s x 3 x 8.2 GFLOPs = 66 TFLOP/s of 312); small networks
+at small batches reach much less (a recipe states its own assumption).
+
+  python -m experiments.estimate --config experiments/recipes/freetickets_imagenet_resnet50_edst.py \\
+      --hardware "TPU v4" --chips 32 --mfu 0.2
+
+Executed FLOPs count what the accelerator computes: 3 x the dense forward FLOPs per trained image
+(forward + two gradients; sparse methods run dense math on masked weights), for every network the
+method trains, plus the forward passes it needs besides (CBNN's training-set predictions, EDST's
+validation for ticket selection is left out). The papers' accounting counts sparse FLOPs (DESIGN
+§5: ERK densities of the config's sparsity; subnetwork children at about 1/M of the dense FLOPs
+each) as a multiple of one dense model's training; `results.json` reports it exactly after a run.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ensembles import data as data_lib
+from ensembles import flops as flops_lib
+from ensembles import hardware
+from ensembles import models as models_lib
+from ensembles import sparse
+
+# training examples before the validation split, and the stored image shape where it is fixed
+TRAIN_EXAMPLES = {"imagenet2012": 1_281_167, "imagenet_resized/64x64": 1_281_167, "cifar10": 50_000,
+                  "cifar100": 50_000, "svhn_cropped": 73_257, "mnist": 60_000, "fashion_mnist": 60_000,
+                  "fashion_mnist_records": 60_000}
+IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "svhn_cropped": (32, 32, 3),
+                "imagenet_resized/64x64": (64, 64, 3), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
+                "fashion_mnist_records": (28, 28, 1)}
+
+
+def trained_networks(config: Any) -> tuple[float, int]:
+  """(network-epochs trained in all, networks trained together in one step) of the config's method."""
+  m, epochs, method = config.num_members, config.training.epochs, config.method
+  if method in ("deep_ensemble", "dst_ensemble", "static_sparse_ensemble"):
+    return m * epochs, m
+  if method == "subnetwork_ensemble":
+    parent = round(config.subnetwork.parent_fraction * epochs)
+    return parent + m * (epochs - parent), m
+  return epochs, 1  # single, mc_dropout, snapshot_ensemble, cbnn, edst_ensemble: one network
+
+
+def estimate(config: Any, hardware_name: str = "TPU v4", chips: int = 8, mfu: float = 0.2,
+             train_examples: int | None = None) -> dict:
+  """The estimate of one config on ``chips`` chips of ``hardware_name`` at utilisation ``mfu``."""
+  d, t = config.dataset, config.training
+  num_classes = data_lib.TFDS_DATASETS[d.name][1]
+  shape = (d.image_size, d.image_size, 3) if d.get("image_size", 0) else IMAGE_SHAPES[d.name]
+  fields = {k: v for k, v in config.model.items() if k != "name"}
+  model = models_lib.build_model(config.model.name, num_classes, fields)
+  forward = flops_lib.forward_flops(flops_lib.layer_costs(model, shape))
+  n = (train_examples or TRAIN_EXAMPLES[d.name]) - d.val_size
+  steps_per_epoch = n // t.batch_size
+  network_epochs, together = trained_networks(config)
+  images = network_epochs * steps_per_epoch * t.batch_size
+  extra = config.num_members * n * forward if config.method == "cbnn" else 0.0  # reweighting passes
+  train_flops = 3.0 * forward * images + extra
+  dtype = t.get("compute_dtype", "float32")
+  peak = hardware.PEAK_FLOPS[hardware_name].get(dtype)
+  if peak is None:
+    raise ValueError(f"No {dtype} peak for {hardware_name!r} in ensembles/hardware.py.")
+  throughput = chips * peak * mfu
+  steps = network_epochs * steps_per_epoch / together  # compiled steps (members trained together share one)
+  steps_per_s = throughput / (3.0 * forward * together * t.batch_size)
+  # the papers' accounting (DESIGN §5): sparse FLOPs of the trained networks over one dense model's
+  f_sparse, updates = forward, 0
+  if config.method in ("dst_ensemble", "static_sparse_ensemble", "edst_ensemble"):
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), train=False))
+    densities = sparse.layer_densities(sparse.prunable_shapes(variables["params"]), 1 - config.sparse.sparsity,
+                                       config.sparse.density_rule)
+    f_sparse = flops_lib.forward_flops(flops_lib.layer_costs(model, shape), densities)
+    if config.method != "static_sparse_ensemble" and config.sparse.growth == "gradient":
+      updates = int(network_epochs * steps_per_epoch // config.sparse.update_every)
+  network_steps = network_epochs * steps_per_epoch
+  sparse_flops = flops_lib.sparse_training_flops(forward, f_sparse, network_steps, t.batch_size, updates) + extra
+  if config.method == "subnetwork_ensemble":  # children hold disjoint 1/M shares of the weights: ~f/M each
+    parent = round(config.subnetwork.parent_fraction * t.epochs)
+    child_steps = config.num_members * (t.epochs - parent) * steps_per_epoch
+    sparse_flops = 3.0 * t.batch_size * (forward * parent * steps_per_epoch + forward / config.num_members * child_steps)
+  reference = config.edst.reference_epochs if config.method == "edst_ensemble" else t.epochs
+  dense_flops = 3.0 * forward * reference * steps_per_epoch * t.batch_size
+  return {"forward_gflops": forward / 1e9, "train_pflops": train_flops / 1e15,
+          "paper_train_pflops": sparse_flops / 1e15, "paper_x_dense": sparse_flops / dense_flops,
+          "steps": int(round(steps)), "steps_per_s": steps_per_s,
+          "images_per_s": steps_per_s * together * t.batch_size,  # what the input pipeline must deliver
+          "hours": train_flops / throughput / 3600, "hardware": hardware_name, "chips": chips, "mfu": mfu,
+          "compute_dtype": dtype}
+
+
+MFU_REASONS = {0.2: "NVIDIA publishes about that for ResNet-50 on an A100",
+               0.05: "a narrow 16-64-channel network at batch 128 keeps a large GPU mostly idle"}
+
+
+def docstring_block(path: str, hardware_name: str, chips: int, mfu: float) -> str:
+  """The ESTIMATE paragraph of a recipe's docstring (tests/test_recipes.py checks each is current)."""
+  r = estimate(load_config(path), hardware_name, chips, mfu)
+  why = f" ({MFU_REASONS[mfu]})" if mfu in MFU_REASONS else ""
+  return (f"ESTIMATE (on paper, not measured): {chips} x {hardware_name}, {r['compute_dtype']}, assuming MFU "
+          f"{mfu:.0%}\n{why.strip()}:\n{r['forward_gflops']:.2f} forward GFLOPs per image; "
+          f"{r['train_pflops']:,.0f} PFLOPs executed "
+          f"(dense math on masked weights), {r['paper_train_pflops']:,.0f} in the papers' sparse\naccounting "
+          f"({r['paper_x_dense']:.2f}x one dense model); {r['steps']:,} steps at {r['steps_per_s']:.1f} steps/s "
+          f"({r['images_per_s']:,.0f} images/s from the input\npipeline), {r['hours']:.1f} hours.\n"
+          f"  python -m experiments.estimate --config {path} \\\\\n"
+          f"      --hardware \"{hardware_name}\" --chips {chips} --mfu {mfu}")
+
+
+def load_config(path: str) -> Any:
+  spec = importlib.util.spec_from_file_location("recipe", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def row(path: str, result: dict) -> str:
+  return (f"| {path} | {result['forward_gflops']:.2f} | {result['train_pflops']:,.0f} | "
+          f"{result['paper_train_pflops']:,.0f} ({result['paper_x_dense']:.2f}x) | {result['steps']:,} | "
+          f"{result['steps_per_s']:.1f} | {result['images_per_s']:,.0f} | {result['hours']:.1f} |")
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--config", nargs="+", required=True, help="config files")
+  parser.add_argument("--hardware", default="TPU v4", choices=sorted(hardware.PEAK_FLOPS))
+  parser.add_argument("--chips", type=int, default=8)
+  parser.add_argument("--mfu", type=float, default=0.2, help="assumed model FLOPs utilisation")
+  args = parser.parse_args(argv)
+  print(f"ESTIMATES (not measured): {args.chips} x {args.hardware}, MFU {args.mfu:.0%} of the datasheet peak\n")
+  print("| config | forward GFLOPs / image | executed training PFLOPs | papers' accounting PFLOPs (x dense) | steps | "
+        "steps/s | images/s | hours |")
+  print("|---|---|---|---|---|---|---|---|")
+  for path in args.config:
+    print(row(path, estimate(load_config(path), args.hardware, args.chips, args.mfu)))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,55 @@
+"""Blocks shared by the recipes: the ImageNet and CIFAR-100 input, model and optimizer settings."""
+import ml_collections
+
+from ensembles.defaults import method_config
+
+
+def imagenet_resnet50(method: str) -> ml_collections.ConfigDict:
+  """ResNet-50 on ImageNet, streamed: 224x224 random-resized crops and flips on the host, SGD
+  momentum 0.9, weight decay 1e-4 on kernels only, label smoothing 0.1 (FreeTickets' ImageNet recipe),
+  bf16 compute; batch 1024 per member at lr 0.4 (0.1 per 256 images, linear scaling: ours), 5
+  warm-up epochs; 10,000 training images held out for validation (ours)."""
+  c = method_config(method)
+  c.dataset.name = "imagenet2012"
+  c.dataset.input = "stream"
+  c.dataset.image_size = 224
+  c.dataset.val_size = 10_000
+  c.dataset.statistics_examples = 10_000
+  c.dataset.read_threads = 32
+  c.dataset.prefetch_batches = 8
+  c.model = ml_collections.ConfigDict({"name": "imagenet_resnet", "depth": 50, "width": 64, "stem": "imagenet"})
+  c.augment.random_resized_crop = True
+  c.augment.flip = True
+  t = c.training
+  t.optimizer, t.momentum, t.nesterov = "sgd", 0.9, False
+  t.batch_size, t.lr, t.warmup_epochs = 1024, 0.4, 5.0
+  t.weight_decay, t.weight_decay_on, t.label_smoothing = 1e-4, "kernels", 0.1
+  t.compute_dtype = "bfloat16"
+  c.eval_batch_size = 1000
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2000
+  c.evaluation.ood_datasets = ()  # ImageNet's OoD and shift sets are not in the evaluation block yet
+  c.evaluation.corruptions = ()
+  return c
+
+
+def cifar100(method: str, model: dict) -> ml_collections.ConfigDict:
+  """CIFAR-100 (in memory): random crop (pad 4) and flip, SGD momentum 0.9, batch 128, a validation
+  split of 5,000 training images; OoD sets CIFAR-10 and SVHN, corruptions generated in code."""
+  c = method_config(method)
+  c.dataset.name = "cifar100"
+  c.dataset.val_size = 5000
+  c.model = ml_collections.ConfigDict(model)
+  c.augment.crop_padding = 4
+  c.augment.flip = True
+  t = c.training
+  t.optimizer, t.momentum, t.nesterov, t.batch_size, t.lr = "sgd", 0.9, False, 128, 0.1
+  c.eval_batch_size = 500
+  c.checkpoint_every_steps = 2000
+  c.evaluation.ood_datasets = ("cifar10", "svhn_cropped")
+  c.evaluation.corruptions = ("all",)
+  return c
+
+
+WRN28_10 = {"name": "wide_resnet", "depth": 28, "width": 10, "dropout_rate": 0.0}
+RESNET110 = {"name": "resnet", "depth": 110}

@@ -1,0 +1,49 @@
+"""The papers' recipes (experiments/recipes): every config is valid and builds its model, and every
+docstring's ESTIMATE paragraph is what experiments/estimate.py computes from the config now."""
+import glob
+import os
+import re
+
+import pytest
+
+from ensembles import config as config_lib
+from ensembles import models
+from experiments import estimate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "experiments", "recipes", "[!_]*.py")))
+
+
+def test_there_are_recipes_for_each_paper():
+  names = " ".join(RECIPES)
+  for part in ("freetickets_imagenet_resnet50_edst", "freetickets_imagenet_resnet50_dst", "imagenet_resnet50_deep_ensemble",
+               "imagenet_resnet50_single", "freetickets_cifar100_wrn28_10_edst", "cbnn_cifar100_resnet110",
+               "subnetwork_cifar100"):
+    assert part in names
+
+
+@pytest.mark.parametrize("path", RECIPES)
+def test_recipe_is_valid_and_its_estimate_is_current(path, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  config = estimate.load_config(path)
+  config_lib.validate(config)
+  fields = {k: v for k, v in config.model.items() if k != "name"}
+  models.build_model(config.model.name, 10, fields)
+  source = open(path).read()
+  assert f"python -m experiments.train" in source and path in source  # the command names this file
+  command = re.search(r'--hardware "([^"]+)" --chips (\d+) --mfu ([\d.]+)', source)
+  assert command, f"{path}: no estimate command in the docstring"
+  block = estimate.docstring_block(path, command.group(1), int(command.group(2)), float(command.group(3)))
+  assert block in source, f"{path}: the ESTIMATE paragraph is stale; rerun the estimate and paste:\n{block}"
+
+
+def test_estimate_of_a_single_dense_model_by_hand():
+  """ResNet-50, 100 epochs, batch 1024 over 1,281,167 - 10,000 images: 3 x f x images FLOPs."""
+  config = estimate.load_config(os.path.join(ROOT, "experiments/recipes/imagenet_resnet50_single.py"))
+  r = estimate.estimate(config, "TPU v4", chips=32, mfu=0.2)
+  steps_per_epoch = (1_281_167 - 10_000) // 1024
+  flops = 3 * r["forward_gflops"] * 1e9 * 100 * steps_per_epoch * 1024
+  assert r["train_pflops"] * 1e15 == pytest.approx(flops)
+  assert r["hours"] * 3600 == pytest.approx(flops / (32 * 275e12 * 0.2))
+  assert r["paper_x_dense"] == pytest.approx(1.0)
+  assert 8.1 < r["forward_gflops"] < 8.3  # 4.09 GMACs
