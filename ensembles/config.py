@@ -153,6 +153,8 @@ def validate_model(m: Any) -> None:
                "a tuple of integers >= 1 (layer widths)", value)
     elif isinstance(fields[field], int) and not isinstance(fields[field], bool):
       _require(is_int(value) and value >= 1, f"model.{field}", "an integer >= 1", value)
+    elif isinstance(fields[field], float):
+      _require(is_number(value) and value > 0, f"model.{field}", "a number > 0", value)
   for field, allowed in getattr(models_lib.MODELS[m.name], "choices", {}).items():
     if field in m:
       _require(m[field] in allowed, f"model.{field}", f"one of {allowed} for {m.name}", m[field])

@@ -305,7 +305,7 @@ def load_from_source(config: Any) -> Dataset:
   limit = int(getattr(config, "statistics_examples", 100_000))
   sample = np.arange(len(y_train)) if len(y_train) <= limit else np.sort(
       np.random.default_rng(0).choice(len(y_train), limit, replace=False))
-  mean, std = input_statistics(x_train[sample])
+  mean, std = streamed_statistics(x_train, sample)
   if not _streams(config, len(y_train), shape):
     x_train, x_val, x_test = x_train[:], x_val[:], x_test[:]
   return Dataset(config.name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes, mean, std)
@@ -338,17 +338,33 @@ def input_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   uint8 images are counted per value (a 256-bin histogram per channel: no float copy of the
   training set, which took about a second on Fashion-MNIST in a fresh process)."""
   if x.dtype == np.uint8:
-    values = np.arange(256, dtype=np.float64) / 255.0
-    flat = x.reshape(-1, x.shape[-1])
-    rows = 1 << 18  # counted in blocks: bincount copies its input to int64
-    counts = np.stack([sum(np.bincount(flat[i:i + rows, c], minlength=256) for i in range(0, len(flat), rows))
-                       for c in range(flat.shape[1])]).astype(np.float64)
-    mean = counts @ values / counts.sum(1)
-    std = np.sqrt(np.sum(counts * (values[None] - mean[:, None]) ** 2, axis=1) / counts.sum(1))
-    return mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)
+    return statistics_from_histograms(uint8_histograms(x))
   scaled = x.astype(np.float64) / 255.0 if np.issubdtype(x.dtype, np.integer) else x.astype(np.float64)
   axes = tuple(range(x.ndim - 1))
   return scaled.mean(axis=axes).astype(np.float32), np.maximum(scaled.std(axis=axes), 1e-3).astype(np.float32)
+
+
+def uint8_histograms(x: np.ndarray) -> np.ndarray:
+  """counts [C, 256]: how often each value occurs in each channel of uint8 images x [N, ..., C]."""
+  flat = x.reshape(-1, x.shape[-1])
+  rows = 1 << 18  # counted in blocks: bincount copies its input to int64
+  return np.stack([sum((np.bincount(flat[i:i + rows, c], minlength=256) for i in range(0, len(flat), rows)),
+                       np.zeros(256, np.int64)) for c in range(flat.shape[1])]).astype(np.float64)
+
+
+def statistics_from_histograms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and std [C] of values v/255 from their counts [C, 256] (std >= 1e-3), float32."""
+  values = np.arange(256, dtype=np.float64) / 255.0
+  mean = counts @ values / counts.sum(1)
+  std = np.sqrt(np.sum(counts * (values[None] - mean[:, None]) ** 2, axis=1) / counts.sum(1))
+  return mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)
+
+
+def streamed_statistics(view: Any, positions: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """`input_statistics` of view[positions], read ``chunk`` images at a time (host memory does not
+  grow with the number of images); the same values as on the whole array."""
+  counts = sum(uint8_histograms(view[positions[i:i + chunk]]) for i in range(0, len(positions), chunk))
+  return statistics_from_histograms(counts)
 
 
 def from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None = None,

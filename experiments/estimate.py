@@ -1,7 +1,8 @@
 """Cost estimates on paper for a config: training FLOPs from the library's FLOPs counter (the
 model's real shapes), and from them steps/s and wall time on a named accelerator. Nothing is run:
 these are ESTIMATES that assume a model FLOPs utilisation (MFU) of the chips' datasheet peak
-(`ensembles.hardware`). The default 20% is about what NVIDIA publishes for ResNet-50 training on an
+(`ensembles.hardware`), from FLOPs alone: per-step overheads (kernel launches, host dispatch), which
+bound small networks, are not modelled, so their times are lower bounds. The default 20% is about what NVIDIA publishes for ResNet-50 training on an
 A100 in mixed precision (about 2,700 images/s x 3 x 8.2 GFLOPs = 66 TFLOP/s of 312); small networks
 at small batches reach much less (a recipe states its own assumption).
 
@@ -60,6 +61,8 @@ def estimate(config: Any, hardware_name: str = "TPU v4", chips: int = 8, mfu: fl
   model = models_lib.build_model(config.model.name, num_classes, fields)
   forward = flops_lib.forward_flops(flops_lib.layer_costs(model, shape))
   n = (train_examples or TRAIN_EXAMPLES[d.name]) - d.val_size
+  if d.get("imbalance_ratio", 1.0) != 1.0:  # long-tailed: n_c = n_max·ρ^(−c/(K−1)) from a balanced n / K
+    n = sum(data_lib.long_tailed_counts(n // num_classes, num_classes, float(d.imbalance_ratio)))
   steps_per_epoch = n // t.batch_size
   network_epochs, together = trained_networks(config)
   images = network_epochs * steps_per_epoch * t.batch_size
@@ -97,20 +100,29 @@ def estimate(config: Any, hardware_name: str = "TPU v4", chips: int = 8, mfu: fl
           "compute_dtype": dtype}
 
 
-MFU_REASONS = {0.2: "NVIDIA publishes about that for ResNet-50 on an A100",
-               0.05: "a narrow 16-64-channel network at batch 128 keeps a large GPU mostly idle"}
+MFU_REASONS = {  # model name -> why the recipe assumes its MFU
+    "imagenet_resnet": "NVIDIA publishes about that for ResNet-50 on an A100",
+    "wide_resnet": "ResNet-50's figure, for a wide network of similar arithmetic intensity",
+    "resnet": "a narrow 16-64-channel network at batch 128 keeps a large GPU mostly idle",
+    "efficientnet_b0": "depthwise convolutions on 32x32 inputs keep a large GPU mostly idle"}
+
+
+def _num(x: float) -> str:
+  """Three significant figures at most, thousands separated."""
+  return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
 def docstring_block(path: str, hardware_name: str, chips: int, mfu: float) -> str:
   """The ESTIMATE paragraph of a recipe's docstring (tests/test_recipes.py checks each is current)."""
-  r = estimate(load_config(path), hardware_name, chips, mfu)
-  why = f" ({MFU_REASONS[mfu]})" if mfu in MFU_REASONS else ""
+  config = load_config(path)
+  r = estimate(config, hardware_name, chips, mfu)
+  why = f" ({MFU_REASONS[config.model.name]})" if config.model.name in MFU_REASONS else ""
   return (f"ESTIMATE (on paper, not measured): {chips} x {hardware_name}, {r['compute_dtype']}, assuming MFU "
           f"{mfu:.0%}\n{why.strip()}:\n{r['forward_gflops']:.2f} forward GFLOPs per image; "
-          f"{r['train_pflops']:,.0f} PFLOPs executed "
-          f"(dense math on masked weights), {r['paper_train_pflops']:,.0f} in the papers' sparse\naccounting "
+          f"{_num(r['train_pflops'])} PFLOPs executed "
+          f"(dense math on masked weights), {_num(r['paper_train_pflops'])} in the papers' sparse\naccounting "
           f"({r['paper_x_dense']:.2f}x one dense model); {r['steps']:,} steps at {r['steps_per_s']:.1f} steps/s "
-          f"({r['images_per_s']:,.0f} images/s from the input\npipeline), {r['hours']:.1f} hours.\n"
+          f"({r['images_per_s']:,.0f} images/s from the input\npipeline), {_num(r['hours'])} hours.\n"
           f"  python -m experiments.estimate --config {path} \\\\\n"
           f"      --hardware \"{hardware_name}\" --chips {chips} --mfu {mfu}")
 
@@ -123,9 +135,9 @@ def load_config(path: str) -> Any:
 
 
 def row(path: str, result: dict) -> str:
-  return (f"| {path} | {result['forward_gflops']:.2f} | {result['train_pflops']:,.0f} | "
-          f"{result['paper_train_pflops']:,.0f} ({result['paper_x_dense']:.2f}x) | {result['steps']:,} | "
-          f"{result['steps_per_s']:.1f} | {result['images_per_s']:,.0f} | {result['hours']:.1f} |")
+  return (f"| {path} | {result['forward_gflops']:.3g} | {_num(result['train_pflops'])} | "
+          f"{_num(result['paper_train_pflops'])} ({result['paper_x_dense']:.2f}x) | {result['steps']:,} | "
+          f"{result['steps_per_s']:.1f} | {result['images_per_s']:,.0f} | {_num(result['hours'])} |")
 
 
 def main(argv=None) -> None:

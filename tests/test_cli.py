@@ -47,7 +47,7 @@ def test_cli_trains_reports_and_resumes(tmp_path):
 @pytest.mark.parametrize("flag,message", [
     ("--config.training.lr=-1", "config.training.lr must be a number > 0"),
     ("--config.method=bagging", f"config.method must be one of {sorted(METHODS)}"),
-    ("--config.model.name=vgg", "config.model.name must be one of ['imagenet_resnet', 'lenet', 'lenet5', 'lenet5_caffe', 'lenet_300_100', "
+    ("--config.model.name=vgg", "config.model.name must be one of ['efficientnet_b0', 'imagenet_resnet', 'lenet', 'lenet5', 'lenet5_caffe', 'lenet_300_100', "
      "'mlp', 'resnet', 'wide_resnet']"),
     ("--config.dataset.name=imagenet", "config.dataset.name must be one of"),
     ("--config.num_members=0", "config.num_members must be an integer >= 1"),

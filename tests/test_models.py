@@ -105,7 +105,7 @@ def test_max_pool_matches_flax():
 
 
 def test_bad_model_names_and_fields():
-  with pytest.raises(ValueError, match=r"model.name must be one of \['imagenet_resnet', 'lenet', 'lenet5', 'lenet5_caffe', 'lenet_300_100', 'mlp'"):
+  with pytest.raises(ValueError, match=r"model.name must be one of \['efficientnet_b0', 'imagenet_resnet', 'lenet', 'lenet5', 'lenet5_caffe', 'lenet_300_100', 'mlp'"):
     build_model("vgg", 10)
   with pytest.raises(ValueError, match="Unknown field.*'widht'.*allowed"):
     build_model("resnet", 10, {"widht": 2})
@@ -115,13 +115,15 @@ def test_bad_model_names_and_fields():
     build_model("resnet", 10, {"depth": 21}).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match="6n\\+4"):
     build_model("wide_resnet", 10, {"depth": 27}).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
-  assert set(MODELS) == {"mlp", "lenet", "lenet5_caffe", "lenet5", "lenet_300_100", "resnet", "wide_resnet", "imagenet_resnet"}
+  assert set(MODELS) == {"mlp", "lenet", "lenet5_caffe", "lenet5", "lenet_300_100", "resnet", "wide_resnet", "imagenet_resnet", "efficientnet_b0"}
 
 
 @pytest.mark.parametrize("name,kwargs,classes,shape,params,gmacs", [
     # torchvision's resnet50 has 25,557,032 parameters; ~4.1 GMACs per 224x224 image
     ("imagenet_resnet", {"depth": 50}, 1000, (224, 224, 3), 25_557_032, (4.05, 4.15)),
     ("imagenet_resnet", {"depth": 18, "stem": "small"}, 200, (64, 64, 3), 11_271_432, (2.2, 2.25)),
+    # EfficientNet-B0 (Tan & Le: 5.3M parameters, 0.39B multiply-adds; Keras: 5,288,548 trainable)
+    ("efficientnet_b0", {}, 1000, (224, 224, 3), 5_288_548, (0.38, 0.39)),
     # CIFAR ResNet-110 (He et al.: 1.7M parameters)
     ("resnet", {"depth": 110}, 10, (32, 32, 3), 1_730_714, (0.25, 0.26)),
 ])

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 
+from ensembles.models.efficientnet import EfficientNetB0
 from ensembles.models.imagenet_resnet import ImageNetResNet
 from ensembles.models.lenet import LeNet, LeNet5, LeNet5Caffe
 from ensembles.models.mlp import MLP, LeNet300100
@@ -21,6 +22,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "resnet": ResNet,
     "wide_resnet": WideResNet,
     "imagenet_resnet": ImageNetResNet,  # ResNet-18/34/50/101/152, ImageNet or 64x64 stem
+    "efficientnet_b0": EfficientNetB0,
 }
 
 
@@ -49,5 +51,5 @@ def build_model(name: str, num_classes: int, kwargs: Mapping[str, Any] | None = 
   return cls(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "build_model", "model_fields", "ImageNetResNet", "MLP", "LeNet", "LeNet5", "LeNet5Caffe", "LeNet300100", "ResNet",
+__all__ = ["MODELS", "build_model", "model_fields", "EfficientNetB0", "ImageNetResNet", "MLP", "LeNet", "LeNet5", "LeNet5Caffe", "LeNet300100", "ResNet",
            "WideResNet"]

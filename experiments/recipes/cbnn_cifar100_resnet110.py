@@ -11,9 +11,9 @@ r = 2 (`cbnn` block defaults, README "Checkpoint boosting"). Input and optimizer
 
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 5%
 (a narrow 16-64-channel network at batch 128 keeps a large GPU mostly idle):
-0.51 forward GFLOPs per image; 11 PFLOPs executed (dense math on masked weights), 11 in the papers' sparse
+0.51 forward GFLOPs per image; 11.3 PFLOPs executed (dense math on masked weights), 11.3 in the papers' sparse
 accounting (1.01x one dense model); 57,564 steps at 40.1 steps/s (5,135 images/s from the input
-pipeline), 0.4 hours.
+pipeline), 0.401 hours.
   python -m experiments.estimate --config experiments/recipes/cbnn_cifar100_resnet110.py \\
       --hardware "A100" --chips 1 --mfu 0.05
 """

@@ -6,9 +6,9 @@ flip, SGD momentum 0.9, batch 128, 5,000 validation images: ours).
 
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 5%
 (a narrow 16-64-channel network at batch 128 keeps a large GPU mostly idle):
-0.51 forward GFLOPs per image; 11 PFLOPs executed (dense math on masked weights), 11 in the papers' sparse
+0.51 forward GFLOPs per image; 11.2 PFLOPs executed (dense math on masked weights), 11.2 in the papers' sparse
 accounting (1.00x one dense model); 57,564 steps at 40.1 steps/s (5,135 images/s from the input
-pipeline), 0.4 hours.
+pipeline), 0.399 hours.
   python -m experiments.estimate --config experiments/recipes/cifar100_resnet110_single.py \\
       --hardware "A100" --chips 1 --mfu 0.05
 """

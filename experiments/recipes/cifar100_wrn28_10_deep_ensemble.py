@@ -6,7 +6,7 @@ momentum 0.9, batch 128, 5,000 validation images: ours).
   python -m experiments.train --config experiments/recipes/cifar100_wrn28_10_deep_ensemble.py --workdir runs/de_wrn100
 
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 20%
-(NVIDIA publishes about that for ResNet-50 on an A100):
+(ResNet-50's figure, for a wide network of similar arithmetic intensity):
 10.49 forward GFLOPs per image; 1,131 PFLOPs executed (dense math on masked weights), 1,131 in the papers' sparse
 accounting (4.00x one dense model); 70,200 steps at 1.9 steps/s (992 images/s from the input
 pipeline), 10.1 hours.

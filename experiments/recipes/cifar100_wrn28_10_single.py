@@ -5,10 +5,10 @@
   python -m experiments.train --config experiments/recipes/cifar100_wrn28_10_single.py --workdir runs/single_wrn100
 
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 20%
-(NVIDIA publishes about that for ResNet-50 on an A100):
+(ResNet-50's figure, for a wide network of similar arithmetic intensity):
 10.49 forward GFLOPs per image; 283 PFLOPs executed (dense math on masked weights), 283 in the papers' sparse
 accounting (1.00x one dense model); 70,200 steps at 7.7 steps/s (992 images/s from the input
-pipeline), 2.5 hours.
+pipeline), 2.52 hours.
   python -m experiments.estimate --config experiments/recipes/cifar100_wrn28_10_single.py \\
       --hardware "A100" --chips 1 --mfu 0.2
 """

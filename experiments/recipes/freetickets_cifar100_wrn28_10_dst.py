@@ -8,10 +8,10 @@ validation images: ours).
   python -m experiments.train --config experiments/recipes/freetickets_cifar100_wrn28_10_dst.py --workdir runs/dst_wrn100
 
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 20%
-(NVIDIA publishes about that for ResNet-50 on an A100):
+(ResNet-50's figure, for a wide network of similar arithmetic intensity):
 10.49 forward GFLOPs per image; 1,060 PFLOPs executed (dense math on masked weights), 358 in the papers' sparse
 accounting (1.01x one dense model); 87,750 steps at 2.6 steps/s (992 images/s from the input
-pipeline), 9.4 hours.
+pipeline), 9.44 hours.
   python -m experiments.estimate --config experiments/recipes/freetickets_cifar100_wrn28_10_dst.py \\
       --hardware "A100" --chips 1 --mfu 0.2
 """

@@ -9,10 +9,10 @@ batch 128, 5,000 validation images: ours).
   python -m experiments.train --config experiments/recipes/freetickets_cifar100_wrn28_10_edst.py --workdir runs/edst_wrn
 
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 20%
-(NVIDIA publishes about that for ResNet-50 on an A100):
+(ResNet-50's figure, for a wide network of similar arithmetic intensity):
 10.49 forward GFLOPs per image; 636 PFLOPs executed (dense math on masked weights), 215 in the papers' sparse
 accounting (0.61x one dense model); 157,950 steps at 7.7 steps/s (992 images/s from the input
-pipeline), 5.7 hours.
+pipeline), 5.66 hours.
   python -m experiments.estimate --config experiments/recipes/freetickets_cifar100_wrn28_10_edst.py \\
       --hardware "A100" --chips 1 --mfu 0.2
 """

@@ -15,7 +15,7 @@ ESTIMATE (on paper, not measured): 32 x TPU v4, bfloat16, assuming MFU 20%
 (NVIDIA publishes about that for ResNet-50 on an A100):
 8.18 forward GFLOPs per image; 9,354 PFLOPs executed (dense math on masked weights), 3,871 in the papers' sparse
 accounting (1.24x one dense model); 124,100 steps at 23.4 steps/s (71,734 images/s from the input
-pipeline), 1.5 hours.
+pipeline), 1.48 hours.
   python -m experiments.estimate --config experiments/recipes/freetickets_imagenet_resnet50_dst.py \\
       --hardware "TPU v4" --chips 32 --mfu 0.2
 """

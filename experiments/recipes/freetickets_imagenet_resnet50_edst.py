@@ -20,7 +20,7 @@ ESTIMATE (on paper, not measured): 32 x TPU v4, bfloat16, assuming MFU 20%
 (NVIDIA publishes about that for ResNet-50 on an A100):
 8.18 forward GFLOPs per image; 9,665 PFLOPs executed (dense math on masked weights), 4,000 in the papers' sparse
 accounting (1.28x one dense model); 384,710 steps at 70.1 steps/s (71,734 images/s from the input
-pipeline), 1.5 hours.
+pipeline), 1.53 hours.
   python -m experiments.estimate --config experiments/recipes/freetickets_imagenet_resnet50_edst.py \\
       --hardware "TPU v4" --chips 32 --mfu 0.2
 """

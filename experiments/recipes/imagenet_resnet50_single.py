@@ -11,7 +11,7 @@ ESTIMATE (on paper, not measured): 32 x TPU v4, bfloat16, assuming MFU 20%
 (NVIDIA publishes about that for ResNet-50 on an A100):
 8.18 forward GFLOPs per image; 3,118 PFLOPs executed (dense math on masked weights), 3,118 in the papers' sparse
 accounting (1.00x one dense model); 124,100 steps at 70.1 steps/s (71,734 images/s from the input
-pipeline), 0.5 hours.
+pipeline), 0.492 hours.
   python -m experiments.estimate --config experiments/recipes/imagenet_resnet50_single.py \\
       --hardware "TPU v4" --chips 32 --mfu 0.2
 """

@@ -10,10 +10,10 @@ batch 128, 5,000 validation images: ours).
   python -m experiments.train --config experiments/recipes/subnetwork_cifar100_wrn28_10.py --workdir runs/subnet_wrn100
 
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 20%
-(NVIDIA publishes about that for ResNet-50 on an A100):
+(ResNet-50's figure, for a wide network of similar arithmetic intensity):
 10.49 forward GFLOPs per image; 565 PFLOPs executed (dense math on masked weights), 283 in the papers' sparse
 accounting (1.00x one dense model); 46,800 steps at 2.6 steps/s (992 images/s from the input
-pipeline), 5.0 hours.
+pipeline), 5.03 hours.
   python -m experiments.estimate --config experiments/recipes/subnetwork_cifar100_wrn28_10.py \\
       --hardware "A100" --chips 1 --mfu 0.2
 """
