@@ -186,4 +186,10 @@ def validate_evaluation(e: Any, dataset_name: str) -> None:
            e.corruption_severities)
   _require(is_int(e.corruption_examples) and e.corruption_examples >= 0, "evaluation.corruption_examples",
            "an integer >= 0", e.corruption_examples)
+  shifts = tuple(data_lib.SHIFT_DATASETS.get(dataset_name, {}))
+  _require(isinstance(e.get("shift_datasets", ()), (tuple, list)) and all(n in shifts for n in e.get("shift_datasets", ())),
+           "evaluation.shift_datasets", f"names from {shifts} (the shifted test sets of {dataset_name!r})",
+           e.get("shift_datasets"))
+  _require(is_int(e.get("shift_examples", 0)) and e.get("shift_examples", 0) >= 0, "evaluation.shift_examples",
+           "an integer >= 0", e.get("shift_examples"))
   _require(isinstance(e.plots, bool), "evaluation.plots", "True or False", e.plots)

@@ -530,6 +530,25 @@ def match_image_shape(images: np.ndarray, shape: tuple[int, ...], resize: bool, 
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+# tfds `imagenet2012_corrupted` corruption types (ImageNet-C; each at severities 1..5, 224x224 crops)
+IMAGENET_C_CORRUPTIONS = (
+    "brightness", "contrast", "defocus_blur", "elastic_transform", "fog", "frost", "gaussian_blur", "gaussian_noise",
+    "glass_blur", "impulse_noise", "jpeg_compression", "motion_blur", "pixelate", "saturate", "shot_noise", "snow",
+    "spatter", "speckle_noise", "zoom_blur")
+# shifted test sets with the training set's label space: dataset -> {tfds name: split}. imagenet_a and
+# imagenet_r hold 200 of the 1,000 classes; we score the full 1,000-way prediction (ours: the usual
+# protocol restricts the logits to the 200 classes).
+SHIFT_DATASETS = {"imagenet2012": {"imagenet_v2": "test", "imagenet_a": "test", "imagenet_r": "test"}}
+
+
+def streamed_test_set(name: str, split: str, image_shape: tuple[int, ...], data_dir: str = "") -> tuple[Any, np.ndarray]:
+  """A prepared tfds set as (`streaming.ImageView` at ``image_shape`` (centre crop), labels): read
+  per batch, never downloaded."""
+  from ensembles import sources, streaming  # pylint: disable=g-import-not-at-top
+  source = sources.TfdsSource(name, split, data_dir)
+  return streaming.ImageView(source, image_shape), source.labels()
+
+
 def load_cifar10_corrupted(corruption: str, severity: int, data_dir: str = "") -> tuple[np.ndarray, np.ndarray]:
   """One CIFAR-10-C test set (10 000 images) through tfds `cifar10_corrupted/{corruption}_{severity}`."""
   if corruption not in CIFAR10_C_CORRUPTIONS:

@@ -8,9 +8,13 @@ Evaluation settings (``config.evaluation``, documented in ensembles/defaults.py)
   ood_datasets         names from `data.OOD_DATASETS` (test splits); () = no OoD evaluation
   ood_examples         > 0: a fixed random subset of this many OoD images
   resize_ood           resize OoD images of another shape (`data.match_image_shape`), else an error
-  corruptions          ("all",), () or names: CIFAR-10-C types for cifar10 (tfds), else `corruptions.CORRUPTIONS`
+  corruptions          ("all",), () or names: CIFAR-10-C types for cifar10 and ImageNet-C types for
+                       imagenet2012 (tfds, read per batch), else `corruptions.CORRUPTIONS`
   corruption_severities  subset of 1..5
   corruption_examples  > 0: a fixed random subset of this many test images per corrupted set
+  shift_datasets       shifted test sets of the same classes (`data.SHIFT_DATASETS`: imagenet_v2,
+                       imagenet_a, imagenet_r for imagenet2012), read per batch
+  shift_examples       > 0: a fixed random subset of this many images per shifted set
 """
 from __future__ import annotations
 
@@ -28,7 +32,10 @@ from ensembles import metrics as metrics_lib
 MemberProbs = Callable[[np.ndarray], np.ndarray]
 
 DEFAULTS = {"ood_datasets": (), "ood_examples": 0, "resize_ood": False, "corruptions": (),
-            "corruption_severities": (1, 2, 3, 4, 5), "corruption_examples": 0}
+            "corruption_severities": (1, 2, 3, 4, 5), "corruption_examples": 0, "shift_datasets": (),
+            "shift_examples": 0}
+TFDS_CORRUPTED = {"cifar10": ("cifar10_corrupted", "test", data_lib.CIFAR10_C_CORRUPTIONS),
+                  "imagenet2012": ("imagenet2012_corrupted", "validation", data_lib.IMAGENET_C_CORRUPTIONS)}
 SUBSET_SEED = 0  # the fixed subsets of OoD and corrupted images are the same for every run
 
 
@@ -46,28 +53,33 @@ def settings(eval_cfg: Any = None, **fields: Any) -> types.SimpleNamespace:
 
 def corruption_names(dataset_name: str, requested: Any) -> list[str]:
   """The corruption types to evaluate: ``requested`` names, or every type for ("all",)."""
-  available = data_lib.CIFAR10_C_CORRUPTIONS if dataset_name == "cifar10" else tuple(corruptions_lib.CORRUPTIONS)
+  tfds_set = TFDS_CORRUPTED.get(dataset_name)
+  available = tfds_set[2] if tfds_set else tuple(corruptions_lib.CORRUPTIONS)
   requested = list(requested)
   if requested == ["all"]:
     return list(available)
   unknown = [c for c in requested if c not in available]
   if unknown:
-    source = "tfds cifar10_corrupted" if dataset_name == "cifar10" else "ensembles.corruptions"
+    source = f"tfds {tfds_set[0]}" if tfds_set else "ensembles.corruptions"
     raise ValueError(f"evaluation.corruptions has unknown type(s) {unknown} for {dataset_name} ({source}); "
                      f"allowed: ('all',), () or names from {list(available)}.")
   return requested
 
 
 def check_sources(data_name: str, eval_cfg: Any, data_dir: str = "") -> None:
-  """Fails fast (before training) when an OoD set or CIFAR-10-C set of the evaluation is missing."""
+  """Fails fast (before training) when an OoD, shifted or tfds corrupted set of the evaluation is
+  missing (none is ever downloaded)."""
   s = settings(eval_cfg)
   for name in s.ood_datasets:
     if name in data_lib.TFDS_DATASETS and name != "fashion_mnist":
       data_lib.check_prepared(name, data_lib.TFDS_DATASETS[name][0], data_dir)
-  if len(s.corruptions) and data_name == "cifar10":
+  for name in s.shift_datasets:
+    data_lib.check_prepared(name, data_lib.SHIFT_DATASETS[data_name][name], data_dir)
+  if len(s.corruptions) and data_name in TFDS_CORRUPTED:
+    prefix, split, _ = TFDS_CORRUPTED[data_name]
     for name in corruption_names(data_name, s.corruptions):
       for severity in s.corruption_severities:
-        data_lib.check_prepared(f"cifar10_corrupted/{name}_{int(severity)}", "test", data_dir)
+        data_lib.check_prepared(f"{prefix}/{name}_{int(severity)}", split, data_dir)
 
 
 def _fixed_subset(n_total: int, n: int) -> np.ndarray:
@@ -93,20 +105,27 @@ def clear_corruption_cache() -> int:
 
 def corrupted_sets(data: data_lib.Dataset, names: list[str], severities: Any, num_examples: int,
                    data_dir: str = "") -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
-  """Yields (corruption, severity, images, labels): tfds CIFAR-10-C for cifar10, else the test set
-  (a fixed subset of ``num_examples``) corrupted in code. Generated sets are kept in memory (up to
+  """Yields (corruption, severity, images, labels): tfds CIFAR-10-C for cifar10, tfds ImageNet-C for
+  imagenet2012 (an `ImageView` read per batch), else the test set (a fixed subset of
+  ``num_examples``) corrupted in code. Generated sets are kept in memory (up to
   ``CORRUPTION_CACHE_BYTES``; `clear_corruption_cache` frees them) so that a comparison corrupts
   each image set once."""
+  if data.name in TFDS_CORRUPTED:
+    prefix, split, _ = TFDS_CORRUPTED[data.name]
+    for name in names:
+      for severity in severities:
+        if data.name == "cifar10":
+          xc, yc = data_lib.load_cifar10_corrupted(name, int(severity), data_dir)
+        else:
+          xc, yc = data_lib.streamed_test_set(f"{prefix}/{name}_{int(severity)}", split, data.image_shape, data_dir)
+        keep = _fixed_subset(len(yc), num_examples)
+        yield name, int(severity), xc.take(keep, axis=0), yc[keep]
+    return
   idx = _fixed_subset(len(data.y_test), num_examples)
   x, y = data.x_test[idx], data.y_test[idx]
   fingerprint = (data.name, zlib.crc32(np.ascontiguousarray(x).tobytes()))
   for name in names:
     for severity in severities:
-      if data.name == "cifar10":
-        xc, yc = data_lib.load_cifar10_corrupted(name, int(severity), data_dir)
-        keep = _fixed_subset(len(yc), num_examples)
-        yield name, int(severity), xc[keep], yc[keep]
-        continue
       key = (*fingerprint, name, int(severity))
       if key not in _CORRUPTED_CACHE:
         images = corruptions_lib.corrupt(x, name, int(severity))
@@ -129,6 +148,19 @@ def ood_evaluation(member_probs: MemberProbs, data: data_lib.Dataset, test_probs
     x = x[_fixed_subset(len(x), s.ood_examples)]
     x = data_lib.match_image_shape(x, data.image_shape, s.resize_ood, f"OoD dataset {name!r}")
     out[name] = {**metrics_lib.ood_detection(test_probs, member_probs(x), weights), "num_examples": len(x)}
+  return out
+
+
+def shift_evaluation(member_probs: MemberProbs, data: data_lib.Dataset, s: Any, weights: Any = None,
+                     combine: str = "mean", data_dir: str = "") -> dict:
+  """{shifted set: ensemble accuracy, NLL, ECE, Brier and "num_examples"} on each of
+  ``s.shift_datasets`` (a fixed subset of ``s.shift_examples`` images when > 0)."""
+  out = {}
+  for name in s.shift_datasets:
+    x, y = data_lib.streamed_test_set(name, data_lib.SHIFT_DATASETS[data.name][name], data.image_shape, data_dir)
+    keep = _fixed_subset(len(y), s.shift_examples)
+    ens = metrics_lib.combine_probs(member_probs(x.take(keep)), weights, combine)
+    out[name] = {**metrics_lib.predictive_metrics(ens, y[keep]), "num_examples": len(keep)}
   return out
 
 
@@ -160,7 +192,8 @@ def evaluate_all(member_probs: MemberProbs, data: data_lib.Dataset, eval_cfg: An
   """Everything DESIGN §4 asks for, for one ensemble.
 
   Returns {"test": evaluate_ensemble(...) (if a test split exists), "val": ... (if a validation split exists),
-  "ood": ood_evaluation(...) (if ood_datasets), "corruption": corruption_evaluation(...) (if corruptions)}.
+  "ood": ood_evaluation(...) (if ood_datasets), "corruption": corruption_evaluation(...) (if corruptions),
+  "shift": shift_evaluation(...) (if shift_datasets)}.
   """
   s = settings(eval_cfg)
   out = {}
@@ -173,4 +206,6 @@ def evaluate_all(member_probs: MemberProbs, data: data_lib.Dataset, eval_cfg: An
     out["ood"] = ood_evaluation(member_probs, data, test_probs, s, weights, data_dir)
   if len(s.corruptions):
     out["corruption"] = corruption_evaluation(member_probs, data, s, weights, combine, data_dir, progress)
+  if len(s.shift_datasets):
+    out["shift"] = shift_evaluation(member_probs, data, s, weights, combine, data_dir)
   return out

@@ -47,8 +47,20 @@ def run_table(results: dict, split: str = "test") -> str:
     f = results["flops"]
     lines.append(f"FLOPs: training {f['train_x_dense']:.2f}x one dense model ({f['flops_rule']}), inference "
                  f"{f['inference_x_dense']:.2f}x one dense model ({f['inference_flops']:.3g} per example).")
-  lines += ood_lines(results) + corruption_lines(results)
+  lines += ood_lines(results) + corruption_lines(results) + shift_lines(results)
   return "\n".join(lines) + "\n"
+
+
+def shift_lines(results: dict) -> list[str]:
+  """Markdown: ensemble accuracy / NLL / ECE / Brier on each shifted test set."""
+  if not results.get("shift"):
+    return []
+  lines = ["", "Shifted test sets (the training classes):", "",
+           "| set | images | accuracy (%) | NLL | ECE | Brier |", "|---|---|---|---|---|---|"]
+  for name, m in results["shift"].items():
+    lines.append(f"| {name} | {m['num_examples']} | {100 * m['accuracy']:.2f} | {m['nll']:.4f} | {m['ece']:.4f} | "
+                 f"{m['brier']:.4f} |")
+  return lines
 
 
 def ood_lines(results: dict) -> list[str]:

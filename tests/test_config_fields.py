@@ -119,6 +119,9 @@ FIELDS = {
     "evaluation.ood_datasets": (Other((), ("digits",)), ("imagenet_o",)),
     "evaluation.ood_examples": (Other(10, 11), -1),
     "evaluation.plots": (Other(False, True), "no"),
+    # shifted sets exist for imagenet2012 only: () is the one valid value of every shipped config
+    "evaluation.shift_datasets": (lambda c: {}, ("imagenet_v2",)),
+    "evaluation.shift_examples": (Other(10, 11), -1),
     "evaluation.resize_ood": (Other(True, False), "no"),
     "keep_checkpoints": (Other(3, 4), 0),
     "log_every_steps": (Other(10, 11), 0),

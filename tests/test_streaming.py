@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ensembles import api, checkpoints, context, data as data_lib, sources, streaming, train, trainer
+from ensembles import api, checkpoints, config as config_lib, context, data as data_lib, sources, streaming, train, trainer
 from conftest import make_dataset, requires_fashion_mnist, tiny_config
 
 
@@ -259,3 +259,25 @@ def test_imagenet_streams_on_a_mesh_and_resumes_mid_epoch():
   for layout in ("2x4", "4x2"):
     assert result[layout]["resumed_from"] == 5 and result[layout]["equal"], result
   assert "members" in result["2x4"]["sharding"]
+
+
+def test_imagenet_evaluation_streams_shifted_and_corrupted_sets(tmp_path):
+  """tfds' mock imagenet2012 trained through the config; evaluated on imagenet_v2, imagenet_a and
+  imagenet_r (shifted sets) and ImageNet-C (two types, one severity), every set read per batch at
+  the model's input size; the report shows them."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from experiments import report  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config(**{"dataset.name": "imagenet2012", "dataset.image_size": 16, "dataset.val_size": 8,
+                       "dataset.train_subset": 0, "dataset.test_subset": 0, "training.batch_size": 8,
+                       "training.epochs": 1, "eval_batch_size": 8, "model.hidden": (8,),
+                       "evaluation.shift_datasets": ("imagenet_v2", "imagenet_a", "imagenet_r"),
+                       "evaluation.shift_examples": 12, "evaluation.corruptions": ("gaussian_noise", "fog"),
+                       "evaluation.corruption_severities": (3,), "evaluation.corruption_examples": 10})
+  with tfds.testing.mock_data(num_examples=40):
+    results = api.run_config(cfg, str(tmp_path))
+  assert set(results["shift"]) == {"imagenet_v2", "imagenet_a", "imagenet_r"}
+  assert all(m["num_examples"] == 12 and 0 <= m["accuracy"] <= 1 for m in results["shift"].values())
+  assert set(results["corruption"]["types"]) == {"gaussian_noise", "fog"} and results["corruption"]["num_examples"] == 10
+  assert "| imagenet_a | 12 |" in report.run_table(results)
+  with pytest.raises(Exception, match="evaluation.shift_datasets"):
+    config_lib.validate(tiny_config(**{"evaluation.shift_datasets": ("imagenet_v2",)}))  # not for fashion_mnist
