@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -40,3 +42,16 @@ def test_end_to_end_runs(tmp_path):
   assert row["steps_s"] > 0 and row["step_gflops"] > 0 and row["startup_s_rerun"] > 0
   assert row["compile_s_rerun"] < row["compile_s_first"]  # the rerun reads the compiled programs from the cache
   assert "| lenet_300_100 | 2 |" in proc.stdout
+
+
+@pytest.mark.slow  # about 2 minutes: four fresh processes compile ResNet-20 for the memory part
+def test_input_pipeline_runs(tmp_path):
+  out = tmp_path / "ip.json"
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.input_pipeline", "--steps", "3", "--sizes", "100", "300",
+                         "--memory-steps", "2", "--workdir", str(tmp_path / "data"), "--out", str(out)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.load(open(out))
+  assert all(r["reader_images_per_s"] > 0 and r["step_images_per_s"] > 0 for r in result["throughput"])
+  assert {(m["input"], m["images"]) for m in result["memory"]} == {("stream", 100), ("stream", 300),
+                                                                  ("memory", 100), ("memory", 300)}

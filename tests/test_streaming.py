@@ -186,6 +186,13 @@ def test_folder_of_images_end_to_end(tmp_path):
   results = api.run_config(cfg, str(tmp_path / "run"))
   assert 0.0 <= results["test"]["ensemble"]["accuracy"] <= 1.0 and len(results["test"]["members"]) == 2
   assert dataset.x_test[:].shape == (12, 16, 16, 3)
+  # a long-tailed subset of a streamed set: n_c = n_max·ρ^(−c/(K−1)) from the smallest class count
+  long_tailed = data_lib.load_dataset(tiny_config(**{**{f"dataset.{k}": v for k, v in cfg.dataset.items()},
+                                                     "dataset.imbalance_ratio": 4.0}).dataset)
+  counts = np.bincount(long_tailed.y_train, minlength=3)
+  n_max = np.bincount(dataset.y_train, minlength=3).min()
+  assert counts.tolist() == data_lib.long_tailed_counts(int(n_max), 3, 4.0)
+  assert streaming.is_streamed(long_tailed.x_train) and len(long_tailed.x_train) == counts.sum()
   with pytest.raises(data_lib.DataNotFoundError, match="train/<class>"):
     data_lib.load_dataset(tiny_config(**{"dataset.name": "folder"}).dataset)
 
