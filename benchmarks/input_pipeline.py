@@ -14,7 +14,7 @@ Throughput, per setting (M = 2 members, batch 128 each, so 256 images per step):
 
 Memory: a fresh process trains ``--memory-steps`` steps of ResNet-20 (M = 1, 64x64 inputs) on a
 folder of N and of 10 N JPEGs, once streamed and once held in memory (dataset.input = memory), and
-reports its peak resident set size (ru_maxrss). The streamed run's peak should not grow with N; the
+reports its peak resident set size (VmHWM). The streamed run's peak should not grow with N; the
 in-memory run's grows by the images it holds (10 N - N) x 64 x 64 x 3 bytes.
 """
 from __future__ import annotations
@@ -91,6 +91,16 @@ def throughput(name: str, cfg, steps: int) -> dict:
           "step_images_per_s": images / step_s, "reader_over_step": step_s / read_s}
 
 
+def peak_rss_mib() -> float:
+  """This process's peak resident set size (VmHWM of /proc/self/status: its own address space;
+  ru_maxrss would carry the parent's peak over the exec of a child)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 1024
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_memory_child(folder: str, input_mode: str, steps: int) -> None:
   """(child) Trains ``steps`` steps of ResNet-20 on the folder; prints the peak RSS in MiB."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -122,7 +132,8 @@ def peak_memory_child(folder: str, input_mode: str, steps: int) -> None:
   except Done:
     pass
   jax.effects_barrier()
-  print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+  print(json.dumps({"peak_rss_mib": peak_rss_mib()}), flush=True)
+  os._exit(0)  # skip interpreter teardown: after the interrupted fit it crashed now and then (exit 139)
 
 
 def peak_memory(folder: str, input_mode: str, steps: int) -> float:

@@ -99,11 +99,13 @@ def corruption_vs_severity(path: str, curves: dict[str, dict]) -> str:
 
 
 def run_plots(results: dict, directory: str) -> list[str]:
-  """The plots of one run's results: reliability diagram, and accuracy against severity when the
-  results hold a corruption evaluation. Returns the written paths."""
+  """The plots of one run's results: reliability diagram (when there is a test split), and accuracy
+  against severity when the results hold a corruption evaluation. Returns the written paths."""
   label = f"{results['method']} (M = {results['num_members']})"
-  paths = [reliability_diagrams(os.path.join(directory, "reliability.png"),
-                                {label: results["test"]["ensemble"]["reliability"]})]
+  paths = []
+  if "test" in results:
+    paths.append(reliability_diagrams(os.path.join(directory, "reliability.png"),
+                                      {label: results["test"]["ensemble"]["reliability"]}))
   if "corruption" in results:
     c = results["corruption"]
     paths.append(corruption_vs_severity(os.path.join(directory, "corruption.png"), {label: {

@@ -18,7 +18,13 @@ def _row(name: str, m: dict) -> str:
 
 
 def run_table(results: dict, split: str = "test") -> str:
-  """Markdown: each member, the members' mean ± std, and the ensemble, on ``split``."""
+  """Markdown: each member, the members' mean ± std, and the ensemble, on ``split`` (the validation
+  split when the data have no test split, as a folder of images without test/ or val/)."""
+  if split not in results:
+    split = "val" if "val" in results else None
+  if split is None:
+    return (f"### {results['method']} on {results['dataset']}\n\nNo test or validation split to evaluate "
+            "(dataset.val_size = 0 and no test split).\n")
   ev = results[split]
   lines = [f"### {results['method']} on {results['dataset']} ({split}, M = {results['num_members']}, "
            f"model {results['model']}, seed {results['seed']})", "",

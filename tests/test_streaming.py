@@ -185,6 +185,10 @@ def test_folder_of_images_end_to_end(tmp_path):
   assert streaming.is_streamed(dataset.x_train) and len(dataset.y_test) == 12
   results = api.run_config(cfg, str(tmp_path / "run"))
   assert 0.0 <= results["test"]["ensemble"]["accuracy"] <= 1.0 and len(results["test"]["members"]) == 2
+  from experiments import plots, report  # pylint: disable=g-import-not-at-top
+  without_test = {k: v for k, v in results.items() if k != "test"}  # a folder without test/ or val/
+  assert "(val, M = 2" in report.run_table(without_test)
+  assert plots.run_plots(without_test, str(tmp_path)) == []
   assert dataset.x_test[:].shape == (12, 16, 16, 3)
   # a long-tailed subset of a streamed set: n_c = n_max·ρ^(−c/(K−1)) from the smallest class count
   long_tailed = data_lib.load_dataset(tiny_config(**{**{f"dataset.{k}": v for k, v in cfg.dataset.items()},
