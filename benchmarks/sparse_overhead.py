@@ -20,6 +20,7 @@ import numpy as np
 
 from benchmarks.timing import best_time
 from ensembles import context
+from ensembles import train as train_lib
 from ensembles import data as data_lib
 from ensembles.defaults import method_config
 from ensembles.methods import sparse_common
@@ -58,9 +59,10 @@ def measure(key, m, batch, min_time):
 
     times[label] = best_time(one_step, min_time)
   update = sparse_common.make_topology_update(run, options.topology(plan, run.tx))
+  batch = train_lib.gather_batch(images, labels, idx)
 
   def run_update():
-    box[0] = update(box[0], images, labels, idx, jnp.float32(options.drop_fraction))
+    box[0] = update(box[0], batch, jnp.float32(options.drop_fraction))
     jax.block_until_ready(box[0].params)
 
   times["topology"] = best_time(run_update, min_time)

@@ -130,7 +130,13 @@ def fit_config(config: ml_collections.ConfigDict, model: nn.Module, data: data_l
 
 def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes the config to WORKDIR/config.json, refusing a folder that holds a run of another config
-  (fields in `RESUMABLE_FIELDS` may differ: they do not change the result)."""
+  (fields in `RESUMABLE_FIELDS` may differ: they do not change the result). Remote URLs (gs://...)
+  are refused: the logs and results are written with local file calls (mount a bucket with
+  gcsfuse and give its local path)."""
+  if "://" in str(workdir):
+    raise ValueError(f"workdir {workdir!r}: remote URLs are not supported yet (the metrics log, TensorBoard files "
+                     "and results are written with local file calls); give a local folder, e.g. a gcsfuse mount "
+                     "of the bucket.")
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json())

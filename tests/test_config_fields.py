@@ -103,6 +103,8 @@ FIELDS = {
     "edst.exploration_epochs": (lambda c: _edst_epochs(c, exploration=2), 0),
     "edst.exploration_growth": (Other("gradient", "random"), "hebbian"),
     "edst.exploration_lr": (Other(0.05, 0.06), -0.1),
+    "edst.exploration_milestones": (lambda c: {"edst.exploration_milestones": (1,)}, (3, 2)),
+    "edst.exploration_decay": (Other(0.5, 0.2), 0.0),
     "edst.global_drop_fraction": (Other(0.5, 0.6), 1.5),
     "edst.reference_epochs": (Other(5, 6), 0),
     "edst.refine_decay": (Other(0.5, 0.6), 1.5),

@@ -11,6 +11,7 @@ from ensembles import api
 from ensembles import data as data_lib
 
 from ensembles import config as config_lib, sparse
+from ensembles.errors import ConfigError
 from ensembles.methods import edst_ensemble, sparse_common
 from ensembles.models import build_model
 from experiments.configs import edst_ensemble as edst_config
@@ -38,6 +39,20 @@ def test_phase_schedule():
   lr = edst_ensemble.edst_lr_schedule(e, 3, 10)
   got = [float(lr(t)) for t in (0, 19, 20, 24, 25, 29, 30, 35, 49)]
   assert got == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.01, 0.001, 0.001])
+
+
+def test_exploration_milestones_and_warmup():
+  """The ImageNet recipe's exploration: lr x decay at each milestone epoch, linear warm-up from 0."""
+  e = _cfg().edst
+  e.exploration_milestones, e.exploration_decay = (1,), 0.5
+  options = edst_ensemble.EDSTOptions(**e)
+  lr = edst_ensemble.edst_lr_schedule(options, 3, 10, warmup_epochs=0.5)
+  got = [float(lr(t)) for t in (0, 1, 5, 9, 10, 19, 20, 25)]
+  assert got == pytest.approx([0.0, 0.02, 0.1, 0.1, 0.05, 0.05, 0.01, 0.001])
+  with pytest.raises(ConfigError, match="edst.exploration_milestones"):
+    cfg = _cfg()
+    cfg.edst.exploration_milestones = (2,)  # exploration is 2 epochs long
+    config_lib.validate(cfg)
 
 
 def _update_steps(cfg, steps_per_epoch=10):

@@ -136,8 +136,8 @@ def test_paper_scale_models_parameters_and_flops(name, kwargs, classes, shape, p
 
 
 def test_imagenet_resnet_runs_and_checks_its_fields():
-  model = build_model("imagenet_resnet", 10, {"depth": 50, "width": 2})
-  x = jnp.zeros((2, 32, 32, 3))
+  model = build_model("imagenet_resnet", 10, {"depth": 18, "width": 2, "stem": "small"})  # bottlenecks: shapes above
+  x = jnp.zeros((2, 16, 16, 3))
   variables = model.init(jax.random.PRNGKey(0), x, train=False)
   logits, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
   assert logits.shape == (2, 10) and "batch_stats" in state

@@ -37,11 +37,11 @@ from ensembles import metrics as metrics_lib
 from ensembles import sparse
 from ensembles import trainer
 from ensembles.context import Run
-from ensembles.errors import require
+from ensembles.errors import is_int, require
 from ensembles.methods import sparse_common
 from ensembles.methods.base import Method, Trained, register
 from ensembles.methods.sparse_common import SparseOptions
-from ensembles.options import choice, integer, number
+from ensembles.options import choice, integer, number, option
 
 DROP_SCHEDULES = ("per_phase", "global")
 TICKETS = ("final", "best_val")
@@ -57,6 +57,10 @@ class EDSTOptions:
   exploration_epochs: int = integer(6, 1)          # t_ex
   refinement_epochs: int = integer(4, 1)           # t_re, per ticket
   exploration_lr: float = number(0.1, 0, float("inf"), "()")
+  exploration_milestones: tuple = option(  # exploration epochs at which its lr is multiplied by exploration_decay
+      (), "a tuple of increasing integer epochs >= 1", lambda v: isinstance(v, (tuple, list)) and all(
+          is_int(x) and x >= 1 for x in v) and list(v) == sorted(set(v)))  # ImageNet recipe: (30, 60, 90)
+  exploration_decay: float = number(0.1, 0, 1, "(]")
   refine_lr: float = number(0.01, 0, float("inf"), "()")
   refine_decay: float = number(0.1, 0, 1, "(]")    # refine lr multiplier from mid-phase
   global_drop_fraction: float = number(0.8, 0, 1, "()")  # q: drop fraction of the global exploration
@@ -129,15 +133,21 @@ def phase_boundaries(e: EDSTOptions, num_tickets: int, steps_per_epoch: int) -> 
   return [(ex + k * re, ex + (k + 1) * re) for k in range(num_tickets)]
 
 
-def edst_lr_schedule(e: EDSTOptions, num_tickets: int, steps_per_epoch: int) -> optax.Schedule:
-  """exploration_lr during exploration; in each refinement phase refine_lr, then refine_lr ·
-  refine_decay from mid-phase."""
+def edst_lr_schedule(e: EDSTOptions, num_tickets: int, steps_per_epoch: int, warmup_epochs: float = 0.0) -> optax.Schedule:
+  """exploration_lr during exploration (multiplied by exploration_decay at each of
+  exploration_milestones, in epochs); in each refinement phase refine_lr, then refine_lr ·
+  refine_decay from mid-phase. With ``warmup_epochs`` (training.warmup_epochs) > 0 the lr rises
+  linearly from 0 over the first warm-up steps: lr(t) · min(1, t / T_warmup)."""
   phases = phase_boundaries(e, num_tickets, steps_per_epoch)
-  boundaries = jnp.array([b for start, end in phases for b in (start, (start + end) // 2)])
-  values = jnp.array([e.exploration_lr] + [v for _ in phases for v in (e.refine_lr, e.refine_lr * e.refine_decay)])
+  milestones = [m * steps_per_epoch for m in e.exploration_milestones]
+  boundaries = jnp.array(milestones + [b for start, end in phases for b in (start, (start + end) // 2)])
+  values = jnp.array([e.exploration_lr * e.exploration_decay ** k for k in range(len(milestones) + 1)] +
+                     [v for _ in phases for v in (e.refine_lr, e.refine_lr * e.refine_decay)])
+  warmup = int(round(warmup_epochs * steps_per_epoch))
 
   def schedule(step):
-    return values[jnp.searchsorted(boundaries, step, side="right")]
+    lr = values[jnp.searchsorted(boundaries, step, side="right")]
+    return lr * jnp.minimum(1.0, step / warmup) if warmup > 0 else lr
 
   return schedule
 
@@ -145,7 +155,8 @@ def edst_lr_schedule(e: EDSTOptions, num_tickets: int, steps_per_epoch: int) -> 
 def train(run: Run, options) -> Trained:
   s, e, m = options.sparse, options.edst, run.num_members
   spe = run.steps_per_epoch
-  run = run.phase(num_members=1, sparse_training=True, schedule=edst_lr_schedule(e, m, spe))
+  run = run.phase(num_members=1, sparse_training=True,
+                  schedule=edst_lr_schedule(e, m, spe, run.config.training.warmup_epochs))
   state = run.init_members()
   plan = sparse_common.make_plan(state, s)
   state = sparse_common.init_member_masks(run, state, plan, s.init_rule)
@@ -229,6 +240,8 @@ def check(config, options) -> None:
   require(config.training.epochs == e.epochs(config.num_members), "training.epochs",
           f"equal to edst.exploration_epochs + num_members x edst.refinement_epochs = {e.exploration_epochs} + "
           f"{config.num_members} x {e.refinement_epochs} = {e.epochs(config.num_members)}", config.training.epochs)
+  require(all(m < e.exploration_epochs for m in e.exploration_milestones), "edst.exploration_milestones",
+          f"epochs within exploration (< edst.exploration_epochs = {e.exploration_epochs})", e.exploration_milestones)
   if e.ticket == "best_val":
     require(config.dataset.val_size >= 1, "dataset.val_size",
             ">= 1 for edst.ticket='best_val' (a validation split)", config.dataset.val_size)

@@ -9,7 +9,7 @@ BatchNorm/bias as the paper's ImageNet recipe; batch 1024 at lr 0.4 and the 10,0
 split are ours).
 
   python -m experiments.train --distributed --config experiments/recipes/freetickets_imagenet_resnet50_dst.py \\
-      --workdir gs://BUCKET/runs/dst_r50 --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
+      --workdir /mnt/bucket/runs/dst_r50 --config.dataset.data_dir=/data/tensorflow_datasets
 
 ESTIMATE (on paper, not measured): 32 x TPU v4, bfloat16, assuming MFU 20%
 (NVIDIA publishes about that for ResNet-50 on an A100):

@@ -6,15 +6,14 @@ ensemble's).
 
 The paper's: 310 epochs = exploration 100 + three refinement phases of 70, a ticket per phase,
 global exploration q = 0.8 between phases, ERK masks, RigL updates every 4,000 steps, label
-smoothing 0.1, weight decay 1e-4. Ours: exploration at a constant lr (the paper decays it at epochs
-30/60/90 with 5 warm-up epochs; our EDST exploration lr is one value, the config's warm-up is
-applied), refinement lr 0.04 with x0.1 at mid-phase (the CIFAR ratio 10:1 to exploration). Input,
+smoothing 0.1, weight decay 1e-4, exploration lr decayed x0.1 at epochs 30/60/90 after 5 warm-up
+epochs. Ours: refinement lr 0.04 with x0.1 at mid-phase (the CIFAR ratio 10:1 to exploration). Input,
 optimizer and model: `_common.imagenet_resnet50` (bf16, label smoothing 0.1, no weight decay on
 BatchNorm/bias as the paper's ImageNet recipe; batch 1024 at lr 0.4 and the 10,000-image validation
 split are ours).
 
   python -m experiments.train --distributed --config experiments/recipes/freetickets_imagenet_resnet50_edst.py \\
-      --workdir gs://BUCKET/runs/edst_r50 --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
+      --workdir /mnt/bucket/runs/edst_r50 --config.dataset.data_dir=/data/tensorflow_datasets
 
 ESTIMATE (on paper, not measured): 32 x TPU v4, bfloat16, assuming MFU 20%
 (NVIDIA publishes about that for ResNet-50 on an A100):
@@ -33,6 +32,7 @@ def get_config():
   c.training.epochs = 310
   c.edst.exploration_epochs, c.edst.refinement_epochs = 100, 70
   c.edst.exploration_lr, c.edst.refine_lr, c.edst.refine_decay = 0.4, 0.04, 0.1
+  c.edst.exploration_milestones, c.edst.exploration_decay = (30, 60, 90), 0.1
   c.edst.global_drop_fraction = 0.8
   c.edst.reference_epochs = 100
   c.sparse.sparsity, c.sparse.update_every = 0.8, 4000

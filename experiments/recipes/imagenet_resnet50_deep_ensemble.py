@@ -5,7 +5,7 @@ on BatchNorm/bias as the paper's ImageNet recipe; batch 1024 at lr 0.4 and the 1
 validation split are ours).
 
   python -m experiments.train --distributed --config experiments/recipes/imagenet_resnet50_deep_ensemble.py \\
-      --workdir gs://BUCKET/runs/de_r50 --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
+      --workdir /mnt/bucket/runs/de_r50 --config.dataset.data_dir=/data/tensorflow_datasets
 
 ESTIMATE (on paper, not measured): 32 x TPU v4, bfloat16, assuming MFU 20%
 (NVIDIA publishes about that for ResNet-50 on an A100):
