@@ -138,8 +138,8 @@ def test_paper_scale_models_parameters_and_flops(name, kwargs, classes, shape, p
 def test_imagenet_resnet_runs_and_checks_its_fields():
   model = build_model("imagenet_resnet", 10, {"depth": 18, "width": 2, "stem": "small"})  # bottlenecks: shapes above
   x = jnp.zeros((2, 16, 16, 3))
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
-  logits, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+  logits, state = jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]), variables)
   assert logits.shape == (2, 10) and "batch_stats" in state
   with pytest.raises(ValueError, match="model.depth for imagenet_resnet must be one of"):
     build_model("imagenet_resnet", 10, {"depth": 20}).init(jax.random.PRNGKey(0), x)
