@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 
 from ensembles.models.layers import Conv, as_float, global_avg_pool
+from ensembles.models.resnet import BasicBlock
 
 # depth -> (block kind, blocks per stage)
 STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
@@ -38,24 +39,6 @@ class Bottleneck(nn.Module):
     y = self.norm(scale_init=nn.initializers.zeros)(self.conv_cls(4 * self.features, (1, 1), use_bias=False)(y))
     if x.shape != y.shape:
       x = self.norm()(self.conv_cls(4 * self.features, (1, 1), strides=s, use_bias=False)(x))
-    return nn.relu(x + y)
-
-
-class Basic(nn.Module):
-  """3x3(stride)-BN-ReLU, 3x3-BN (scale initialised to 0), + shortcut, ReLU."""
-
-  features: int
-  stride: int
-  norm: functools.partial
-  conv_cls: Callable = Conv
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    s = (self.stride, self.stride)
-    y = nn.relu(self.norm()(self.conv_cls(self.features, (3, 3), strides=s, use_bias=False)(x)))
-    y = self.norm(scale_init=nn.initializers.zeros)(self.conv_cls(self.features, (3, 3), use_bias=False)(y))
-    if x.shape != y.shape:
-      x = self.norm()(self.conv_cls(self.features, (1, 1), strides=s, use_bias=False)(x))
     return nn.relu(x + y)
 
 
@@ -88,7 +71,7 @@ class ImageNetResNet(nn.Module):
     kind, blocks = STAGES[self.depth]
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum)
     conv_cls = functools.partial(Conv, impl=self.conv_impl)
-    block_cls = Bottleneck if kind == "bottleneck" else Basic
+    block_cls = Bottleneck if kind == "bottleneck" else BasicBlock  # the CIFAR ResNet's basic block
     x = as_float(x)
     if self.stem == "imagenet":
       x = nn.relu(norm()(conv_cls(self.width, (7, 7), strides=(2, 2), use_bias=False)(x)))

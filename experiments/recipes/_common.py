@@ -56,3 +56,13 @@ def cifar100(method: str, model: dict) -> ml_collections.ConfigDict:
 
 WRN28_10 = {"name": "wide_resnet", "depth": 28, "width": 10, "dropout_rate": 0.0}
 RESNET110 = {"name": "resnet", "depth": 110}
+
+
+def step_schedule(c: ml_collections.ConfigDict, epochs: int, milestones: tuple, factor: float,
+                  weight_decay: float) -> ml_collections.ConfigDict:
+  """``epochs`` of training with the lr multiplied by ``factor`` at each of ``milestones``
+  (fractions of training), and ``weight_decay``."""
+  t = c.training
+  t.epochs, t.weight_decay = epochs, weight_decay
+  t.lr_schedule, t.decay_milestones, t.decay_factor = "step", tuple(milestones), factor
+  return c

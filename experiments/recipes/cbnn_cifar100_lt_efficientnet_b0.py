@@ -18,14 +18,12 @@ pipeline), 0.00359 hours.
   python -m experiments.estimate --config experiments/recipes/cbnn_cifar100_lt_efficientnet_b0.py \\
       --hardware "A100" --chips 1 --mfu 0.05
 """
-from experiments.recipes._common import cifar100
+from experiments.recipes._common import cifar100, step_schedule
 
 
 def get_config():
   c = cifar100("cbnn", {"name": "efficientnet_b0", "width": 1.0, "dropout_rate": 0.2})
   c.dataset.imbalance_ratio = 100.0
   c.num_members = 3
-  c.training.epochs = 200
-  c.training.weight_decay = 5e-4
-  c.training.lr_schedule, c.training.decay_milestones, c.training.decay_factor = "step", (0.5, 0.75), 0.1
+  step_schedule(c, epochs=200, milestones=(0.5, 0.75), factor=0.1, weight_decay=5e-4)
   return c

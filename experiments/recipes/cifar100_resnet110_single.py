@@ -12,12 +12,10 @@ pipeline), 0.399 hours.
   python -m experiments.estimate --config experiments/recipes/cifar100_resnet110_single.py \\
       --hardware "A100" --chips 1 --mfu 0.05
 """
-from experiments.recipes._common import RESNET110, cifar100
+from experiments.recipes._common import RESNET110, cifar100, step_schedule
 
 
 def get_config():
   c = cifar100("single", RESNET110)
-  c.training.epochs = 164
-  c.training.weight_decay = 1e-4
-  c.training.lr_schedule, c.training.decay_milestones, c.training.decay_factor = "step", (0.5, 0.75), 0.1
+  step_schedule(c, epochs=164, milestones=(0.5, 0.75), factor=0.1, weight_decay=1e-4)
   return c

@@ -12,12 +12,10 @@ pipeline), 2.52 hours.
   python -m experiments.estimate --config experiments/recipes/cifar100_wrn28_10_single.py \\
       --hardware "A100" --chips 1 --mfu 0.2
 """
-from experiments.recipes._common import WRN28_10, cifar100
+from experiments.recipes._common import WRN28_10, cifar100, step_schedule
 
 
 def get_config():
   c = cifar100("single", WRN28_10)
-  c.training.epochs = 200
-  c.training.weight_decay = 5e-4
-  c.training.lr_schedule, c.training.decay_milestones, c.training.decay_factor = "step", (0.3, 0.6, 0.8), 0.2
+  step_schedule(c, epochs=200, milestones=(0.3, 0.6, 0.8), factor=0.2, weight_decay=5e-4)
   return c

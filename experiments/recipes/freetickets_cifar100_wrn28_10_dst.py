@@ -15,14 +15,12 @@ pipeline), 9.44 hours.
   python -m experiments.estimate --config experiments/recipes/freetickets_cifar100_wrn28_10_dst.py \\
       --hardware "A100" --chips 1 --mfu 0.2
 """
-from experiments.recipes._common import WRN28_10, cifar100
+from experiments.recipes._common import WRN28_10, cifar100, step_schedule
 
 
 def get_config():
   c = cifar100("dst_ensemble", WRN28_10)
   c.num_members = 3
-  c.training.epochs = 250
-  c.training.weight_decay = 5e-4
-  c.training.lr_schedule, c.training.decay_milestones, c.training.decay_factor = "step", (0.5, 0.75), 0.1
+  step_schedule(c, epochs=250, milestones=(0.5, 0.75), factor=0.1, weight_decay=5e-4)
   c.sparse.sparsity, c.sparse.update_every, c.sparse.drop_fraction = 0.8, 1000, 0.5
   return c

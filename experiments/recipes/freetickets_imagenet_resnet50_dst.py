@@ -19,13 +19,12 @@ pipeline), 1.48 hours.
   python -m experiments.estimate --config experiments/recipes/freetickets_imagenet_resnet50_dst.py \\
       --hardware "TPU v4" --chips 32 --mfu 0.2
 """
-from experiments.recipes._common import imagenet_resnet50
+from experiments.recipes._common import imagenet_resnet50, step_schedule
 
 
 def get_config():
   c = imagenet_resnet50("dst_ensemble")
   c.num_members = 3
-  c.training.epochs = 100
-  c.training.lr_schedule, c.training.decay_milestones, c.training.decay_factor = "step", (0.3, 0.6, 0.9), 0.1
+  step_schedule(c, epochs=100, milestones=(0.3, 0.6, 0.9), factor=0.1, weight_decay=1e-4)
   c.sparse.sparsity, c.sparse.update_every = 0.8, 4000
   return c

@@ -15,11 +15,10 @@ pipeline), 0.492 hours.
   python -m experiments.estimate --config experiments/recipes/imagenet_resnet50_single.py \\
       --hardware "TPU v4" --chips 32 --mfu 0.2
 """
-from experiments.recipes._common import imagenet_resnet50
+from experiments.recipes._common import imagenet_resnet50, step_schedule
 
 
 def get_config():
   c = imagenet_resnet50("single")
-  c.training.epochs = 100
-  c.training.lr_schedule, c.training.decay_milestones, c.training.decay_factor = "step", (0.3, 0.6, 0.9), 0.1
+  step_schedule(c, epochs=100, milestones=(0.3, 0.6, 0.9), factor=0.1, weight_decay=1e-4)
   return c
