@@ -2,7 +2,9 @@
 
 A source has ``len(source)``, ``source.images(indices) -> [uint8 [H, W, C], ...]`` (decoded; sizes
 may differ between examples), ``source.labels() -> int32 [N]`` and ``source.image_shape`` (the fixed
-[H, W, C] of every example, or None when sizes vary). ``describe()`` names it (fingerprints, errors).
+[H, W, C] of every example, or None when sizes vary). ``describe()`` names it for messages;
+``identity()`` names its content without its location (a run's data fingerprint: the same data
+mounted elsewhere after a preemption is still the same data).
 
 * `TfdsSource`: a prepared tensorflow-datasets split through `tfds.data_source` (ArrayRecord
   files; no TensorFlow needed; JPEG/PNG decoded by PIL);
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,6 +37,8 @@ class ExampleSource(Protocol):
   def labels(self) -> np.ndarray: ...
 
   def describe(self) -> str: ...
+
+  def identity(self) -> str: ...
 
 
 def _as_hwc(image: np.ndarray) -> np.ndarray:
@@ -63,6 +68,9 @@ class ArraySource:
 
   def describe(self) -> str:
     return f"{self.name} {self.x.shape}"
+
+  def identity(self) -> str:
+    return f"arrays {self.x.shape} crc {zlib.crc32(np.ascontiguousarray(self.x).tobytes()):08x}"
 
 
 def _get_many(source: Any, keys: Any) -> list:
@@ -146,6 +154,9 @@ class TfdsSource:
   def describe(self) -> str:
     return f"tfds {self.name}[{self.split}] in {self.data_dir or 'default'} ({len(self)} examples)"
 
+  def identity(self) -> str:
+    return f"tfds {self.name}[{self.split}] ({len(self)} examples)"
+
 
 class FolderSource:
   """Images in ``root/<class>/.../<file>`` (at any depth, e.g. Tiny-ImageNet's
@@ -190,3 +201,7 @@ class FolderSource:
 
   def describe(self) -> str:
     return f"folder {self.root} ({len(self)} images, {len(self.classes)} classes)"
+
+  def identity(self) -> str:
+    names = "\n".join(os.path.relpath(f, self.root) for f in self.files)
+    return f"folder {self.classes} files crc {zlib.crc32(names.encode()):08x}"

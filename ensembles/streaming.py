@@ -141,6 +141,10 @@ class ImageView:
   def describe(self) -> str:
     return f"{self.source.describe()} as {self.image_shape}"
 
+  def identity(self) -> str:
+    """The source's content (not its location) and the view's shape; with `indices`, the view."""
+    return f"{self.source.identity()} as {self.image_shape} crop {self.crop_fraction}"
+
 
 def is_streamed(x: Any) -> bool:
   return isinstance(x, ImageView)
