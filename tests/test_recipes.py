@@ -30,7 +30,7 @@ def test_recipe_is_valid_and_its_estimate_is_current(path, monkeypatch):
   fields = {k: v for k, v in config.model.items() if k != "name"}
   models.build_model(config.model.name, 10, fields)
   source = open(path).read()
-  assert f"python -m experiments.train" in source and path in source  # the command names this file
+  assert "python -m experiments.train" in source and path in source  # the command names this file
   command = re.search(r'--hardware "([^"]+)" --chips (\d+) --mfu ([\d.]+)', source)
   assert command, f"{path}: no estimate command in the docstring"
   block = estimate.docstring_block(path, command.group(1), int(command.group(2)), float(command.group(3)))
