@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import numpy as np
 import optax
 
 from ensembles import data as data_lib
@@ -55,6 +56,13 @@ class Run:
   @property
   def mesh(self) -> jax.sharding.Mesh:
     return self.execution.mesh
+
+  def epoch_order(self, epoch: int):
+    """Each member's example order of ``epoch`` on the host: int32 [M, steps_per_epoch, B]
+    (`train.epoch_indices`); the in-memory and the streamed input both train in this order."""
+    t = self.config.training
+    return np.asarray(train_lib.epoch_indices(self.data_keys, epoch, len(self.data.y_train), t.batch_size,
+                                              t.shared_data_order))
 
   @property
   def compute_dtype(self) -> str:

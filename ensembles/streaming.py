@@ -199,13 +199,11 @@ class TrainBatches:
     self.iterator.set_state(state)
 
   def order(self, epoch: int) -> np.ndarray:
-    """Example indices [M, S, B] of ``epoch`` (`train.epoch_indices`; two epochs kept)."""
+    """Example indices [M, S, B] of ``epoch`` (`Run.epoch_order`; two epochs kept)."""
     with self._lock:
       if epoch not in self._orders:
-        t = self.run.config.training
         self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
-        self._orders[epoch] = np.asarray(train_lib.epoch_indices(self.run.data_keys, epoch, len(self.labels),
-                                                                 t.batch_size, t.shared_data_order))
+        self._orders[epoch] = self.run.epoch_order(epoch)
       return self._orders[epoch]
 
   def _read(self, step: int) -> dict:

@@ -93,7 +93,8 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
   replicated and each epoch's indices [M, S, B] split over ``members`` x ``data`` (each host builds
   only its own devices' shards). A streamed training set (`streaming.ImageView`) is never placed
   whole: each step's batch is read by `streaming.TrainBatches` (each host its own rows) and trained
-  with `run.batch_step`, one step per dispatch; the reader's state is saved with every checkpoint. On a multi-device CPU mesh each dispatch (and hook) finishes before
+  with `run.batch_step`, one step per dispatch; the reader's state is saved with every checkpoint.
+  On a multi-device CPU mesh each dispatch (and hook) finishes before
   the next is made (`members.synchronous_steps`).
 
   SIGTERM (a preemption notice) makes the loop finish its chunk, save a checkpoint and raise
@@ -201,9 +202,7 @@ class _Epoch:
   @property
   def host(self) -> np.ndarray:
     if self._host is None:
-      t = self.run.config.training
-      self._host = np.asarray(train_lib.epoch_indices(self.run.data_keys, self.number, len(self.run.data.y_train),
-                                                      t.batch_size, t.shared_data_order))
+      self._host = self.run.epoch_order(self.number)
     return self._host
 
   @property
