@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from typing import Any, Mapping
 
@@ -31,6 +30,7 @@ from ensembles import context
 from ensembles import data as data_lib
 from ensembles import defaults
 from ensembles import evaluation as evaluation_lib
+from ensembles import files
 from ensembles import models as models_lib
 from ensembles import train as train_lib
 from ensembles.ensemble import Ensemble
@@ -118,47 +118,34 @@ def fit_config(config: ml_collections.ConfigDict, model: nn.Module, data: data_l
   workdir) and the results."""
   method = get_method(config.method)
   options = method.read_options(config)
-  if workdir is not None:
+  if workdir is None:
+    run = context.build(config, model, data, workdir)
+    trained = method.train(run, options)
+  else:
     claim_workdir(config, workdir)
-  run = context.build(config, model, data, workdir)
-  trained = method.train(run, options)
-  if workdir is not None:
-    save(run, trained.ensemble)
+    try:
+      run = context.build(config, model, data, workdir)
+      trained = method.train(run, options)
+      save(run, trained.ensemble)
+    finally:  # a remote metrics log is written out whole, also when training stops with an error
+      files.close_all()
   results = summarize(run, trained, evaluate(run, trained.ensemble))
   return Fitted(trained.ensemble, results, run.log.records, config)
 
 
 def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes the config to WORKDIR/config.json, refusing a folder that holds a run of another config
-  (fields in `RESUMABLE_FIELDS` may differ: they do not change the result). Remote URLs (gs://...)
-  are refused: the logs and results are written with local file calls (mount a bucket with
-  gcsfuse and give its local path)."""
-  if "://" in str(workdir):
-    raise ValueError(f"workdir {workdir!r}: remote URLs are not supported yet (the metrics log, TensorBoard files "
-                     "and results are written with local file calls); give a local folder, e.g. a gcsfuse mount "
-                     "of the bucket.")
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
+  (fields in `RESUMABLE_FIELDS` may differ: they do not change the result). ``workdir`` may be a
+  URL (gs://bucket/run; see `files`)."""
+  files.make_dirs(workdir)
+  path = files.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json())
   same = lambda c: {k: v for k, v in c.items() if k not in RESUMABLE_FIELDS}
-  if os.path.exists(path):
-    with open(path) as f:
-      if same(json.load(f)) != same(current):
-        raise ValueError(f"{workdir} holds a run with a different config ({path}); resume with the same "
-                         "config or choose a new workdir.")
+  if files.exists(path) and same(json.loads(files.read_text(path))) != same(current):
+    raise ValueError(f"{workdir} holds a run with a different config ({path}); resume with the same "
+                     "config or choose a new workdir.")
   if jax.process_index() == 0:  # one writer across hosts
-    write_atomic(path, json.dumps(current, indent=2))
-
-
-def write_atomic(path: str, text: str) -> None:
-  """Writes ``text`` to a temporary file beside ``path`` and renames it over ``path``: a crash
-  leaves the old file or the new one, never half of one."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+    files.write_atomic(path, json.dumps(current, indent=2))
 
 
 def with_fields(config: ml_collections.ConfigDict, fields: Mapping[str, Any], method: Method,
@@ -213,7 +200,7 @@ def evaluate(run: context.Run, ensemble: Ensemble, eval_cfg: Any = None) -> dict
 
 def save(run: context.Run, ensemble: Ensemble) -> None:
   """Saves the ensemble's members and how they combine in WORKDIR/ensemble."""
-  checkpoints.save_ensemble(os.path.join(run.workdir, ENSEMBLE_DIR),
+  checkpoints.save_ensemble(files.join(run.workdir, ENSEMBLE_DIR),
                             {"params": ensemble.params, "model_state": ensemble.model_state},
                             {"method": run.config.method, "num_members": ensemble.num_members,
                              "combine": ensemble.combine,
@@ -230,7 +217,7 @@ def load_saved(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Mod
                      "load_saved(config, workdir, model=..., data=...).")
   data = data if data is not None else data_lib.load_dataset(config.dataset)
   run = context.build(config, model if model is not None else build_model(config, data), data, workdir)
-  directory = os.path.join(workdir, ENSEMBLE_DIR)
+  directory = files.join(workdir, ENSEMBLE_DIR)
   meta = checkpoints.read_ensemble_meta(directory)
   m = int(meta["num_members"])
   like = jax.eval_shape(lambda: train_lib.init_state(run.model, run.tx, run.init_key, m, run.data.image_shape))

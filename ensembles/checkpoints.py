@@ -9,7 +9,6 @@ Each checkpoint's meta also holds a fingerprint of the state (CRC32 of every lea
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 import zlib
@@ -19,6 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ensembles import files
 from ensembles.errors import CorruptCheckpointError
 
 PyTree = Any
@@ -27,7 +27,7 @@ PyTree = Any
 def make_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
   """A manager over ``directory`` (created if needed) keeping the last ``max_to_keep`` steps."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(files.absolute(directory), options=options)
 
 
 def fingerprint(state: PyTree) -> str | None:
@@ -68,11 +68,11 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
   """Moves step ``step``'s folder to ``<directory>_corrupt/`` (out of Orbax's view, kept for
   inspection) and returns where it went."""
   directory = str(manager.directory)
-  source = os.path.join(directory, str(step))
+  source = files.join(directory, str(step))
   target_dir = directory.rstrip("/") + "_corrupt"
-  os.makedirs(target_dir, exist_ok=True)
-  target = os.path.join(target_dir, f"{step}-{int(time.time())}")
-  shutil.move(source, target)
+  files.make_dirs(target_dir)
+  target = files.join(target_dir, f"{step}-{int(time.time())}")
+  files.move(source, target)
   manager.reload()
   return target
 
@@ -100,7 +100,7 @@ def save_member(directory: str, index: int, tree: PyTree, meta: dict) -> None:
   """Saves one collected ensemble member (an EDST ticket, a CBNN checkpoint, a snapshot) as item
   ``index`` of ``directory``; all items are kept. An existing item ``index`` (written before a
   resumed run replayed the same step) is replaced."""
-  manager = ocp.CheckpointManager(os.path.abspath(directory),
+  manager = ocp.CheckpointManager(files.absolute(directory),
                                   options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True))
   if index in manager.all_steps():
     manager.delete(index)
@@ -111,9 +111,9 @@ def save_member(directory: str, index: int, tree: PyTree, meta: dict) -> None:
 
 def member_meta(directory: str, index: int) -> dict | None:
   """The meta saved with item ``index`` by `save_member`, or None when there is no such item."""
-  if not os.path.isdir(directory):
+  if not files.is_dir(directory):
     return None
-  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  manager = ocp.CheckpointManager(files.absolute(directory))
   try:
     if index not in manager.all_steps():
       return None
@@ -126,9 +126,9 @@ def load_members(directory: str, like: PyTree) -> tuple[PyTree, list[dict]]:
   """All members saved by `save_member` in ``directory``, stacked as one tree with leaves
   [M, ...] (in index order), and their metas. ``like`` is one member's tree. Each member is checked
   against the fingerprint saved with it (CorruptCheckpointError naming the member otherwise)."""
-  if not os.path.isdir(directory):
+  if not files.is_dir(directory):
     raise FileNotFoundError(f"No saved members in {directory}.")
-  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  manager = ocp.CheckpointManager(files.absolute(directory))
   steps = sorted(manager.all_steps())
   if not steps:
     raise FileNotFoundError(f"No saved members in {directory}.")
@@ -149,7 +149,7 @@ def load_members(directory: str, like: PyTree) -> tuple[PyTree, list[dict]]:
 def save_ensemble(directory: str, tree: PyTree, meta: dict) -> None:
   """Saves the evaluated ensemble (stacked members [M, ...]) and its ``meta`` as the single item of
   ``directory``, replacing an earlier one (the write is atomic: a crash keeps the old item)."""
-  manager = ocp.CheckpointManager(os.path.abspath(directory),
+  manager = ocp.CheckpointManager(files.absolute(directory),
                                   options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
   step = (max(manager.all_steps()) + 1) if manager.all_steps() else 0
   save(manager, step, tree, meta)
@@ -158,7 +158,7 @@ def save_ensemble(directory: str, tree: PyTree, meta: dict) -> None:
 
 
 def _ensemble_manager(directory: str) -> tuple[ocp.CheckpointManager, int]:
-  manager = ocp.CheckpointManager(os.path.abspath(directory)) if os.path.isdir(directory) else None
+  manager = ocp.CheckpointManager(files.absolute(directory)) if files.is_dir(directory) else None
   step = manager.latest_step() if manager else None
   if step is None:
     raise FileNotFoundError(f"No saved ensemble members in {directory}: a finished run writes them there "

@@ -23,6 +23,7 @@ import optax
 
 from ensembles import data as data_lib
 from ensembles import ensemble as ensemble_lib
+from ensembles import files
 from ensembles import flops as flops_lib
 from ensembles import members as members_lib
 from ensembles import sparse
@@ -169,7 +170,7 @@ def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | 
   predict = train_lib.make_predict(model, execution=execution, mean=data.mean, std=data.std,
                                    compute_dtype=t.get("compute_dtype", "float32"))
   if workdir is not None:
-    os.makedirs(workdir, exist_ok=True)
+    files.make_dirs(workdir)
     log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), tensorboard=bool(config.get("tensorboard", True)))
   return Run(config, model, data, workdir, m, epochs, tx, execution, init_key, jax.random.split(data_key, m),
              train_step, train_chunk, batch_step, predict, log or MetricsLog(None), name or config.method, key_salt)

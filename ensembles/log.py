@@ -8,6 +8,7 @@ import os
 
 import jax
 
+from ensembles import files
 from ensembles import tensorboard
 
 
@@ -15,15 +16,16 @@ class MetricsLog:
   """Appends records to ``path`` (kept across resumed runs); with ``path`` None keeps them in
   ``records`` (a run without a workdir), marked with ``phase`` when given. With a path and
   ``tensorboard``, every number of a record with a ``step`` is also a TensorBoard scalar (tag: the
-  field's name) in the folder ``tensorboard`` beside the file."""
+  field's name) in the folder ``tensorboard`` beside the file. ``path`` may be a URL (gs://...): the
+  file is then rewritten every few seconds, see `files.GrowingFile`."""
 
   def __init__(self, path: str | None, records: list | None = None, phase: str | None = None,
                tensorboard: bool = False):
     if path is not None:
-      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      path = files.absolute(path)
+      files.make_dirs(os.path.dirname(path))
     self.path = path
-    self.tensorboard_dir = (os.path.join(os.path.dirname(os.path.abspath(path)), "tensorboard")
-                            if path is not None and tensorboard else None)
+    self.tensorboard_dir = files.join(os.path.dirname(path), "tensorboard") if path is not None and tensorboard else None
     self._events = None
     self.records: list[dict] = [] if records is None else records
     self.phase = phase
@@ -39,8 +41,7 @@ class MetricsLog:
     if self.path is None:
       self.records.append(record if self.phase is None else {"phase": self.phase, **record})
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    files.growing(self.path).append(json.dumps(record) + "\n")
     if self.tensorboard_dir is not None and "step" in record:
       scalars = {k: v for k, v in record.items() if k not in ("step", "epoch") and isinstance(v, numbers.Real)
                  and not isinstance(v, bool)}

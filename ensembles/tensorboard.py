@@ -14,6 +14,8 @@ import socket
 import struct
 import time
 
+from ensembles import files
+
 
 def _crc32c_table() -> list[int]:
   table = []
@@ -79,17 +81,19 @@ def record(data: bytes) -> bytes:
 
 class EventWriter:
   """Appends scalar events to a new event file in ``directory`` (one file per process start, as
-  TensorBoard expects; a resumed run adds a file and TensorBoard merges them by step)."""
+  TensorBoard expects; a resumed run adds a file and TensorBoard merges them by step). In a remote
+  ``directory`` the file is rewritten every few seconds (`files.GrowingFile`); TensorBoard reads
+  the grown file on from where it stopped."""
 
   def __init__(self, directory: str):
-    os.makedirs(directory, exist_ok=True)
+    files.make_dirs(directory)
     name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.ensembles"
-    self.path = os.path.join(directory, name)
+    self.file = files.growing(files.join(directory, name), binary=True)
+    self.path = self.file.path
     self._write(event(time.time(), file_version="brain.Event:2"))
 
   def _write(self, data: bytes) -> None:
-    with open(self.path, "ab") as f:
-      f.write(record(data))
+    self.file.append(record(data))
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if values:

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ensembles import checkpoints
+from ensembles import files
 from ensembles import flops as flops_lib
 from ensembles import hardware
 from ensembles import members as members_lib
@@ -291,6 +292,7 @@ class _Checkpoints:
     if input_state is not None:
       meta["input_state"] = input_state
     checkpoints.save(self.manager, step, state, meta)
+    files.flush_all()  # a remote metrics log holds the records up to this checkpoint
     self.time_before, self.tick = elapsed, time.perf_counter()
     self.last_saved = step
 
@@ -307,6 +309,7 @@ class _Checkpoints:
       self.manager.wait_until_finished()
       self.manager.close()
       self.manager = None
+    files.flush_all()  # the end of training, also by an error: a remote log is written out whole
 
 
 class _Progress:

@@ -54,9 +54,11 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """``get_config()`` of the Python file at ``path``."""
   if not os.path.isfile(path):
-    shipped = sorted(os.path.basename(p) for p in glob.glob(os.path.join("experiments", "configs", "*.py"))
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+    shipped = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "*.py"))
                      if not p.endswith("__init__.py"))
-    raise CliError(f"--config: no config file {path!r}; the shipped ones are experiments/configs/"
+    where = "experiments/configs" if os.path.samefile(os.path.dirname(os.path.dirname(folder)), ".") else folder
+    raise CliError(f"--config: no config file {path!r}; the shipped ones are {where}/"
                    f"{{{', '.join(shipped)}}}.")
   spec = importlib.util.spec_from_file_location("_cli_config", path)
   module = importlib.util.module_from_spec(spec)

@@ -23,6 +23,7 @@ from ensembles import metrics as metrics_lib
 from ensembles import api
 from ensembles import compilation_cache
 from ensembles import defaults
+from ensembles import files
 from experiments import plots, runner
 
 _COMPARISON = flags.DEFINE_string("comparison", None, "Comparison file with get_comparison().")
@@ -75,7 +76,7 @@ def run_comparison(comparison: dict, workdir: str) -> list[dict]:
         if _needs_evaluation(results, config):
           print(f"== {label}, seed {seed}: evaluating the saved ensemble", file=sys.stderr, flush=True)
           results = runner.evaluate_workdir(run_dir, **config.evaluation.to_dict())
-          api.write_atomic(path, json.dumps(results, indent=2))
+          files.write_atomic(path, json.dumps(results, indent=2))
       else:
         print(f"== {label}, seed {seed} -> {run_dir}", file=sys.stderr, flush=True)
         results = runner.run(config, run_dir)

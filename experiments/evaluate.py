@@ -19,6 +19,7 @@ import sys
 from absl import app, flags, logging
 
 from ensembles import config as config_lib
+from ensembles import files
 from experiments import plots, report, runner
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's folder (holds config.json and ensemble/).")
@@ -53,8 +54,7 @@ def main(argv):
   except (config_lib.ConfigError, ValueError, FileNotFoundError) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
-  with open(os.path.join(_WORKDIR.value, "evaluation.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  files.write_atomic(os.path.join(_WORKDIR.value, "evaluation.json"), json.dumps(results, indent=2))
   written = plots.run_plots(results, _WORKDIR.value) if "params_per_member" in results else []
   print(report.run_table(results) if "params_per_member" in results else
         "\n".join(report.ood_lines(results) + report.corruption_lines(results)))

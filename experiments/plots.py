@@ -5,6 +5,7 @@ Every function takes plain numbers (as stored in results.json) and a path, and w
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import Sequence
@@ -12,11 +13,15 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure  # figures without pyplot: no backend is chosen or changed
 
+from ensembles import files
+
 
 def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  files.make_dirs(os.path.dirname(files.absolute(path)))
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110)
+  files.write_atomic(path, buffer.getvalue())
   return path
 
 

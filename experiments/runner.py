@@ -16,17 +16,18 @@ from ensembles import api
 from ensembles import config as config_lib
 from ensembles import defaults
 from ensembles import evaluation as evaluation_lib
+from ensembles import files
 from experiments import report
 
 def run(config, workdir: str) -> dict:
   """Validates ``config``, trains and evaluates its method in ``workdir``; returns the results."""
   results = api.run_config(config, workdir)  # validates, checks the data sources, refuses another config's workdir
   if jax.process_index() == 0:  # one writer across hosts
-    api.write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
+    files.write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     if config.evaluation.plots:
       from experiments import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only when plotting)
       plots.run_plots(results, workdir)
-    api.write_atomic(os.path.join(workdir, "results.md"), report.run_table(results))
+    files.write_atomic(os.path.join(workdir, "results.md"), report.run_table(results))
   return results
 
 
@@ -42,11 +43,10 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run was trained with (WORKDIR/config.json); runs from before the evaluation block
   existed get the default one."""
   path = os.path.join(workdir, api.CONFIG_FILE)
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise FileNotFoundError(f"{workdir} is not a run folder (no config.json); train first with "
                             f"`python -m experiments.train --config ... --workdir {workdir}`.")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(_tuples(json.load(f)))
+  config = ml_collections.ConfigDict(_tuples(json.loads(files.read_text(path))))
   if "evaluation" not in config:
     config.evaluation = defaults.default_config().evaluation
   return config
@@ -63,9 +63,8 @@ def evaluate_workdir(workdir: str, **evaluation_overrides) -> dict:
   evaluation = api.evaluate(run, ensemble, config.evaluation)
   results_path = os.path.join(workdir, "results.json")
   results = {}
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      results = json.load(f)
+  if files.exists(results_path):
+    results = json.loads(files.read_text(results_path))
   for key in ("test", "val", "ood", "corruption"):
     results.pop(key, None)
   results.update(evaluation)

@@ -14,6 +14,7 @@ from absl import app, flags, logging
 
 from ensembles import compilation_cache
 from ensembles import config as config_lib
+from ensembles import files
 from ensembles import trainer
 from experiments import cli
 from experiments import report
@@ -51,7 +52,7 @@ def main(argv):
     _fail(f"unexpected arguments {argv[1:]}; fields are set as --config.BLOCK.FIELD=VALUE.")
   if not _WORKDIR.value:
     _fail("--workdir is required.")
-  if os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
+  if files.exists(_WORKDIR.value) and not files.is_dir(_WORKDIR.value):
     _fail(f"--workdir {_WORKDIR.value!r} is a file; give a folder (new, or a run to resume).")
   try:
     config = cli.apply_overrides(cli.load_config_file(_CONFIG.value), _OVERRIDES)

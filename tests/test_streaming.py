@@ -299,8 +299,3 @@ def test_imagenet_evaluation_streams_shifted_and_corrupted_sets(tmp_path):
   assert "| imagenet_a | 12 |" in report.run_table(results)
   with pytest.raises(Exception, match="evaluation.shift_datasets"):
     config_lib.validate(tiny_config(**{"evaluation.shift_datasets": ("imagenet_v2",)}))  # not for fashion_mnist
-
-
-def test_remote_workdir_is_refused_with_a_message(tmp_path):
-  with pytest.raises(ValueError, match="remote URLs are not supported yet.*gcsfuse"):
-    api.claim_workdir(tiny_config(), "gs://bucket/runs/x")
