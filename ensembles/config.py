@@ -192,4 +192,6 @@ def validate_evaluation(e: Any, dataset_name: str) -> None:
            e.get("shift_datasets"))
   _require(is_int(e.get("shift_examples", 0)) and e.get("shift_examples", 0) >= 0, "evaluation.shift_examples",
            "an integer >= 0", e.get("shift_examples"))
+  _require(e.get("shift_classes", "present") in ("present", "all"), "evaluation.shift_classes",
+           "'present' (the shifted set's own classes) or 'all'", e.get("shift_classes"))
   _require(isinstance(e.plots, bool), "evaluation.plots", "True or False", e.plots)

@@ -107,6 +107,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.evaluation.corruption_examples = 2000  # >0: test images per corrupted set (a fixed subset); 0 = all
   c.evaluation.shift_datasets = ()         # shifted test sets (imagenet2012: imagenet_v2, imagenet_a, imagenet_r)
   c.evaluation.shift_examples = 0          # >0: a fixed random subset of this many images per shifted set
+  c.evaluation.shift_classes = "present"   # predict among the set's classes (ImageNet-A/-R: 200), or "all"
   c.evaluation.plots = True                # PNG plots in the workdir (reliability, corruption severity)
 
   c.log_every_steps = 50          # progress bar and metrics.jsonl

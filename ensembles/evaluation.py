@@ -15,6 +15,9 @@ Evaluation settings (``config.evaluation``, documented in ensembles/defaults.py)
   shift_datasets       shifted test sets of the same classes (`data.SHIFT_DATASETS`: imagenet_v2,
                        imagenet_a, imagenet_r for imagenet2012), read per batch
   shift_examples       > 0: a fixed random subset of this many images per shifted set
+  shift_classes        "present": each member's prediction restricted (renormalised) to the
+                       classes present in the shifted set (ImageNet-A and -R: their 200, as
+                       their authors evaluate), "all": the full prediction
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ MemberProbs = Callable[[np.ndarray], np.ndarray]
 
 DEFAULTS = {"ood_datasets": (), "ood_examples": 0, "resize_ood": False, "corruptions": (),
             "corruption_severities": (1, 2, 3, 4, 5), "corruption_examples": 0, "shift_datasets": (),
-            "shift_examples": 0}
+            "shift_examples": 0, "shift_classes": "present"}
 TFDS_CORRUPTED = {"cifar10": ("cifar10_corrupted", "test", data_lib.CIFAR10_C_CORRUPTIONS),
                   "imagenet2012": ("imagenet2012_corrupted", "validation", data_lib.IMAGENET_C_CORRUPTIONS)}
 SUBSET_SEED = 0  # the fixed subsets of OoD and corrupted images are the same for every run
@@ -153,15 +156,31 @@ def ood_evaluation(member_probs: MemberProbs, data: data_lib.Dataset, test_probs
 
 def shift_evaluation(member_probs: MemberProbs, data: data_lib.Dataset, s: Any, weights: Any = None,
                      combine: str = "mean", data_dir: str = "") -> dict:
-  """{shifted set: ensemble accuracy, NLL, ECE, Brier and "num_examples"} on each of
-  ``s.shift_datasets`` (a fixed subset of ``s.shift_examples`` images when > 0)."""
+  """{shifted set: ensemble accuracy, NLL, ECE, Brier, "num_examples" and "num_classes"} on each
+  of ``s.shift_datasets`` (a fixed subset of ``s.shift_examples`` images when > 0), with
+  ``s.shift_classes`` (see `restrict_to_classes`)."""
   out = {}
   for name in s.shift_datasets:
     x, y = data_lib.streamed_test_set(name, data_lib.SHIFT_DATASETS[data.name][name], data.image_shape, data_dir)
     keep = _fixed_subset(len(y), s.shift_examples)
-    ens = metrics_lib.combine_probs(member_probs(x.take(keep)), weights, combine)
-    out[name] = {**metrics_lib.predictive_metrics(ens, y[keep]), "num_examples": len(keep)}
+    probs, labels = member_probs(x.take(keep)), y[keep]
+    classes = np.unique(y) if s.get("shift_classes", "present") == "present" else np.arange(probs.shape[-1])
+    probs, labels = restrict_to_classes(probs, labels, classes)
+    ens = metrics_lib.combine_probs(probs, weights, combine)
+    out[name] = {**metrics_lib.predictive_metrics(ens, labels), "num_examples": len(keep),
+                 "num_classes": len(classes)}
   return out
+
+
+def restrict_to_classes(member_probs: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Each member's probabilities [M, N, K] restricted to ``classes`` [C] (sorted) and renormalised,
+  p'_c = p_c / sum_{c' in classes} p_c' (= the softmax of the classes' logits), [M, N, C]; and the
+  labels [N] as indices into ``classes``."""
+  classes = np.asarray(classes)
+  if len(classes) == member_probs.shape[-1]:
+    return member_probs, labels
+  kept = np.asarray(member_probs)[..., classes]
+  return kept / kept.sum(-1, keepdims=True), np.searchsorted(classes, labels)
 
 
 def corruption_evaluation(member_probs: MemberProbs, data: data_lib.Dataset, s: Any, weights: Any = None,

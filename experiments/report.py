@@ -61,11 +61,11 @@ def shift_lines(results: dict) -> list[str]:
   """Markdown: ensemble accuracy / NLL / ECE / Brier on each shifted test set."""
   if not results.get("shift"):
     return []
-  lines = ["", "Shifted test sets (the training classes):", "",
-           "| set | images | accuracy (%) | NLL | ECE | Brier |", "|---|---|---|---|---|---|"]
+  lines = ["", "Shifted test sets (predicting among the classes given):", "",
+           "| set | images | classes | accuracy (%) | NLL | ECE | Brier |", "|---|---|---|---|---|---|---|"]
   for name, m in results["shift"].items():
-    lines.append(f"| {name} | {m['num_examples']} | {100 * m['accuracy']:.2f} | {m['nll']:.4f} | {m['ece']:.4f} | "
-                 f"{m['brier']:.4f} |")
+    lines.append(f"| {name} | {m['num_examples']} | {m.get('num_classes', '')} | {100 * m['accuracy']:.2f} | "
+                 f"{m['nll']:.4f} | {m['ece']:.4f} | {m['brier']:.4f} |")
   return lines
 
 

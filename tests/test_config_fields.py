@@ -124,6 +124,7 @@ FIELDS = {
     # shifted sets exist for imagenet2012 only: () is the one valid value of every shipped config
     "evaluation.shift_datasets": (lambda c: {}, ("imagenet_v2",)),
     "evaluation.shift_examples": (Other(10, 11), -1),
+    "evaluation.shift_classes": (Other("all", "present"), "some"),
     "evaluation.resize_ood": (Other(True, False), "no"),
     "keep_checkpoints": (Other(3, 4), 0),
     "log_every_steps": (Other(10, 11), 0),

@@ -201,3 +201,19 @@ def test_corruption_cache_is_bounded_and_can_be_cleared(monkeypatch):
   again = list(evaluation.corrupted_sets(data, ["contrast", "brightness"], (1, 2), 10))
   for (n1, s1, x1, _), (n2, s2, x2, _) in zip(first, again):  # regenerated sets are the same
     assert (n1, s1) == (n2, s2) and np.array_equal(x1, x2)
+
+
+def test_shifted_sets_predict_among_their_own_classes():
+  """ImageNet-A/-R protocol: each member's prediction restricted to the set's classes equals the
+  softmax of those classes' logits; labels become indices into the kept classes."""
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 5, 10))  # [M, N, K]
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  classes = np.array([1, 4, 7])
+  labels = np.array([4, 1, 7, 7, 4])
+  kept, mapped = evaluation.restrict_to_classes(probs, labels, classes)
+  sub = logits[..., classes]
+  np.testing.assert_allclose(kept, np.exp(sub) / np.exp(sub).sum(-1, keepdims=True), rtol=1e-6)
+  np.testing.assert_array_equal(mapped, [1, 0, 2, 2, 1])
+  same, same_labels = evaluation.restrict_to_classes(probs, labels, np.arange(10))  # every class: unchanged
+  assert same is probs and same_labels is labels

@@ -30,6 +30,31 @@ BUCKET = "ensembles-test"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _with_generation_headers():
+  """Makes the emulator's downloads carry x-goog-generation / x-goog-metageneration, as real GCS
+  does: tensorstore reads an object's generation from them (without, a read that misses its cache
+  fails with "Malformed StorageGeneration")."""
+  from gcp_storage_emulator import server as emulator_server  # pylint: disable=g-import-not-at-top
+  from gcp_storage_emulator.handlers import objects  # pylint: disable=g-import-not-at-top
+  download = objects.download
+  if getattr(download, "adds_generation", False):
+    return
+
+  def with_headers(request, response, storage, *args, **kwargs):
+    download(request, response, storage, *args, **kwargs)
+    if int(response.status) in (200, 206):
+      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      response["x-goog-generation"] = str(obj["generation"])
+      response["x-goog-metageneration"] = str(obj["metageneration"])
+
+  with_headers.adds_generation = True
+  objects.download = with_headers  # the JSON API's get?alt=media calls it by this name
+  for _, methods in emulator_server.HANDLERS:
+    for method, handler in methods.items():
+      if handler is download:
+        methods[method] = with_headers
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -41,13 +66,11 @@ def gcs():
   """The emulator's environment for the clients (also for subprocesses)."""
   port = _free_port()
   logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # every 404 probe is logged as an error
+  _with_generation_headers()
   server = create_server("localhost", port, in_memory=True, default_bucket=BUCKET)
   server.start()
   env = {"STORAGE_EMULATOR_HOST": f"http://localhost:{port}", "TENSORSTORE_GCS_HTTP_URL": f"http://localhost:{port}",
-         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "stand-in",  # tensorstore's fixed token (gcsfs finds none: anonymous)
-         # one request at a time: the emulator serves one at a time, and tensorstore's cancelled
-         # concurrent requests (broken pipes there) once left a write reading "Malformed StorageGeneration"
-         "TENSORSTORE_GCS_REQUEST_CONCURRENCY": "1"}
+         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "stand-in"}  # tensorstore's fixed token (gcsfs finds none: anonymous)
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
   yield env
