@@ -164,7 +164,7 @@ def shift_evaluation(member_probs: MemberProbs, data: data_lib.Dataset, s: Any, 
     x, y = data_lib.streamed_test_set(name, data_lib.SHIFT_DATASETS[data.name][name], data.image_shape, data_dir)
     keep = _fixed_subset(len(y), s.shift_examples)
     probs, labels = member_probs(x.take(keep)), y[keep]
-    classes = np.unique(y) if s.get("shift_classes", "present") == "present" else np.arange(probs.shape[-1])
+    classes = np.unique(y) if s.shift_classes == "present" else np.arange(probs.shape[-1])
     probs, labels = restrict_to_classes(probs, labels, classes)
     ens = metrics_lib.combine_probs(probs, weights, combine)
     out[name] = {**metrics_lib.predictive_metrics(ens, labels), "num_examples": len(keep),

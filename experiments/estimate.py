@@ -43,12 +43,12 @@ IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "svhn_cropped":
 def trained_networks(config: Any) -> tuple[float, int]:
   """(network-epochs trained in all, networks trained together in one step) of the config's method."""
   m, epochs, method = config.num_members, config.training.epochs, config.method
-  if method in ("deep_ensemble", "dst_ensemble", "static_sparse_ensemble"):
+  if method in ("deep_ensemble", "dst_ensemble", "static_sparse_ensemble", "swa"):
     return m * epochs, m
   if method == "subnetwork_ensemble":
     parent = round(config.subnetwork.parent_fraction * epochs)
     return parent + m * (epochs - parent), m
-  return epochs, 1  # single, mc_dropout, snapshot_ensemble, cbnn, edst_ensemble: one network
+  return epochs, 1  # single, mc_dropout, snapshot_ensemble, cbnn, edst_ensemble, fge: one network
 
 
 def estimate(config: Any, hardware_name: str = "TPU v4", chips: int = 8, mfu: float = 0.2,

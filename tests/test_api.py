@@ -53,7 +53,7 @@ FIELDS = {
     "edst_ensemble": {"edst": {"exploration_epochs": 2, "refinement_epochs": 2}, "update_every": 5},
     "dst_ensemble": {"epochs": 6, "update_every": 5},
 }
-EXPECTED_MEMBERS = {"single": 1, "deep_ensemble": 4, "mc_dropout": 10}
+EXPECTED_MEMBERS = {"single": 1, "deep_ensemble": 4, "mc_dropout": 10, "swa": 1}
 
 
 def _fit(method, workdir=None, **fields):
@@ -209,7 +209,8 @@ def test_optional_splits_and_a_library_dataset(tmp_path):
 def test_every_method_through_the_cli_on_fashion_mnist(method, tmp_path):
   epochs = {"edst_ensemble": ["--config.edst.exploration_epochs=3", "--config.edst.refinement_epochs=1",
                               "--config.training.epochs=6", "--config.sparse.update_every=4"],
-            "dst_ensemble": ["--config.training.epochs=3", "--config.sparse.update_every=4"]}
+            "dst_ensemble": ["--config.training.epochs=3", "--config.sparse.update_every=4"],
+            "fge": ["--config.training.epochs=3", "--config.fge.pretrain_fraction=0.5"]}
   flags = epochs.get(method, ["--config.training.epochs=3"])
   out = subprocess.run(
       [sys.executable, "-m", "experiments.train", f"--config=experiments/configs/{method}.py",

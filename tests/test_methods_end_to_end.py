@@ -114,6 +114,10 @@ RESUME_CASES = {
     "dst_ensemble": ({"training.epochs": 3, "sparse.update_every": 2}, 7, 6),
     "static_sparse_ensemble": ({"training.epochs": 2}, 5, 3),
     "mc_dropout": ({"training.epochs": 2}, 5, 3),
+    # pre-training 6 steps, snapshots at 7, 10, 12: stopped after 8, resumes at 6 and replays snapshot 7
+    "fge": ({"training.epochs": 3, "fge.pretrain_fraction": 0.5}, 8, 6),
+    # weights averaged at 8 and 12: stopped after 10, resumes at 9 with the average of step 8 restored
+    "swa": ({"training.epochs": 3, "swa.start_fraction": 0.5}, 10, 9),
 }
 
 
@@ -147,12 +151,18 @@ def test_dense_methods_flops_by_hand(tmp_path, fake_data, module, members, passe
   assert f["train_x_dense"] == pytest.approx(members)
 
 
-@pytest.mark.parametrize("module", ["snapshot_ensemble", "cbnn"])
+# module: (overrides, the steps of its members): snapshots and CBNN checkpoints at the ends of 3
+# segments of 4 steps; FGE's 6 pre-training steps, then cycles of 2.4 steps, snapshots mid-cycle
+COLLECTED_AT = {"snapshot_ensemble": ({}, (4, 8, 12)), "cbnn": ({}, (4, 8, 12)),
+                "fge": ({"fge.pretrain_fraction": 0.5}, (7, 10, 12))}
+
+
+@pytest.mark.parametrize("module", sorted(COLLECTED_AT))
 def test_checkpoints_are_taken_exactly_at_segment_ends(tmp_path, fake_data, module):
-  cfg = _config(module, steps_per_dispatch=1, **{"training.epochs": 3})  # every step's state recorded
-  ends = (4, 8, 12)
+  overrides, ends = COLLECTED_AT[module]
+  cfg = _config(module, steps_per_dispatch=1, **{"training.epochs": 3, **overrides})  # every step's state recorded
   results, recorded, _ = _train(cfg, tmp_path, record=set(ends) | {e - 1 for e in ends})
-  like = {"params": recorded[4].params, "model_state": recorded[4].model_state}
+  like = {"params": recorded[ends[0]].params, "model_state": recorded[ends[0]].model_state}
   like = jax.tree.map(lambda x: x[0], like)
   if module == "cbnn":
     like["sample_weights"] = np.zeros(N_TRAIN, np.float32)

@@ -5,4 +5,5 @@ from __future__ import annotations
 from ensembles.methods.base import METHODS, Method, Trained, get_method, register  # noqa: F401
 # each module registers its method on import (this order is the registry's order)
 from ensembles.methods import (single, deep_ensemble, dst_ensemble, edst_ensemble,  # noqa: F401,E402,I001
-                               static_sparse_ensemble, subnetwork_ensemble, mc_dropout, snapshot_ensemble, cbnn)
+                               static_sparse_ensemble, subnetwork_ensemble, mc_dropout, snapshot_ensemble, cbnn,
+                               fge, swa)
