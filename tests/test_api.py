@@ -85,7 +85,13 @@ def test_every_method_on_own_model_and_feature_arrays(method, tmp_path, monkeypa
   assert any("train_loss" in record for record in result.log)  # the in-memory log
 
 
-@pytest.mark.parametrize("method", sorted(ensembles.METHODS))
+# Methods whose hooks fall inside a dispatch: topology updates, tickets, snapshots, boosting, averaging.
+# The others (no hooks) are the trainer's own chunking (tests/test_trainer.py); they run with `make test-slow`.
+HOOKED = ("cbnn", "dst_ensemble", "edst_ensemble", "fge", "snapshot_ensemble", "subnetwork_ensemble", "swa")
+
+
+@pytest.mark.parametrize("method", [m if m in HOOKED else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in sorted(ensembles.METHODS)])
 def test_steps_in_chunks_equal_one_step_per_call(method):
   """The default dispatch (every step up to the next log, hook or epoch end in one compiled call)
   trains exactly the ensemble of one step per call, for every method's hooks (topology updates,
@@ -204,8 +210,16 @@ def test_optional_splits_and_a_library_dataset(tmp_path):
   assert result.predict(data["x_test"]).shape == (160, 3)
 
 
+# The shipped configs with a method block of their own run through the CLI by default; the others
+# (single, deep_ensemble, snapshot_ensemble: the deep ensemble's CLI runs in test_cli.py)
+# with `make test-slow`.
+CLI_DEFAULT = ("cbnn", "dst_ensemble", "edst_ensemble", "fge", "mc_dropout", "static_sparse_ensemble",
+               "subnetwork_ensemble", "swa")
+
+
 @requires_fashion_mnist
-@pytest.mark.parametrize("method", sorted(ensembles.METHODS))
+@pytest.mark.parametrize("method", [m if m in CLI_DEFAULT else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in sorted(ensembles.METHODS)])
 def test_every_method_through_the_cli_on_fashion_mnist(method, tmp_path):
   epochs = {"edst_ensemble": ["--config.edst.exploration_epochs=3", "--config.edst.refinement_epochs=1",
                               "--config.training.epochs=6", "--config.sparse.update_every=4"],

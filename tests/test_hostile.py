@@ -93,7 +93,7 @@ def overrides(draw):
   return {f: draw(FIELDS[f][0]) for f in fields}
 
 
-@settings(max_examples=40, deadline=120_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=120_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(overrides())
 def test_any_config_trains_or_fails_with_a_named_field(tmp_path_factory, fake_data, changes):
   workdir = str(tmp_path_factory.mktemp("run"))
