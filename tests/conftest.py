@@ -15,10 +15,14 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The CLI's persistent compilation cache stays on, as users run it, in a folder of this test session
-# (inherited by the CLI subprocesses), not in the user's ~/.cache.
+# (inherited by the CLI subprocesses), not in the user's ~/.cache; in-process tests use it too
+# (ENSEMBLES_TEST_INPROCESS_CACHE=0: off), since many compile the same programs.
 os.environ.setdefault("ENSEMBLES_COMPILATION_CACHE", __import__("tempfile").mkdtemp(prefix="ensembles_jax_cache_"))
 
-from ensembles import data as data_lib  # noqa: E402  (after the platform is set)
+from ensembles import compilation_cache  # noqa: E402  (after the platform is set)
+from ensembles import data as data_lib  # noqa: E402
+if os.environ.get("ENSEMBLES_TEST_INPROCESS_CACHE", "1") == "1":
+  compilation_cache.enable("")  # in-process too: the tests' identical programs compile once per session
 from experiments.configs import default  # noqa: E402
 
 HAS_FASHION_MNIST = all(
