@@ -46,6 +46,11 @@ SCRIPT = textwrap.dedent("""
       original_stop = trainer._should_stop
       def should_stop(flag, step):
         if step == at:
+          if mode == "kill_at_step":  # between checkpoints: once step 3's (asynchronous) write is complete
+            for _ in range(3000):  # (with warm compilation caches, steps 4 and 5 can take milliseconds)
+              if os.path.isdir(os.path.join(workdir, "checkpoints", "3")):
+                break
+              time.sleep(0.01)
           os.kill(os.getpid(), signal.SIGKILL if mode == "kill_at_step" else signal.SIGTERM)
         return original_stop(flag, step)
       trainer._should_stop = should_stop
