@@ -71,7 +71,10 @@ def is_dir(path: str | os.PathLike) -> bool:
 
 
 def read_text(path: str | os.PathLike) -> str:
-  return epath.Path(path).read_text() if is_remote(path) else open(path).read()  # pylint: disable=consider-using-with
+  if is_remote(path):
+    return epath.Path(path).read_text()
+  with open(path) as f:
+    return f.read()
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:

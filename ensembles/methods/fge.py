@@ -13,10 +13,11 @@ Within one single model's budget (``training.epochs``, T steps; fields of the ``
      snapshot, so no half cycle is trained for nothing;
   4. prediction: the mean of the snapshots' probabilities.
 
-The paper's: the triangular schedule, snapshots at its minima, and (for VGG-16 on CIFAR with base
-lr 0.05) α1 = 1e-2, α2 = 5e-4, i.e. 0.2 and 0.01 of the base lr, our defaults. Ours: the paper
-starts from a network pre-trained with its full budget and counts the cycles on top; we fit both
-within one budget (pretrain_fraction = 0.8, as its 160 + 40 epochs of a 200-epoch budget).
+The paper's: the triangular schedule and snapshots at its minima. Our defaults take α1 = 1e-2 and
+α2 = 5e-4 at base lr 0.05 (0.2 and 0.01 of it), the values we read in the paper for VGG-16 on CIFAR
+(check them against the paper before quoting). Ours: the paper starts the cycles from a
+pre-trained network; we fit pre-training and cycles into one budget, with pretrain_fraction = 0.8
+our choice.
 """
 from __future__ import annotations
 

@@ -13,9 +13,10 @@ each of the M members (M = 1: one SWA model; M > 1: SWA of every deep-ensemble m
      mode (`weight_averaging.recompute_batch_stats`);
   4. prediction: the members' averaged weights, combined as a deep ensemble (mean probabilities).
 
-The paper's: the schedule (its α2 / α1 = 0.2 for VGG-16 and 0.5 for PreResNet-164 on CIFAR-100;
-0.5 here), averaging once per epoch, the BatchNorm pass. Ours: it trains SGD for a budget and then
-continues with SWA for 0.25 to 0.5 more of it; we average within one budget, from 0.75 of it.
+The paper's: the schedule's shape, averaging once per epoch, the BatchNorm pass. The ratio
+α2 / α1 = 0.5 is the one we read for its PreResNet-164 runs on CIFAR-100 (0.2 for VGG-16). Ours:
+averaging within one budget, from start_fraction = 0.75 of it (the paper also reports longer
+budgets, 1.25 and 1.5 times the SGD budget).
 """
 from __future__ import annotations
 
