@@ -6,7 +6,6 @@ through STORAGE_EMULATOR_HOST and tensorstore (under Orbax: checkpoints, members
 through TENSORSTORE_GCS_HTTP_URL. Nothing of ours is mocked, and nothing is written to the local
 disk for a gs:// path (the bucket lives in memory).
 """
-import dataclasses
 import json
 import logging
 import os
@@ -20,11 +19,11 @@ import pytest
 from etils import epath
 from gcp_storage_emulator.server import create_server
 
-from ensembles import api, checkpoints, context, files, train, trainer
+from ensembles import api, checkpoints, files, trainer
 from experiments import runner
-from conftest import make_dataset, method_config, requires_fashion_mnist, tiny_config
+from conftest import method_config, requires_fashion_mnist, tiny_config
 from test_log import _read_events
-from test_trainer import Interrupted, _interrupt_after
+from test_trainer import Interrupted, _interrupt_after, _run
 
 BUCKET = "ensembles-test"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,21 +110,14 @@ def test_growing_file_rewrites_the_object_with_all_its_text(gcs, tmp_path):
   assert open(tmp_path / "log.jsonl").read() == "a\n"  # local files are appended at once
 
 
-def _trainer_run(workdir, wrap=None, hooks=()):
-  cfg = tiny_config(**{"model.hidden": (8,), "training.epochs": 3, "augment.flip": True})
-  dataset = make_dataset(n_train=128, n_val=16, n_test=16)
-  run = context.build(cfg, api.build_model(cfg, dataset), dataset, workdir)
-  if wrap:
-    run = dataclasses.replace(run, train_step=wrap(run.train_step, lambda args: 1),
-                              train_chunk=wrap(run.train_chunk, lambda args: int(args[5])))
-  state = train.init_state(run.model, run.tx, run.init_key, cfg.num_members, dataset.image_shape)
-  return trainer.fit(run, state, hooks)
+# the tiny run of test_trainer's resume test: 4 steps per epoch, 12 steps, checkpoints every 4
+OVERRIDES = {"model.hidden": (8,), "training.epochs": 3, "augment.flip": True}
 
 
 def test_interrupted_run_in_a_gcs_workdir_resumes_to_the_uninterrupted_result(gcs, tmp_path):
   """Checkpoints go to the bucket (not to ./gs:/...), the metrics log holds every record up to the
   last checkpoint when a run dies, and the resumed run equals an uninterrupted local one."""
-  full, _ = _trainer_run(str(tmp_path / "local"))
+  full, _ = _run(str(tmp_path / "local"), None, **OVERRIDES)
   workdir = _url(tmp_path, "run")
   logged = lambda: [json.loads(line)["step"] for line in epath.Path(workdir, "metrics.jsonl").read_text().splitlines()]
   seen = {}
@@ -135,13 +127,13 @@ def test_interrupted_run_in_a_gcs_workdir_resumes_to_the_uninterrupted_result(gc
     return state
 
   with pytest.raises(Interrupted):  # 4 steps per epoch, 12 steps; checkpoints every 4
-    _trainer_run(workdir, _interrupt_after(6), [trainer.Hook(frozenset({5}), look)])
+    _run(workdir, None, _interrupt_after(6), [trainer.Hook(frozenset({5}), look)], **OVERRIDES)
   # training records at steps 2 and 4, validation at 4 (the epoch's end)
   assert seen[5] == [2, 4, 4]  # at step 5: written out at the checkpoint (a killed process keeps these)
   assert logged() == [2, 4, 4, 6]  # and when training stopped, by an error too
   assert not os.path.exists("gs:") and not os.path.exists(os.path.join(ROOT, "gs:"))
   assert sorted(p.name for p in epath.Path(workdir, "checkpoints").iterdir()) == ["4"]
-  resumed, info = _trainer_run(workdir)
+  resumed, info = _run(workdir, None, **OVERRIDES)
   files.close_all()  # what api.fit does at the end of a run
   assert info["resumed_from"] == 4 and info["steps"] == 12
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), resumed, full)
