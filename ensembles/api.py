@@ -118,6 +118,7 @@ def fit_config(config: ml_collections.ConfigDict, model: nn.Module, data: data_l
   workdir) and the results."""
   method = get_method(config.method)
   options = method.read_options(config)
+  model = method.build_network(model, config)
   if workdir is None:
     run = context.build(config, model, data, workdir)
     trained = method.train(run, options)
@@ -216,7 +217,8 @@ def load_saved(config: ml_collections.ConfigDict, workdir: str, *, model: nn.Mod
     raise ValueError(f"{workdir} holds a run of ensembles.fit on a user's model and data; pass them: "
                      "load_saved(config, workdir, model=..., data=...).")
   data = data if data is not None else data_lib.load_dataset(config.dataset)
-  run = context.build(config, model if model is not None else build_model(config, data), data, workdir)
+  model = get_method(config.method).build_network(model if model is not None else build_model(config, data), config)
+  run = context.build(config, model, data, workdir)
   directory = files.join(workdir, ENSEMBLE_DIR)
   meta = checkpoints.read_ensemble_meta(directory)
   m = int(meta["num_members"])
@@ -236,7 +238,8 @@ def summarize(run: context.Run, trained: Trained, evaluation: dict) -> dict:
   flops = trained.flops or run.flops(m, info["steps"])
   nonzero = per_member * m if trained.masks is None else int(sum(int(x.sum()) for x in jax.tree.leaves(trained.masks)))
   execution = context.execution_for(run.config, run.model, m, input_shape=run.data.image_shape)
-  model_name = run.config.model.name if run.config.model.name != config_lib.CUSTOM_MODEL else type(run.model).__name__
+  user_model = getattr(run.model, "inner", run.model)  # the model a method's network wraps (BatchEnsemble, MIMO)
+  model_name = run.config.model.name if run.config.model.name != config_lib.CUSTOM_MODEL else type(user_model).__name__
   return {
       "method": run.config.method,
       "dataset": run.data.name,

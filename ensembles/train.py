@@ -8,6 +8,10 @@ Extension points for later methods, so they need no rework of this file:
     members. If it holds ``sample_weights`` [M, N_train], the loss weights each example by it
     (checkpoint boosting).
   * Sparse training lives in the optimizer: an optax wrapper keeps masks in ``opt_state``.
+  * A network that holds several members (BatchEnsemble, MIMO: `ensembles.models.multi_member`)
+    returns logits [B, M', K] and declares how a batch becomes its training input (its
+    ``training_batch``); the loss averages over all M' outputs and the predictor returns each
+    output as a member.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import optax
 
 from ensembles import augment as augment_lib
 from ensembles import members as members_lib
+from ensembles.models import multi_member
 
 PyTree = Any
 
@@ -178,7 +183,9 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
   parts of the batch (the same value: the loss is a mean), which XLA:CPU runs concurrently on
   several cores. Models with BatchNorm are refused (their statistics would be per part).
   ``label_smoothing`` ε: see `weighted_cross_entropy`; ``compute_dtype``: `in_compute_dtype`
-  (logits are cast back to float32 for the loss).
+  (logits are cast back to float32 for the loss). A network of several members
+  (`multi_member.members_per_network` > 1) first turns the augmented batch into its own training
+  input, labels and weights [B', M'] (`model.training_batch`); its logits are [B', M', K].
   """
   mean, std = jnp.asarray(mean), jnp.asarray(std)
 
@@ -187,6 +194,8 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
     weights = state.extra["sample_weights"][batch.ids] if "sample_weights" in state.extra else jnp.ones(y.shape)
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
     x = augment_lib.normalize(augment_lib.augment(aug_key, x, crop_padding, flip), mean, std)
+    if multi_member.members_per_network(model) > 1:  # rows [B', M'] of member inputs, labels and weights
+      x, y, weights = model.training_batch(jax.random.fold_in(aug_key, 1), x, y, weights)
     mutable = list(state.model_state)
     if batch_split > 1 and mutable:
       raise ValueError(f"training.batch_split > 1 needs a model without BatchNorm statistics; this model has "
@@ -324,7 +333,8 @@ def _all_members_step(model: nn.Module, tx: optax.GradientTransformation, execut
 
 def make_predict(model: nn.Module, *, execution: str | members_lib.Execution, mean: np.ndarray,
                  std: np.ndarray, compute_dtype: str = "float32") -> Callable:
-  """Returns ``predict(params, model_state, images) -> probs [M, B, K]`` (eval mode, jitted).
+  """Returns ``predict(params, model_state, images) -> probs [M, B, K]`` (eval mode, jitted); a
+  network of M' members (logits [B, M', K], `multi_member`) gives [M·M', B, K], member-major.
 
   params / model_state are stacked [M, ...]; images [B, H, W, C] uint8 are shared by members.
   On a distributed mesh (``execution.mesh``) the members run split over ``members`` and the images
@@ -343,7 +353,11 @@ def make_predict(model: nn.Module, *, execution: str | members_lib.Execution, me
       p, x = in_compute_dtype(p, x, compute_dtype)
       return jax.nn.softmax(model.apply({"params": p, **ms}, x, train=False).astype(jnp.float32))
 
-    return members_lib.constrain(execution.map(one, num_shared=1)(params, model_state, x), mesh)
+    probs = execution.map(one, num_shared=1)(params, model_state, x)
+    if probs.ndim == 4:  # [M, B, M', K] from networks of M' members each: M·M' members
+      m, b, per_network, k = probs.shape
+      probs = jnp.moveaxis(probs, 2, 1).reshape(m * per_network, b, k)
+    return members_lib.constrain(probs, mesh)
 
   return predict
 

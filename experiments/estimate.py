@@ -45,10 +45,14 @@ def trained_networks(config: Any) -> tuple[float, int]:
   m, epochs, method = config.num_members, config.training.epochs, config.method
   if method in ("deep_ensemble", "dst_ensemble", "static_sparse_ensemble", "swa"):
     return m * epochs, m
+  if method == "batch_ensemble":  # one network; every step runs its M members on the repeated batch
+    return m * epochs, 1
+  if method == "mimo":  # one network; r·B rows per step
+    return config.mimo.batch_repetitions * epochs, 1
   if method == "subnetwork_ensemble":
     parent = round(config.subnetwork.parent_fraction * epochs)
     return parent + m * (epochs - parent), m
-  return epochs, 1  # single, mc_dropout, snapshot_ensemble, cbnn, edst_ensemble, fge: one network
+  return epochs, 1  # single, mc_dropout, snapshot_ensemble, snapshot_boosting, cbnn, edst_ensemble, fge
 
 
 def estimate(config: Any, hardware_name: str = "TPU v4", chips: int = 8, mfu: float = 0.2,

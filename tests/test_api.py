@@ -21,13 +21,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class FeatureNet(nn.Module):
-  """A user's own model: two dense layers and dropout on 20 features."""
+  """A user's own model: two dense layers and dropout on 20 features (``num_classes`` outputs, the
+  field method 'mimo' sets to M·K)."""
+
+  num_classes: int = 3
 
   @nn.compact
   def __call__(self, x, train=False):
     x = nn.relu(nn.Dense(24)(x))
     x = nn.Dropout(0.2, deterministic=not train)(x)
-    return nn.Dense(3)(x)
+    return nn.Dense(self.num_classes)(x)
 
 
 class NoDropoutNet(nn.Module):
@@ -53,7 +56,7 @@ FIELDS = {
     "edst_ensemble": {"edst": {"exploration_epochs": 2, "refinement_epochs": 2}, "update_every": 5},
     "dst_ensemble": {"epochs": 6, "update_every": 5},
 }
-EXPECTED_MEMBERS = {"single": 1, "deep_ensemble": 4, "mc_dropout": 10, "swa": 1}
+EXPECTED_MEMBERS = {"single": 1, "deep_ensemble": 4, "mc_dropout": 10, "swa": 1, "batch_ensemble": 4}
 
 
 def _fit(method, workdir=None, **fields):
@@ -87,7 +90,8 @@ def test_every_method_on_own_model_and_feature_arrays(method, tmp_path, monkeypa
 
 # Methods whose hooks fall inside a dispatch: topology updates, tickets, snapshots, boosting, averaging.
 # The others (no hooks) are the trainer's own chunking (tests/test_trainer.py); they run with `make test-slow`.
-HOOKED = ("cbnn", "dst_ensemble", "edst_ensemble", "fge", "snapshot_ensemble", "subnetwork_ensemble", "swa")
+HOOKED = ("cbnn", "dst_ensemble", "edst_ensemble", "fge", "snapshot_boosting", "snapshot_ensemble",
+          "subnetwork_ensemble", "swa")
 
 
 @pytest.mark.parametrize("method", [m if m in HOOKED else pytest.param(m, marks=pytest.mark.slow)
@@ -213,8 +217,8 @@ def test_optional_splits_and_a_library_dataset(tmp_path):
 # The shipped configs with a method block of their own run through the CLI by default; the others
 # (single, deep_ensemble, snapshot_ensemble: the deep ensemble's CLI runs in test_cli.py)
 # with `make test-slow`.
-CLI_DEFAULT = ("cbnn", "dst_ensemble", "edst_ensemble", "fge", "mc_dropout", "static_sparse_ensemble",
-               "subnetwork_ensemble", "swa")
+CLI_DEFAULT = ("batch_ensemble", "cbnn", "dst_ensemble", "edst_ensemble", "fge", "mc_dropout", "mimo",
+               "snapshot_boosting", "static_sparse_ensemble", "subnetwork_ensemble", "swa")
 
 
 @requires_fashion_mnist
@@ -224,7 +228,8 @@ def test_every_method_through_the_cli_on_fashion_mnist(method, tmp_path):
   epochs = {"edst_ensemble": ["--config.edst.exploration_epochs=3", "--config.edst.refinement_epochs=1",
                               "--config.training.epochs=6", "--config.sparse.update_every=4"],
             "dst_ensemble": ["--config.training.epochs=3", "--config.sparse.update_every=4"],
-            "fge": ["--config.training.epochs=3", "--config.fge.pretrain_fraction=0.5"]}
+            "fge": ["--config.training.epochs=3", "--config.fge.pretrain_fraction=0.5"],
+            "mimo": ["--config.training.epochs=6"]}  # M = 3 members in one 32-unit layer learn slower
   flags = epochs.get(method, ["--config.training.epochs=3"])
   out = subprocess.run(
       [sys.executable, "-m", "experiments.train", f"--config=experiments/configs/{method}.py",

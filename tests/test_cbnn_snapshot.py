@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ensembles import api
+from ensembles.models import MLP
 from ensembles import checkpoints, config as config_lib
 from ensembles import collected
 from ensembles.methods import snapshot_ensemble
@@ -113,3 +114,23 @@ def test_snapshot_schedule_restarts_and_snapshots(tmp_path, fake_data):
 def test_bad_config(module, overrides, message):
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(_cfg(module, **overrides))
+
+
+def test_snapshot_boosting_is_the_snapshot_schedule_with_cbnn_reweighting():
+  """Snapshot Boosting's first cycle is the snapshot ensemble's (same restarts, uniform weights); its
+  later cycles differ (reweighted samples); CBNN's first checkpoint differs (no restarts); the
+  snapshots carry SAMME α weights."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 255, (192, 6, 6, 1)).astype(np.uint8)
+  y = (x.reshape(192, -1).mean(1) > 127).astype(np.int32) + 2 * (x[:, 0, 0, 0] > 127)
+  data = {"x_train": x, "y_train": y, "x_test": x[:64], "y_test": y[:64]}
+  fit = lambda method: api.fit(method, MLP(4, hidden=(16,)), data, epochs=3, batch_size=32, lr=0.2)
+  boosted, snapshots, cbnn = fit("snapshot_boosting"), fit("snapshot_ensemble"), fit("cbnn")
+  member = lambda result, k: jax.tree.map(lambda v: np.asarray(v)[k], result.ensemble.params)
+  jax.tree.map(np.testing.assert_array_equal, member(boosted, 0), member(snapshots, 0))
+  for k in (1, 2):
+    assert not np.allclose(member(boosted, k)["Dense_0"]["kernel"], member(snapshots, k)["Dense_0"]["kernel"])
+  assert not np.allclose(member(boosted, 0)["Dense_0"]["kernel"], member(cbnn, 0)["Dense_0"]["kernel"])
+  alphas = boosted.results["snapshot_boosting"]["alphas"]
+  assert len(alphas) == 3 and all(a > 0 for a in alphas) and boosted.ensemble.weights == tuple(alphas)
+  assert boosted.results["snapshot_boosting"]["weight_max_over_mean"][1] > 1.0  # reweighted after snapshot 1

@@ -13,9 +13,11 @@ from ensembles import config as config_lib
 from ensembles import data as data_lib
 from ensembles import evaluation, metrics
 from experiments import runner
+from experiments.configs import batch_ensemble as batch_ensemble_config
 from experiments.configs import cbnn as cbnn_config
 from experiments.configs import edst_ensemble as edst_config
 from experiments.configs import mc_dropout as mc_config
+from experiments.configs import mimo as mimo_config
 from conftest import make_dataset, method_config, requires_fashion_mnist, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,7 +145,9 @@ def _method_config(module, **overrides):
     (cbnn_config, {"training.epochs": 3}),  # checkpoints with α weights
     (mc_config, {}),  # one network, T dropout passes
     (edst_config, {"edst.exploration_epochs": 1, "edst.refinement_epochs": 1, "training.epochs": 3}),  # tickets
-], ids=["deep_ensemble", "cbnn", "mc_dropout", "edst"])
+    (batch_ensemble_config, {"training.epochs": 2}),  # one saved network of M members (its wrapper rebuilt)
+    (mimo_config, {"training.epochs": 2}),
+], ids=["deep_ensemble", "cbnn", "mc_dropout", "edst", "batch_ensemble", "mimo"])
 def test_saved_ensemble_evaluates_as_at_the_end_of_training(tmp_path, fake_data, module, overrides):
   cfg = tiny_config(**{"evaluation.ood_datasets": ("digits",), "evaluation.resize_ood": True}) \
       if module is tiny_config else _method_config(module, **overrides)

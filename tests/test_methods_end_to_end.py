@@ -118,6 +118,11 @@ RESUME_CASES = {
     "fge": ({"training.epochs": 3, "fge.pretrain_fraction": 0.5}, 8, 6),
     # weights averaged at 8 and 12: stopped after 10, resumes at 9 with the average of step 8 restored
     "swa": ({"training.epochs": 3, "swa.start_fraction": 0.5}, 10, 9),
+    # 3 cycles of 4 steps with reweighting at 4 and 8: resumes at 6, mid-cycle, with step 4's weights
+    "snapshot_boosting": ({"training.epochs": 3}, 7, 6),
+    "batch_ensemble": ({"training.epochs": 2}, 5, 3),
+    # the members' rows are drawn from fold_in(rng, step): a resumed run draws the same ones
+    "mimo": ({"training.epochs": 2, "mimo.input_repetition": 0.5, "mimo.batch_repetitions": 2}, 5, 3),
 }
 
 
@@ -134,8 +139,8 @@ def test_resume_mid_run_equals_the_uninterrupted_run(tmp_path, fake_data, module
   _assert_trees_equal(_saved_ensemble(tmp_path / "cut"), _saved_ensemble(tmp_path / "full"))
   for split in ("test", "val"):
     assert resumed[split]["ensemble"]["nll"] == pytest.approx(full[split]["ensemble"]["nll"], rel=1e-6)
-  if module == "cbnn":
-    assert resumed["cbnn"]["alphas"] == pytest.approx(full["cbnn"]["alphas"], rel=1e-6)
+  if module in ("cbnn", "snapshot_boosting"):
+    assert resumed[module]["alphas"] == pytest.approx(full[module]["alphas"], rel=1e-6)
 
 
 @pytest.mark.parametrize("module,members,passes", [("single", 1, 1), ("deep_ensemble", 3, 1),
@@ -153,7 +158,7 @@ def test_dense_methods_flops_by_hand(tmp_path, fake_data, module, members, passe
 
 # module: (overrides, the steps of its members): snapshots and CBNN checkpoints at the ends of 3
 # segments of 4 steps; FGE's 6 pre-training steps, then cycles of 2.4 steps, snapshots mid-cycle
-COLLECTED_AT = {"snapshot_ensemble": ({}, (4, 8, 12)), "cbnn": ({}, (4, 8, 12)),
+COLLECTED_AT = {"snapshot_ensemble": ({}, (4, 8, 12)), "cbnn": ({}, (4, 8, 12)), "snapshot_boosting": ({}, (4, 8, 12)),
                 "fge": ({"fge.pretrain_fraction": 0.5}, (7, 10, 12))}
 
 
@@ -164,7 +169,7 @@ def test_checkpoints_are_taken_exactly_at_segment_ends(tmp_path, fake_data, modu
   results, recorded, _ = _train(cfg, tmp_path, record=set(ends) | {e - 1 for e in ends})
   like = {"params": recorded[ends[0]].params, "model_state": recorded[ends[0]].model_state}
   like = jax.tree.map(lambda x: x[0], like)
-  if module == "cbnn":
+  if module in ("cbnn", "snapshot_boosting"):
     like["sample_weights"] = np.zeros(N_TRAIN, np.float32)
   saved, metas = checkpoints.load_members(str(tmp_path / "members"), like)
   assert [meta["step"] for meta in metas] == list(ends)
@@ -176,7 +181,7 @@ def test_checkpoints_are_taken_exactly_at_segment_ends(tmp_path, fake_data, modu
   # FLOPs by hand: ONE model trained 12 steps; M = 3 members at inference; CBNN adds a forward
   # pass over the 128 training images at each of its 3 checkpoints
   f = results["flops"]
-  extra = 3 * N_TRAIN * DENSE if module == "cbnn" else 0.0
+  extra = 3 * N_TRAIN * DENSE if module in ("cbnn", "snapshot_boosting") else 0.0
   assert f["train_flops"] == pytest.approx(12 * BATCH * 3 * DENSE + extra, rel=1e-12)
   assert f["inference_flops"] == 3 * DENSE
   assert f["train_x_dense"] == pytest.approx((12 * BATCH * 3 * DENSE + extra) / (12 * BATCH * 3 * DENSE))

@@ -39,7 +39,9 @@ class Method:
   this method starts from (e.g. its ensemble size). check(config, options): rules across blocks
   (e.g. the ensemble size a method allows). predictor(run, options): the evaluation predictor of a
   saved ensemble when it is not the plain one (MC dropout's T passes). derived(config): {dotted
-  field: value} that follow from other fields unless a user sets them (EDST's epochs)."""
+  field: value} that follow from other fields unless a user sets them (EDST's epochs).
+  network(model, config, options): the network the method trains and saves when it is not the
+  given model (BatchEnsemble's and MIMO's wrappers of it)."""
 
   name: str
   train: Callable[[Any, Any], Trained]
@@ -48,11 +50,16 @@ class Method:
   check: Callable[[Any, Any], None] | None = None
   predictor: Callable[[Any, Any], Callable] | None = None
   derived: Callable[[Any], Mapping[str, Any]] | None = None
+  network: Callable[[Any, Any, Any], Any] | None = None
 
   def read_options(self, config: Any) -> types.SimpleNamespace:
     """The method's options from its config blocks (a missing block or field: the default)."""
     return types.SimpleNamespace(**{block: options_lib.from_block(cls, config.get(block), block)
                                     for block, cls in self.options.items()})
+
+  def build_network(self, model: Any, config: Any) -> Any:
+    """The network this method trains for ``model`` (``model`` itself unless it wraps it)."""
+    return model if self.network is None else self.network(model, config, self.read_options(config))
 
   def validate(self, config: Any) -> Any:
     """Checks the method's block and cross-block rules; returns the options."""

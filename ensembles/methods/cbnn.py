@@ -42,8 +42,15 @@ class CBNNOptions:
 
 
 def train(run: Run, options) -> Trained:
-  c, m = options.cbnn, run.num_members
-  run = run.phase(num_members=1)
+  return boosted_checkpoints(run, options.cbnn, "cbnn")
+
+
+def boosted_checkpoints(run: Run, c: CBNNOptions, name: str, schedule=None) -> Trained:
+  """One network trained on the run's budget (lr ``schedule``, default the configured one) with
+  sample weights reweighted at the end of each of the M equal segments, where the checkpoint is
+  collected with its α (steps 1-4 above); ``c``: the boosting options, ``name``: the results key."""
+  m = run.num_members
+  run = run.phase(num_members=1, schedule=schedule)
   n = len(run.data.y_train)
   state = run.init_members()
   state = state.replace(extra={"sample_weights": jnp.ones((1, n), jnp.float32)})
@@ -67,8 +74,8 @@ def train(run: Run, options) -> Trained:
   alphas = [meta["alpha"] for meta in metas]
   flops = run.flops(m, info["steps"], trained_members=1, extra_passes=m * n)  # + M training-set passes
   w = np.asarray(members["sample_weights"])
-  results = {"cbnn": {"alphas": alphas, "train_errors": [meta["train_error"] for meta in metas],
-                      "weight_max_over_mean": (w.max(1) / w.mean(1)).tolist()}}
+  results = {name: {"alphas": alphas, "train_errors": [meta["train_error"] for meta in metas],
+                    "weight_max_over_mean": (w.max(1) / w.mean(1)).tolist()}}
   return Trained(run.ensemble(members, alphas, c.combine), info, flops, results=results)
 
 

@@ -1,0 +1,47 @@
+"""BatchEnsemble (Wen, Tran & Ba, ICLR 2020): M members that share one network's weights and own
+rank-1 fast weights per dense and conv layer, trained and run in one forward pass over the batch
+repeated M times (`ensembles.models.batch_ensemble`).
+
+The recipe trains the wrapped network as one model with the configured optimizer and schedule; its
+loss is the mean over the M members' cross-entropies on the same batch (every member sees every
+example). Cost (FLOPs): each step and each prediction runs the M members' layers on the repeated
+batch, M times one network's dense and conv FLOPs (the rank-1 scalings, O(C) per layer and example,
+are not counted). Fields of the ``batch_ensemble`` block (`BatchEnsembleOptions`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from ensembles import trainer
+from ensembles.context import Run, stacked_members
+from ensembles.methods.base import Method, Trained, register
+from ensembles.models import batch_ensemble
+from ensembles.options import choice
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchEnsembleOptions:
+  """The ``batch_ensemble`` block (ours: see `ensembles.models.batch_ensemble`)."""
+
+  fast_init: str = choice("random_sign", batch_ensemble.FAST_INITS)  # ±1 (p = ½ each) | ones
+
+
+def network(model, config, options) -> batch_ensemble.BatchEnsemble:
+  return batch_ensemble.BatchEnsemble(model, config.num_members, options.batch_ensemble.fast_init)
+
+
+def train(run: Run, options) -> Trained:
+  m = run.num_members
+  run = run.phase(num_members=1)  # one network holding the M members
+  state, info = trainer.fit(run, run.init_members())
+  fast = batch_ensemble.fast_weight_count(state.params)
+  total = sum(int(v.size) for v in jax.tree.leaves(state.params))
+  results = {"batch_ensemble": {"fast_weights": fast, "shared_weights": total - fast}}
+  return Trained(run.ensemble(stacked_members(state)), info, run.flops(m, info["steps"]), results=results,
+                 num_members=m)
+
+
+METHOD = register(Method("batch_ensemble", train, {"batch_ensemble": BatchEnsembleOptions},
+                         defaults={"num_members": 4}, network=network))
