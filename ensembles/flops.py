@@ -42,7 +42,9 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCos
   def interceptor(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
-    if context.method_name == "__call__" and isinstance(module, (nn.Dense, nn.Conv, layers.Conv)):
+    # a layer whose weights live in a sub-scope (TreeNet's branches) is counted there
+    if (context.method_name == "__call__" and isinstance(module, (nn.Dense, nn.Conv, layers.Conv))
+        and "kernel" in module.variables.get("params", {})):
       kernel = module.variables["params"]["kernel"]
       fan_in = kernel.size // kernel.shape[-1]
       per_example = out.size // out.shape[0]

@@ -45,7 +45,7 @@ def trained_networks(config: Any) -> tuple[float, int]:
   m, epochs, method = config.num_members, config.training.epochs, config.method
   if method in ("deep_ensemble", "dst_ensemble", "static_sparse_ensemble", "swa"):
     return m * epochs, m
-  if method == "batch_ensemble":  # one network; every step runs its M members on the repeated batch
+  if method in ("batch_ensemble", "treenet"):  # one network running its M members on the repeated batch (as executed)
     return m * epochs, 1
   if method == "mimo":  # one network; r·B rows per step
     return config.mimo.batch_repetitions * epochs, 1

@@ -218,7 +218,7 @@ def test_optional_splits_and_a_library_dataset(tmp_path):
 # (single, deep_ensemble, snapshot_ensemble: the deep ensemble's CLI runs in test_cli.py)
 # with `make test-slow`.
 CLI_DEFAULT = ("batch_ensemble", "cbnn", "dst_ensemble", "edst_ensemble", "fge", "mc_dropout", "mimo",
-               "snapshot_boosting", "static_sparse_ensemble", "subnetwork_ensemble", "swa")
+               "snapshot_boosting", "static_sparse_ensemble", "subnetwork_ensemble", "swa", "treenet")
 
 
 @requires_fashion_mnist

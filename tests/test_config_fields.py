@@ -137,6 +137,7 @@ FIELDS = {
     "batch_ensemble.fast_init": (Other("ones", "random_sign"), "zeros"),
     "mimo.input_repetition": (Other(0.5, 0.6), 1.0),
     "mimo.batch_repetitions": (Other(2, 3), 0),
+    "treenet.shared_layers": (Other(2, 1), 0),
     "swa.lr_factor": (Other(0.2, 0.3), 0.0),
     "keep_checkpoints": (Other(3, 4), 0),
     "log_every_steps": (Other(10, 11), 0),

@@ -121,6 +121,7 @@ RESUME_CASES = {
     # 3 cycles of 4 steps with reweighting at 4 and 8: resumes at 6, mid-cycle, with step 4's weights
     "snapshot_boosting": ({"training.epochs": 3}, 7, 6),
     "batch_ensemble": ({"training.epochs": 2}, 5, 3),
+    "treenet": ({"training.epochs": 2}, 5, 3),
     # the members' rows are drawn from fold_in(rng, step): a resumed run draws the same ones
     "mimo": ({"training.epochs": 2, "mimo.input_repetition": 0.5, "mimo.batch_repetitions": 2}, 5, 3),
 }

@@ -14,9 +14,9 @@ import dataclasses
 
 import jax
 
-from ensembles import trainer
-from ensembles.context import Run, stacked_members
+from ensembles.context import Run
 from ensembles.methods.base import Method, Trained, register
+from ensembles.methods.member_network import train_member_network
 from ensembles.models import batch_ensemble
 from ensembles.options import choice
 
@@ -34,13 +34,13 @@ def network(model, config, options) -> batch_ensemble.BatchEnsemble:
 
 def train(run: Run, options) -> Trained:
   m = run.num_members
-  run = run.phase(num_members=1)  # one network holding the M members
-  state, info = trainer.fit(run, run.init_members())
-  fast = batch_ensemble.fast_weight_count(state.params)
-  total = sum(int(v.size) for v in jax.tree.leaves(state.params))
-  results = {"batch_ensemble": {"fast_weights": fast, "shared_weights": total - fast}}
-  return Trained(run.ensemble(stacked_members(state)), info, run.flops(m, info["steps"]), results=results,
-                 num_members=m)
+
+  def report(run, state, info):
+    fast = batch_ensemble.fast_weight_count(state.params)
+    total = sum(int(v.size) for v in jax.tree.leaves(state.params))
+    return run.flops(m, info["steps"]), {"batch_ensemble": {"fast_weights": fast, "shared_weights": total - fast}}
+
+  return train_member_network(run, report)
 
 
 METHOD = register(Method("batch_ensemble", train, {"batch_ensemble": BatchEnsembleOptions},

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ensembles import trainer
-from ensembles.context import Run, stacked_members
+from ensembles.context import Run
 from ensembles.errors import ConfigError
 from ensembles.methods.base import Method, Trained, register
+from ensembles.methods.member_network import train_member_network
 from ensembles.models import mimo
 from ensembles.options import integer, number
 
@@ -37,12 +37,13 @@ def network(model, config, options) -> mimo.MIMO:
 
 
 def train(run: Run, options) -> Trained:
-  m = run.num_members
-  run = run.phase(num_members=1)  # one network holding the M members
-  state, info = trainer.fit(run, run.init_members())
-  flops = run.flops(1, info["steps"], trained_members=options.mimo.batch_repetitions)  # r·B rows per step
-  results = {"mimo": {"rows_per_step": options.mimo.batch_repetitions * run.config.training.batch_size}}
-  return Trained(run.ensemble(stacked_members(state)), info, flops, results=results, num_members=m)
+  r = options.mimo.batch_repetitions
+
+  def report(run, state, info):  # one network; r·B rows per step
+    flops = run.flops(1, info["steps"], trained_members=r)
+    return flops, {"mimo": {"rows_per_step": r * run.config.training.batch_size}}
+
+  return train_member_network(run, report)
 
 
 METHOD = register(Method("mimo", train, {"mimo": MIMOOptions}, defaults={"num_members": 3}, network=network))

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ensembles.models import layers
+from ensembles.models import layers, multi_member
 
 FAST_INITS = ("random_sign", "ones")
 RANK1_LAYER_TYPES = (nn.Dense, nn.Conv, layers.Conv)
@@ -71,7 +71,7 @@ def rank1_layers(num_members: int, fast_init: str, next_fun, args, kwargs, conte
   return (ym * _per_member(s, ym.ndim).astype(y.dtype)).reshape(y.shape)
 
 
-class BatchEnsemble(nn.Module):
+class BatchEnsemble(multi_member.RepeatedBatchNetwork):
   """``inner`` (any Flax model called as ``inner(x, train=...)`` -> logits [B, K]) as a
   BatchEnsemble of ``num_members`` members: inputs [B, ...] -> logits [B, M, K].
 
@@ -79,28 +79,11 @@ class BatchEnsemble(nn.Module):
   fast weights ``batch_ensemble_in`` [M, C_in] and ``batch_ensemble_out`` [M, C_out] beside its
   kernel. Training: every member sees the whole batch (`training_batch`)."""
 
-  inner: nn.Module
-  num_members: int
   fast_init: str = "random_sign"
 
-  @property
-  def has_conv(self):
-    return getattr(self.inner, "has_conv", None)
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    m = self.num_members
-    tiled = jnp.tile(x, (m,) + (1,) * (x.ndim - 1))  # [M·B, ...], member-major
-    with nn.intercept_methods(functools.partial(rank1_layers, m, self.fast_init)):
-      logits = self.inner(tiled, train=train)
-    return jnp.moveaxis(logits.reshape(m, x.shape[0], logits.shape[-1]), 0, 1)
-
   @nn.nowrap
-  def training_batch(self, key, x, y, w):
-    """Every member trains on the whole batch: x [B, ...] unchanged, y and w [B] -> [B, M]."""
-    del key
-    shape = (y.shape[0], self.num_members)
-    return x, jnp.broadcast_to(y[:, None], shape), jnp.broadcast_to(w[:, None], shape)
+  def interceptor(self, calls: list):
+    return functools.partial(rank1_layers, self.num_members, self.fast_init)
 
 
 def fast_weight_count(params: Any) -> int:

@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ensembles.models import multi_member
+
 
 def mimo_rows(key: jax.Array, batch_size: int, num_members: int, input_repetition: float = 0.0,
               batch_repetitions: int = 1) -> jax.Array:
@@ -34,21 +36,15 @@ def mimo_rows(key: jax.Array, batch_size: int, num_members: int, input_repetitio
   return jnp.stack(columns, axis=1).astype(jnp.int32)
 
 
-class MIMO(nn.Module):
+class MIMO(multi_member.MemberNetwork):
   """``inner`` (built with num_members·num_classes outputs) as a MIMO network of ``num_members``.
 
   Evaluation: x [B, ...] -> logits [B, M, K], every member on the same image. Training
   (``train=True``): x [B', M, ...] member inputs from `training_batch` -> [B', M, K]."""
 
-  inner: nn.Module
-  num_members: int
-  num_classes: int
+  num_classes: int = 0  # K (the inner model gives M·K)
   input_repetition: float = 0.0
   batch_repetitions: int = 1
-
-  @property
-  def has_conv(self):
-    return getattr(self.inner, "has_conv", None)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

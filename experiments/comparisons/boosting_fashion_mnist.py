@@ -1,5 +1,6 @@
 """Checkpoint ensembles on Fashion-MNIST, balanced and long-tailed (ρ = 100): single model, snapshot
-ensemble and CBNN with the same 10-epoch budget (MLP, M = 3), three seeds.
+ensemble, CBNN and the baselines the CBNN paper compares with (Snapshot Boosting, FGE, SWA), all with
+the same 10-epoch budget (MLP, M = 3), three seeds.
 
   python -m experiments.compare --comparison experiments/comparisons/boosting_fashion_mnist.py \
       --workdir runs/compare_boosting
@@ -20,8 +21,14 @@ def get_comparison():
           ("single", "experiments/configs/single.py", {}),
           ("snapshot_ensemble", "experiments/configs/snapshot_ensemble.py", {}),
           ("cbnn", "experiments/configs/cbnn.py", {}),
+          ("snapshot_boosting", "experiments/configs/snapshot_boosting.py", {}),
+          ("fge", "experiments/configs/fge.py", {}),
+          ("swa", "experiments/configs/swa.py", {}),
           ("single_lt100", "experiments/configs/single.py", LT),
           ("snapshot_ensemble_lt100", "experiments/configs/snapshot_ensemble.py", LT),
           ("cbnn_lt100", "experiments/configs/cbnn.py", LT),
+          ("snapshot_boosting_lt100", "experiments/configs/snapshot_boosting.py", LT),
+          ("fge_lt100", "experiments/configs/fge.py", LT),
+          ("swa_lt100", "experiments/configs/swa.py", LT),
       ],
   }

@@ -1,5 +1,6 @@
-"""Subnetwork ensembles and MC dropout on Fashion-MNIST (MLP, CPU scale), beside the single model
-and the deep ensemble, three seeds (same protocol as freetickets_fashion_mnist.py).
+"""Subnetwork ensembles and MC dropout on Fashion-MNIST (MLP, CPU scale), beside the single model,
+the deep ensemble and the efficient ensembles the paper compares with (BatchEnsemble, MIMO),
+three seeds (same protocol as freetickets_fashion_mnist.py).
 
   python -m experiments.compare --comparison experiments/comparisons/subnetworks_fashion_mnist.py \
       --workdir runs/compare_subnetworks
@@ -22,5 +23,7 @@ def get_comparison():
           ("subnetwork_unit", "experiments/configs/subnetwork_ensemble.py",
            {"subnetwork.granularity": "unit", "subnetwork.share_input_output": True}),
           ("mc_dropout", "experiments/configs/mc_dropout.py", {}),
+          ("batch_ensemble", "experiments/configs/batch_ensemble.py", {"num_members": 3}),
+          ("mimo", "experiments/configs/mimo.py", {}),
       ],
   }

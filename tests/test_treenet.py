@@ -1,0 +1,76 @@
+"""TreeNet: a shared trunk and M branches around the shipped models, and the method end to end."""
+import jax
+import numpy as np
+import pytest
+
+import ensembles
+from ensembles import flops
+from ensembles.models import LeNet, MLP, ResNet, treenet
+
+M = 3
+MODELS = {"mlp": (MLP(5, hidden=(16, 8)), (6, 6, 1), 1),
+          "lenet": (LeNet(5, features=(4, 6), hidden=(8,)), (8, 8, 1), 2),
+          "resnet": (ResNet(5, depth=8), (8, 8, 3), 3)}  # the split inside stage 2: shortcuts cross it
+
+
+def _member(tree, m):
+  """Member m's variables as the plain model's: every ``branches`` subtree replaced by its copy m."""
+  if not isinstance(tree, dict):
+    return tree
+  if treenet.BRANCHES in tree:
+    return jax.tree.map(lambda v: v[m], dict(tree[treenet.BRANCHES]))
+  return {k: _member(v, m) for k, v in tree.items()}
+
+
+def _init(name):
+  inner, shape, shared = MODELS[name]
+  net = treenet.TreeNet(inner, M, shared)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, *shape))
+  return inner, net, net.init(jax.random.PRNGKey(0), x), x, shared
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_each_member_is_the_trunk_and_its_own_branch(name):
+  inner, net, variables, x, _ = _init(name)
+  logits = net.apply(variables, x)
+  assert logits.shape == (4, M, 5)
+  for m in range(M):
+    plain = {c: _member(dict(jax.tree.map(lambda v: v, dict(tree)))["inner"], m) for c, tree in variables.items()}
+    np.testing.assert_allclose(logits[:, m], inner.apply(plain, x), rtol=1e-4, atol=1e-5)
+  assert not np.allclose(logits[:, 0], logits[:, 1])  # branches start from their own keys
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_trunk_is_one_copy_and_every_later_layer_m_copies(name):
+  inner, net, variables, x, shared = _init(name)
+  costs = flops.layer_costs(net, x.shape[1:])  # dense/conv layers in call order
+  branched = [f"['{treenet.BRANCHES}']" in c.path for c in costs]
+  assert branched == [False] * shared + [True] * (len(costs) - shared)
+  plain = sum(v.size for v in jax.tree.leaves(inner.init(jax.random.PRNGKey(0), x)["params"]))
+  total = sum(v.size for v in jax.tree.leaves(variables["params"]))
+  branch = sum(v.size for p, v in jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+               if treenet.BRANCHES in jax.tree_util.keystr(p)) // M
+  assert total == plain + (M - 1) * branch  # trunk once, each later layer (and its BatchNorm) M times
+  per_layer = [c.flops for c in costs]
+  assert treenet.tree_flops(costs, M) == sum(per_layer[:shared]) + M * sum(per_layer[shared:])
+
+
+def test_a_trunk_as_deep_as_the_model_is_refused():
+  inner, shape, _ = MODELS["mlp"]
+  with pytest.raises(ValueError, match=r"treenet.shared_layers \(3\) must be below the model's 3 dense and conv"):
+    treenet.TreeNet(inner, M, 3).init(jax.random.PRNGKey(0), np.zeros((1, *shape), np.float32))
+
+
+def test_method_counts_the_trunk_once():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 255, (256, 6, 6, 1)).astype(np.uint8)
+  y = (x.reshape(256, -1).mean(1) > 127).astype(np.int32) + 2 * (x[:, 0, 0, 0] > 127)
+  result = ensembles.fit("treenet", MLP(4, hidden=(16, 8)), {"x_train": x, "y_train": y, "x_test": x[:64],
+                                                           "y_test": y[:64]}, epochs=2, batch_size=32)
+  r = result.results
+  assert r["num_members"] == M and result.ensemble.num_members == 1
+  assert result.ensemble.member_probs(x[:64]).shape == (M, 64, 4)
+  trunk, branch = 2.0 * 36 * 16, 2.0 * (16 * 8 + 8 * 4)
+  assert r["flops"]["forward_flops_dense"] == trunk + branch  # one member
+  assert r["flops"]["inference_flops"] == pytest.approx(trunk + M * branch, rel=1e-12)
+  assert r["flops"]["train_flops"] == pytest.approx(r["train_steps"] * 32 * 3 * (trunk + M * branch), rel=1e-12)
