@@ -36,6 +36,7 @@ from ensembles import train as train_lib
 from ensembles.ensemble import Ensemble
 from ensembles.errors import ConfigError
 from ensembles.methods import Method, Trained, get_method, register
+from ensembles.models import multi_member
 
 ENSEMBLE_DIR = "ensemble"  # WORKDIR/ensemble: the evaluated members
 CONFIG_FILE = "config.json"  # WORKDIR/config.json: the config the run in the folder trains
@@ -238,7 +239,7 @@ def summarize(run: context.Run, trained: Trained, evaluation: dict) -> dict:
   flops = trained.flops or run.flops(m, info["steps"])
   nonzero = per_member * m if trained.masks is None else int(sum(int(x.sum()) for x in jax.tree.leaves(trained.masks)))
   execution = context.execution_for(run.config, run.model, m, input_shape=run.data.image_shape)
-  user_model = getattr(run.model, "inner", run.model)  # the model a method's network wraps (BatchEnsemble, MIMO)
+  user_model = run.model.inner if isinstance(run.model, multi_member.MemberNetwork) else run.model  # wrapped
   model_name = run.config.model.name if run.config.model.name != config_lib.CUSTOM_MODEL else type(user_model).__name__
   return {
       "method": run.config.method,

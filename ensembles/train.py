@@ -8,10 +8,10 @@ Extension points for later methods, so they need no rework of this file:
     members. If it holds ``sample_weights`` [M, N_train], the loss weights each example by it
     (checkpoint boosting).
   * Sparse training lives in the optimizer: an optax wrapper keeps masks in ``opt_state``.
-  * A network that holds several members (BatchEnsemble, MIMO: `ensembles.models.multi_member`)
-    returns logits [B, M', K] and declares how a batch becomes its training input (its
-    ``training_batch``); the loss averages over all M' outputs and the predictor returns each
-    output as a member.
+  * A network that holds several members (BatchEnsemble, MIMO, TreeNet:
+    `ensembles.models.multi_member`) returns logits [B, M', K] and declares how a batch becomes its
+    training input (its ``training_batch``); the loss averages (or sums) over the M' outputs and
+    the predictor returns each output as a member.
 """
 from __future__ import annotations
 
@@ -82,8 +82,8 @@ def make_optimizer(cfg: Any, total_steps: int, steps_per_epoch: int,
 
   sgd: L2 weight decay added to the gradient (g + λw), then momentum (optionally Nesterov);
   adam: L2 decay added to the gradient; adamw: decoupled decay. ``weight_decay_on``: ``all``
-  parameters, or ``kernels`` only (parameters of 2 or more dimensions: no decay on biases and
-  BatchNorm scales and offsets, as the FreeTickets ImageNet recipe).
+  parameters, or ``kernels`` only (`decayed_kernels`: parameters of 2 or more dimensions, no decay
+  on biases and BatchNorm scales and offsets, as the FreeTickets ImageNet recipe).
   """
   if cfg.optimizer not in OPTIMIZERS:
     raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}.")
@@ -92,12 +92,25 @@ def make_optimizer(cfg: Any, total_steps: int, steps_per_epoch: int,
   on = cfg.get("weight_decay_on", "all")
   if on not in WEIGHT_DECAY_ON:
     raise ValueError(f"training.weight_decay_on must be one of {WEIGHT_DECAY_ON}, got {on!r}.")
-  mask = None if on == "all" else (lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
+  mask = None if on == "all" else decayed_kernels
   if cfg.optimizer == "adamw":
     return optax.adamw(lr, weight_decay=wd, mask=mask)
   base = (optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
           if cfg.optimizer == "sgd" else optax.adam(lr))
   return optax.chain(optax.add_decayed_weights(wd, mask), base) if wd > 0 else base
+
+
+# per-member vectors that networks of several members stack to [M, C]: not kernels, whatever their rank
+MEMBER_VECTOR_NAMES = ("bias", "scale", "batch_ensemble_in", "batch_ensemble_out")
+
+
+def decayed_kernels(params: PyTree) -> PyTree:
+  """``weight_decay_on = kernels``: True for parameters of 2 or more dimensions except the vectors
+  a member network stacks ([M, C] biases, BatchNorm scales, BatchEnsemble's fast weights)."""
+  def is_kernel(path, p):
+    name = getattr(path[-1], "key", None) if path else None
+    return p.ndim > 1 and name not in MEMBER_VECTOR_NAMES
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
@@ -184,8 +197,9 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
   several cores. Models with BatchNorm are refused (their statistics would be per part).
   ``label_smoothing`` ε: see `weighted_cross_entropy`; ``compute_dtype``: `in_compute_dtype`
   (logits are cast back to float32 for the loss). A network of several members
-  (`multi_member.members_per_network` > 1) first turns the augmented batch into its own training
-  input, labels and weights [B', M'] (`model.training_batch`); its logits are [B', M', K].
+  (`multi_member.is_member_network`) first turns the augmented batch into its own training input,
+  labels and weights [B', M'] (`model.training_batch`); its logits are [B', M', K], and the loss is
+  scaled by `multi_member.loss_scale` (M' for summed member losses; aux["loss"] stays the mean).
   """
   mean, std = jnp.asarray(mean), jnp.asarray(std)
 
@@ -194,7 +208,7 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
     weights = state.extra["sample_weights"][batch.ids] if "sample_weights" in state.extra else jnp.ones(y.shape)
     aug_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
     x = augment_lib.normalize(augment_lib.augment(aug_key, x, crop_padding, flip), mean, std)
-    if multi_member.members_per_network(model) > 1:  # rows [B', M'] of member inputs, labels and weights
+    if multi_member.is_member_network(model):  # rows [B', M'] of member inputs, labels and weights
       x, y, weights = model.training_batch(jax.random.fold_in(aug_key, 1), x, y, weights)
     mutable = list(state.model_state)
     if batch_split > 1 and mutable:
@@ -208,8 +222,10 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
       logits, new_model_state = model.apply(
           {"params": params, **state.model_state}, x, train=True, rngs={"dropout": key}, mutable=mutable)
       logits = logits.astype(jnp.float32)
-      return weighted_cross_entropy(logits, y, w, label_smoothing), (logits, new_model_state)
+      loss = weighted_cross_entropy(logits, y, w, label_smoothing)
+      return (loss * scale if scale != 1.0 else loss), (logits, new_model_state)
 
+    scale = multi_member.loss_scale(model)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if batch_split == 1:
       (loss, (logits, new_model_state)), grads = grad_fn(state.params, x, y, weights, dropout_key)
@@ -220,6 +236,7 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
       logits = jnp.concatenate([p[0][1][0] for p in parts])
       new_model_state = parts[0][0][1][1]
       grads = jax.tree.map(lambda *g: sum(g) / batch_split, *(p[1] for p in parts))
+    loss = loss / scale if scale != 1.0 else loss  # reported: the mean over members
     return grads, {"loss": loss, "logits": logits, "labels": y, "model_state": dict(new_model_state)}
 
   return gradients

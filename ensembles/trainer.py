@@ -31,6 +31,7 @@ from ensembles import metrics as metrics_lib
 from ensembles import streaming
 from ensembles import train as train_lib
 from ensembles.context import Run
+from ensembles.models import multi_member
 from ensembles.errors import NonFiniteLossError, Preempted  # noqa: F401  (re-exported)
 
 
@@ -316,8 +317,9 @@ class _Progress:
   """Progress bar and the logged training loss and accuracy averaged over log_every_steps steps,
   with the throughput over the same steps (wall time between logs, the first including compiles):
   images/s (M x B per step) in all and per device, and the model FLOPs utilisation
-  mfu = 3 · f_dense · M · B · steps/s / (devices · peak FLOP/s) where the device's peak is known
-  (`hardware.peak_flops`; f_dense: the dense forward FLOPs of one example, `flops.layer_costs`)."""
+  mfu = 3 · f_dense · M · B · R · steps/s / (devices · peak FLOP/s) where the device's peak is known
+  (`hardware.peak_flops`; f_dense: the dense forward FLOPs of one example, `flops.layer_costs`;
+  R: the rows one example costs a network of several members, `multi_member.rows_per_example`)."""
 
   def __init__(self, run: Run, start: int):
     self.run = run
@@ -327,7 +329,8 @@ class _Progress:
     device = run.mesh.devices.flat[0] if run.mesh is not None else jax.devices()[0]
     self.peak = hardware.peak_flops(device, run.compute_dtype, float(run.config.get("peak_flops_per_device", 0.0)))
     self.images_per_step = run.num_members * run.config.training.batch_size
-    self.flops_per_step = None if self.peak is None else 3.0 * self.images_per_step * flops_lib.forward_flops(
+    rows = self.images_per_step * multi_member.rows_per_example(run.model)  # a member network's rows run
+    self.flops_per_step = None if self.peak is None else 3.0 * rows * flops_lib.forward_flops(
         flops_lib.layer_costs(run.model, run.data.image_shape))
     self.since, self.steps_since = time.perf_counter(), 0
     self.bar = tqdm(total=run.total_steps, initial=start, desc=run.name, unit="step", dynamic_ncols=True,

@@ -248,6 +248,20 @@ def test_weight_decay_on_kernels_spares_biases_and_batchnorm(optimizer):
       np.testing.assert_allclose(leaf, 1.0 if on == "kernels" else shrunk, rtol=1e-6)
 
 
+def test_weight_decay_on_kernels_spares_the_vectors_member_networks_stack():
+  """In a TreeNet's branches and a BatchEnsemble's layers, per-member biases and BatchNorm scales
+  are [M, C] and the fast weights [M, C_in], [M, C_out]: 2-D, yet not kernels."""
+  from ensembles.models import ResNet, batch_ensemble, treenet
+  x = jnp.zeros((1, 8, 8, 3))
+  for net in (treenet.TreeNet(ResNet(4, depth=8), 3, 1), batch_ensemble.BatchEnsemble(ResNet(4, depth=8), 3)):
+    params = net.init(jax.random.PRNGKey(0), x)["params"]
+    decayed = {jax.tree_util.keystr(p): d for p, d in jax.tree_util.tree_flatten_with_path(train.decayed_kernels(params))[0]}
+    stacked_vectors = [k for k in decayed if not k.endswith("['kernel']")]
+    assert any("branches" in k or "batch_ensemble_" in k for k in stacked_vectors)
+    assert not any(decayed[k] for k in stacked_vectors)
+    assert all(decayed[k] for k in decayed if k.endswith("['kernel']"))
+
+
 def test_bfloat16_compute_keeps_float32_state(tiny_dataset):
   """compute_dtype='bfloat16': the convolutions and matmuls of the step run in bf16, while the
   parameters, optimizer state and BatchNorm statistics stay float32 (ResNet, shapes and dtypes

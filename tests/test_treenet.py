@@ -74,3 +74,43 @@ def test_method_counts_the_trunk_once():
   assert r["flops"]["forward_flops_dense"] == trunk + branch  # one member
   assert r["flops"]["inference_flops"] == pytest.approx(trunk + M * branch, rel=1e-12)
   assert r["flops"]["train_flops"] == pytest.approx(r["train_steps"] * 32 * 3 * (trunk + M * branch), rel=1e-12)
+
+
+def test_each_branch_gets_the_gradient_it_would_get_alone():
+  """The members' losses are summed: branch m's gradient is member m's own, as a plain network on the
+  same batch; the trunk's is the sum over the members."""
+  from ensembles import train as train_lib
+  inner, net, variables, x, shared = _init("mlp")
+  y = jax.numpy.array([0, 1, 2, 3])
+  batch = train_lib.Batch(x, y, jax.numpy.arange(4))
+  state = lambda params: train_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, model_state={},
+                                              opt_state=None, rng=jax.random.PRNGKey(0))
+  grads = lambda model, params: train_lib.make_member_gradients(model, mean=np.zeros(1), std=np.ones(1))(
+      state(params), batch)[0]
+  tree = grads(net, variables["params"])["inner"]
+  alone = [grads(inner, _member(dict(variables["params"])["inner"], m)) for m in range(M)]
+  for m in range(M):
+    for layer in ("Dense_1", "Dense_2"):
+      np.testing.assert_allclose(tree[layer]["branches"]["kernel"][m], alone[m][layer]["kernel"], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(tree["Dense_0"]["kernel"], sum(a["Dense_0"]["kernel"] for a in alone), rtol=1e-5, atol=1e-7)
+
+
+def test_layers_called_with_arguments_of_their_own_and_a_single_member():
+  """A user's model that passes BatchNorm's mode at call time; and M = 1 (one member, still a
+  network of the protocol) trains through ensembles.fit."""
+  import flax.linen as nn
+
+  class CallTimeNorm(nn.Module):
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.relu(nn.Dense(8)(x))
+      x = nn.BatchNorm(momentum=0.9)(nn.Dense(8)(x), use_running_average=not train)
+      return nn.Dense(self.num_classes)(x)
+
+  rng = np.random.default_rng(0)
+  data = {"x_train": rng.normal(size=(64, 5)).astype(np.float32), "y_train": rng.integers(0, 3, 64)}
+  for method, m in (("treenet", 3), ("treenet", 1), ("batch_ensemble", 1), ("mimo", 1)):
+    result = ensembles.fit(method, CallTimeNorm(), data, num_members=m, epochs=1, batch_size=16)
+    assert result.results["num_members"] == m and result.predict(data["x_train"][:4]).shape == (4, 3)

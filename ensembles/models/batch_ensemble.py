@@ -17,6 +17,8 @@ Ours, where the paper or its code differ or are not known to us:
   * the bias: member m's bias is b ∘ s_m (the layer's own bias, scaled), not an independent bias
     per member, so the parameter count is the shared network's plus M·(C_in + C_out) per layer;
   * BatchNorm is shared: it normalises over all M·B rows (training) and keeps one set of statistics;
+  * the loss is the mean over the M·B rows (``member_loss = "mean"``, as the BatchEnsemble code we
+    read averages over the repeated batch), so a member's fast weights get 1/M of its gradient;
   * fast weights start at ±1 with probability ½ each (``fast_init="random_sign"``) or at 1
     (``"ones"``: every member is then exactly the shared network).
 Layers the interceptor does not know (e.g. `nn.DenseGeneral`, `nn.Einsum`) stay shared.

@@ -8,7 +8,8 @@ gets the same image, so one forward pass gives M predictions.
 
 Options (`mimo_rows`): ``input_repetition`` ρ, the fraction of rows whose M inputs are one image
 (the paper's input repetition); ``batch_repetitions`` r, the batch repeated r times before the
-members' shuffles (the paper's batch repetition; each step then runs r·B rows).
+members' shuffles (the paper's batch repetition; each step then runs r·B rows). The loss is the sum
+of the M members' losses, averaged over the rows (as the MIMO code we read does).
 """
 from __future__ import annotations
 
@@ -46,6 +47,12 @@ class MIMO(multi_member.MemberNetwork):
   input_repetition: float = 0.0
   batch_repetitions: int = 1
 
+  member_loss = "sum"  # as the MIMO code we read: members' losses summed, averaged over the rows
+
+  @property
+  def rows_per_example(self) -> int:
+    return self.batch_repetitions
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     m = self.num_members
@@ -73,7 +80,7 @@ def network(model: nn.Module, num_members: int, input_repetition: float = 0.0, b
   k = getattr(model, "num_classes", None)
   if not isinstance(k, int):
     raise ValueError(f"method 'mimo' builds the model with num_members x num_classes outputs, so the model needs an "
-                     f"integer num_classes field; {type(model).__name__} has none (wrap it yourself in "
-                     "ensembles.models.mimo.MIMO with an inner model of M·K outputs).")
+                     f"integer num_classes field; {type(model).__name__} has none (add a num_classes field that "
+                     "sets its last layer's outputs).")
   return MIMO(model.clone(num_classes=num_members * k), num_members, k, input_repetition, batch_repetitions)
 

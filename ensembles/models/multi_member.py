@@ -7,7 +7,11 @@ The protocol the engine reads (`ensembles.train`): such a network
   * has ``training_batch(key, x, y, w) -> (x', y', w')``: the batch of one training step (augmented,
     normalised x [B, ...], labels y [B], sample weights w [B]) as the network's training input x'
     (its first axis B') with the labels y' [B', M'] and weights w' [B', M'] of its M' outputs.
-    The loss is the mean over all B'·M' outputs of w'·CE(logits, y').
+    The loss is the mean over all B'·M' outputs of w'·CE(logits, y'), times M' when the network's
+    ``member_loss`` is ``"sum"`` (the members' losses summed: each member's own weights get the
+    gradient they would get trained alone);
+  * may say how many rows of its layers one example costs (``rows_per_example``: M for the batch
+    repeated M times), for the logged model-FLOPs utilisation.
 
 The predictor returns each of the M' outputs as a member ([M', B, K]). `MemberNetwork` is the base
 of the library's wrappers; `RepeatedBatchNetwork` the base of those whose members all read the
@@ -22,9 +26,19 @@ import jax
 import jax.numpy as jnp
 
 
-def members_per_network(model: Any) -> int:
-  """M': the members one network of ``model`` holds (1 for an ordinary model)."""
-  return int(getattr(model, "num_members", 1)) if hasattr(model, "training_batch") else 1
+def is_member_network(model: Any) -> bool:
+  """Whether ``model`` holds its members in one network (follows the protocol above)."""
+  return hasattr(model, "training_batch")
+
+
+def loss_scale(model: Any) -> float:
+  """The factor on the mean cross-entropy: M' for a ``member_loss = "sum"`` network, else 1."""
+  return float(model.num_members) if is_member_network(model) and model.member_loss == "sum" else 1.0
+
+
+def rows_per_example(model: Any) -> float:
+  """Rows of the network's layers that one training example costs (1 for an ordinary model)."""
+  return float(getattr(model, "rows_per_example", 1)) if is_member_network(model) else 1.0
 
 
 class MemberNetwork(nn.Module):
@@ -34,6 +48,8 @@ class MemberNetwork(nn.Module):
   inner: nn.Module
   num_members: int
 
+  member_loss = "mean"  # or "sum": see the module docstring
+
   @property
   def has_conv(self):
     return getattr(self.inner, "has_conv", None)
@@ -42,6 +58,10 @@ class MemberNetwork(nn.Module):
 class RepeatedBatchNetwork(MemberNetwork):
   """Members that all train on the whole batch, run as ``inner`` on the batch repeated M times
   (member-major rows [M·B, ...]) under the subclass's Flax method `interceptor`."""
+
+  @property
+  def rows_per_example(self) -> int:
+    return self.num_members
 
   @nn.nowrap
   def interceptor(self, calls: list) -> Callable:

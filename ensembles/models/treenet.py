@@ -7,8 +7,8 @@ calls in call order: the first ``shared_layers`` (and the BatchNorm layers calle
 one) run as they are, with one set of weights; every later dense, conv or BatchNorm layer reads its
 input as [M, B, ...] and runs M copies of itself (a lifted `nn.vmap`, weights and BatchNorm
 statistics [M, ...] under the layer's ``branches`` scope). Member m is the network made of the trunk
-and branch m; the loss is the mean over the members' losses, so the trunk's gradient is the sum of
-what every branch asks of it.
+and branch m; the loss is the sum of the members' losses (``member_loss = "sum"``): each branch gets
+the gradient it would get trained alone, and the trunk the sum of what every branch asks of it.
 
 Ours: which layers are shared (``shared_layers``, a count of the model's dense and conv layers in
 call order); the trunk is executed on the M copies of the batch (M times the trunk's arithmetic
@@ -41,12 +41,16 @@ def branch_layers(num_members: int, shared_layers: int, calls: list, next_fun, a
     calls.append(module.name)
   if len(calls) <= shared_layers:
     return next_fun(*args, **kwargs)
-  x, m = args[0], num_members
+  x, rest, m = args[0], args[1:], num_members
   fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
             if f.init and f.name not in ("parent", "name")}
-  copies = nn.vmap(type(module), variable_axes={"params": 0, "batch_stats": 0}, split_rngs={"params": True},
-                   in_axes=0, out_axes=0, axis_size=m)(**fields, name=BRANCHES)
-  y = copies(x.reshape(m, -1, *x.shape[1:]), *args[1:], **kwargs)
+  layer = type(module)(**fields, name=BRANCHES)  # the layer's copy, vmapped over M below
+
+  def call(layer, xm):  # the call's other arguments (e.g. use_running_average) as the caller gave them
+    return layer(xm, *rest, **kwargs)
+
+  y = nn.vmap(call, variable_axes={"params": 0, "batch_stats": 0}, split_rngs={"params": True}, in_axes=0,
+              out_axes=0, axis_size=m)(layer, x.reshape(m, -1, *x.shape[1:]))
   return y.reshape(-1, *y.shape[2:])
 
 
@@ -56,6 +60,8 @@ class TreeNet(multi_member.RepeatedBatchNetwork):
   logits [B, M, K]. Every member trains on the whole batch (`training_batch`)."""
 
   shared_layers: int = 1
+
+  member_loss = "sum"
 
   @nn.nowrap
   def interceptor(self, calls: list):
