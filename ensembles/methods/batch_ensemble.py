@@ -18,18 +18,20 @@ from ensembles.context import Run
 from ensembles.methods.base import Method, Trained, register
 from ensembles.methods.member_network import train_member_network
 from ensembles.models import batch_ensemble
-from ensembles.options import choice
+from ensembles.options import choice, number
 
 
 @dataclasses.dataclass(frozen=True)
 class BatchEnsembleOptions:
   """The ``batch_ensemble`` block (ours: see `ensembles.models.batch_ensemble`)."""
 
-  fast_init: str = choice("random_sign", batch_ensemble.FAST_INITS)  # ±1 (p = ½ each) | ones
+  fast_init: str = choice("normal", batch_ensemble.FAST_INITS)  # N(1, σ²) | ±1 (p = ½ each) | ones
+  fast_init_std: float = number(0.5, 0.0, float("inf"), "()")   # σ of the normal start
 
 
 def network(model, config, options) -> batch_ensemble.BatchEnsemble:
-  return batch_ensemble.BatchEnsemble(model, config.num_members, options.batch_ensemble.fast_init)
+  o = options.batch_ensemble
+  return batch_ensemble.BatchEnsemble(model, config.num_members, o.fast_init, o.fast_init_std)
 
 
 def train(run: Run, options) -> Trained:

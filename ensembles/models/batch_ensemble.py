@@ -19,8 +19,9 @@ Ours, where the paper or its code differ or are not known to us:
   * BatchNorm is shared: it normalises over all M·B rows (training) and keeps one set of statistics;
   * the loss is the mean over the M·B rows (``member_loss = "mean"``, as the BatchEnsemble code we
     read averages over the repeated batch), so a member's fast weights get 1/M of its gradient;
-  * fast weights start at ±1 with probability ½ each (``fast_init="random_sign"``) or at 1
-    (``"ones"``: every member is then exactly the shared network).
+  * fast weights start from N(1, σ²), σ = ``fast_init_std`` = 0.5 (``fast_init="normal"``, the
+    default we read in the uncertainty-baselines CIFAR code), at ±1 with probability ½ each
+    (``"random_sign"``), or at 1 (``"ones"``: every member is then exactly the shared network).
 Layers the interceptor does not know (e.g. `nn.DenseGeneral`, `nn.Einsum`) stay shared.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 
 from ensembles.models import layers, multi_member
 
-FAST_INITS = ("random_sign", "ones")
+FAST_INITS = ("normal", "random_sign", "ones")
 RANK1_LAYER_TYPES = (nn.Dense, nn.Conv, layers.Conv)
 
 
@@ -43,9 +44,12 @@ def random_sign(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32
   return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(dtype)
 
 
-def fast_initializer(name: str):
+def fast_initializer(name: str, std: float = 0.5):
+  """The fast weights' initializer: N(1, std²), ±1, or 1."""
   if name not in FAST_INITS:
     raise ValueError(f"batch_ensemble.fast_init must be one of {FAST_INITS}, got {name!r}.")
+  if name == "normal":
+    return lambda key, shape, dtype=jnp.float32: (1.0 + std * jax.random.normal(key, shape)).astype(dtype)
   return random_sign if name == "random_sign" else nn.initializers.ones
 
 
@@ -54,7 +58,7 @@ def _per_member(v: jax.Array, ndim: int) -> jax.Array:
   return v.reshape(v.shape[0], *([1] * (ndim - 2)), v.shape[-1])
 
 
-def rank1_layers(num_members: int, fast_init: str, next_fun, args, kwargs, context):
+def rank1_layers(num_members: int, fast_init: str, fast_init_std: float, next_fun, args, kwargs, context):
   """Flax method interceptor: a dense or conv layer called on rows [M·B, ..., C_in] computes each
   member's y_m = ((x_m ∘ r_m) W + b) ∘ s_m; other calls run unchanged."""
   module = context.module
@@ -64,7 +68,7 @@ def rank1_layers(num_members: int, fast_init: str, next_fun, args, kwargs, conte
   if x.shape[0] % m:
     raise ValueError(f"BatchEnsemble: layer {'/'.join(module.scope.path)} got {x.shape[0]} rows, not a multiple "
                      f"of the {m} members (the wrapper repeats the batch; call the layer through it).")
-  init = fast_initializer(fast_init)
+  init = fast_initializer(fast_init, fast_init_std)
   r = module.param("batch_ensemble_in", init, (m, x.shape[-1]), jnp.float32)
   xm = x.reshape(m, -1, *x.shape[1:])
   y = next_fun((xm * _per_member(r, xm.ndim).astype(x.dtype)).reshape(x.shape), *args[1:], **kwargs)
@@ -81,11 +85,12 @@ class BatchEnsemble(multi_member.RepeatedBatchNetwork):
   fast weights ``batch_ensemble_in`` [M, C_in] and ``batch_ensemble_out`` [M, C_out] beside its
   kernel. Training: every member sees the whole batch (`training_batch`)."""
 
-  fast_init: str = "random_sign"
+  fast_init: str = "normal"
+  fast_init_std: float = 0.5
 
   @nn.nowrap
   def interceptor(self, calls: list):
-    return functools.partial(rank1_layers, self.num_members, self.fast_init)
+    return functools.partial(rank1_layers, self.num_members, self.fast_init, self.fast_init_std)
 
 
 def fast_weight_count(params: Any) -> int:
