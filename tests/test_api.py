@@ -229,7 +229,8 @@ def test_every_method_through_the_cli_on_fashion_mnist(method, tmp_path):
                               "--config.training.epochs=6", "--config.sparse.update_every=4"],
             "dst_ensemble": ["--config.training.epochs=3", "--config.sparse.update_every=4"],
             "fge": ["--config.training.epochs=3", "--config.fge.pretrain_fraction=0.5"],
-            "mimo": ["--config.training.epochs=6"]}  # M = 3 members in one 32-unit layer learn slower
+            # M = 3 members need room: 128 hidden units (the later flag wins), 6 epochs
+            "mimo": ["--config.training.epochs=6", "--config.model.hidden=(128,)"]}
   flags = epochs.get(method, ["--config.training.epochs=3"])
   out = subprocess.run(
       [sys.executable, "-m", "experiments.train", f"--config=experiments/configs/{method}.py",
