@@ -119,6 +119,10 @@ def fit_config(config: ml_collections.ConfigDict, model: nn.Module, data: data_l
   workdir) and the results."""
   method = get_method(config.method)
   options = method.read_options(config)
+  if multi_member.is_member_network(model) and (method.network is not None or not method.takes_member_networks):
+    raise ConfigError(f"method {method.name!r} cannot train a model that already holds several members "
+                      f"({type(model).__name__}); pass the plain model (methods 'batch_ensemble', 'mimo' and "
+                      "'treenet' wrap it themselves), or train the wrapped model with 'single' or 'deep_ensemble'.")
   model = method.build_network(model, config)
   if workdir is None:
     run = context.build(config, model, data, workdir)

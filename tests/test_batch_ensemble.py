@@ -155,3 +155,16 @@ def test_unknown_fast_init_is_refused_by_name():
   with pytest.raises(ConfigError, match="config.batch_ensemble.fast_init must be one of"):
     ensembles.fit("batch_ensemble", MLP(2), {"x_train": np.zeros((8, 3)), "y_train": np.zeros(8, int)},
                   fast_init="zeros")
+
+
+def test_a_wrapped_model_is_refused_where_a_recipe_reads_one_prediction_per_network():
+  """A model that already holds members trains as one with 'single' (its M members reported), and is
+  refused by name where the recipe would misread it (CBNN's reweighting) or wrap it again."""
+  data = {"x_train": np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32),
+          "y_train": np.arange(64) % 3}
+  wrapped = BatchEnsemble(MLP(3, hidden=(8,)), M)
+  single = ensembles.fit("single", wrapped, data, epochs=1, batch_size=16)
+  assert single.ensemble.member_probs(data["x_train"][:4]).shape == (M, 4, 3)
+  for method in ("cbnn", "snapshot_boosting", "swa", "mc_dropout", "batch_ensemble", "mimo", "treenet"):
+    with pytest.raises(ConfigError, match=f"method '{method}' cannot train a model that already holds several members"):
+      ensembles.fit(method, wrapped, data, epochs=3, num_members=1 if method in ("swa", "mc_dropout") else 3)

@@ -41,7 +41,9 @@ class Method:
   saved ensemble when it is not the plain one (MC dropout's T passes). derived(config): {dotted
   field: value} that follow from other fields unless a user sets them (EDST's epochs).
   network(model, config, options): the network the method trains and saves when it is not the
-  given model (BatchEnsemble's and MIMO's wrappers of it)."""
+  given model (BatchEnsemble's, MIMO's and TreeNet's wrappers of it). takes_member_networks: whether
+  a given model may itself hold several members (`models.multi_member`; False where the recipe reads
+  one prediction per network, e.g. CBNN's reweighting)."""
 
   name: str
   train: Callable[[Any, Any], Trained]
@@ -51,6 +53,7 @@ class Method:
   predictor: Callable[[Any, Any], Callable] | None = None
   derived: Callable[[Any], Mapping[str, Any]] | None = None
   network: Callable[[Any, Any, Any], Any] | None = None
+  takes_member_networks: bool = True
 
   def read_options(self, config: Any) -> types.SimpleNamespace:
     """The method's options from its config blocks (a missing block or field: the default)."""

@@ -84,4 +84,5 @@ def check(config, options) -> None:
           f"in [1, training.epochs={config.training.epochs}] for method 'cbnn' (checkpoints)", config.num_members)
 
 
-METHOD = register(Method("cbnn", train, {"cbnn": CBNNOptions}, defaults={"num_members": 3}, check=check))
+METHOD = register(Method("cbnn", train, {"cbnn": CBNNOptions}, defaults={"num_members": 3}, check=check,
+                         takes_member_networks=False))  # α from one prediction per network

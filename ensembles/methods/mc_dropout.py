@@ -56,4 +56,5 @@ def check(config, options) -> None:
 
 
 METHOD = register(Method("mc_dropout", train, {"mc_dropout": MCDropoutOptions},
-                         defaults={"num_members": 1, "model.dropout_rate": 0.2}, check=check, predictor=predictor))
+                         defaults={"num_members": 1, "model.dropout_rate": 0.2}, check=check, predictor=predictor,
+                         takes_member_networks=False))

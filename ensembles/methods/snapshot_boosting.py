@@ -39,4 +39,4 @@ def check(config, options) -> None:
 
 
 METHOD = register(Method("snapshot_boosting", train, {"snapshot_boosting": SnapshotBoostingOptions},
-                         defaults={"num_members": 3}, check=check))
+                         defaults={"num_members": 3}, check=check, takes_member_networks=False))

@@ -86,4 +86,5 @@ def train(run: Run, options) -> Trained:
   return Trained(run.ensemble({"params": params, "model_state": model_state}), info, flops, results=results)
 
 
-METHOD = register(Method("swa", train, {"swa": SWAOptions}, defaults={"num_members": 1}))
+METHOD = register(Method("swa", train, {"swa": SWAOptions}, defaults={"num_members": 1},
+                         takes_member_networks=False))  # its BatchNorm pass feeds plain batches
