@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from ensembles import data as data_lib
 from ensembles import flops as flops_lib
 from ensembles import hardware
+from ensembles import methods
 from ensembles import models as models_lib
 from ensembles import sparse
 
@@ -63,7 +64,8 @@ def estimate(config: Any, hardware_name: str = "TPU v4", chips: int = 8, mfu: fl
   shape = (d.image_size, d.image_size, 3) if d.get("image_size", 0) else IMAGE_SHAPES[d.name]
   fields = {k: v for k, v in config.model.items() if k != "name"}
   model = models_lib.build_model(config.model.name, num_classes, fields)
-  forward = flops_lib.forward_flops(flops_lib.layer_costs(model, shape))
+  model = methods.get_method(config.method).build_network(model, config)  # e.g. MIMO's wider first and last layers
+  forward = flops_lib.forward_flops(flops_lib.layer_costs(model, shape))  # one row of the network
   n = (train_examples or TRAIN_EXAMPLES[d.name]) - d.val_size
   if d.get("imbalance_ratio", 1.0) != 1.0:  # long-tailed: n_c = n_max·ρ^(−c/(K−1)) from a balanced n / K
     n = sum(data_lib.long_tailed_counts(n // num_classes, num_classes, float(d.imbalance_ratio)))

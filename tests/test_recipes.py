@@ -47,3 +47,16 @@ def test_estimate_of_a_single_dense_model_by_hand():
   assert r["hours"] * 3600 == pytest.approx(flops / (32 * 275e12 * 0.2))
   assert r["paper_x_dense"] == pytest.approx(1.0)
   assert 8.1 < r["forward_gflops"] < 8.3  # 4.09 GMACs
+
+
+def test_estimate_sizes_the_network_a_method_trains():
+  """MIMO's network reads M images and gives M·K logits: its forward FLOPs exceed the plain model's,
+  by exactly the first and last layers' extra width (MLP 784-512-512-10, M = 3)."""
+  config = estimate.load_config(os.path.join(ROOT, "experiments/configs/mimo.py"))
+  plain = estimate.load_config(os.path.join(ROOT, "experiments/configs/single.py"))
+  for c in (config, plain):
+    c.training.compute_dtype = "bfloat16"  # the accelerators' peak is given for bf16
+  f_mimo = estimate.estimate(config)["forward_gflops"] * 1e9
+  f_plain = estimate.estimate(plain)["forward_gflops"] * 1e9
+  assert f_plain == pytest.approx(2 * (784 * 512 + 512 * 512 + 512 * 10))
+  assert f_mimo == pytest.approx(2 * (3 * 784 * 512 + 512 * 512 + 512 * 30))
