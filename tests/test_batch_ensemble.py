@@ -7,6 +7,7 @@ import pytest
 import ensembles
 from ensembles.errors import ConfigError
 from ensembles import train as train_lib
+from ensembles import models
 from ensembles.models import LeNet, MLP, ResNet, batch_ensemble
 from ensembles.models.batch_ensemble import BatchEnsemble
 
@@ -168,3 +169,19 @@ def test_a_wrapped_model_is_refused_where_a_recipe_reads_one_prediction_per_netw
   for method in ("cbnn", "snapshot_boosting", "swa", "mc_dropout", "batch_ensemble", "mimo", "treenet"):
     with pytest.raises(ConfigError, match=f"method '{method}' cannot train a model that already holds several members"):
       ensembles.fit(method, wrapped, data, epochs=3, num_members=1 if method in ("swa", "mc_dropout") else 3)
+
+
+SHAPES = {"imagenet_resnet": (32, 32, 3), "efficientnet_b0": (32, 32, 3), "wide_resnet": (16, 16, 3),
+          "resnet": (16, 16, 3)}
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_every_shipped_model_wraps_as_a_network_of_members(name):
+  """BatchEnsemble, MIMO and TreeNet around each registered model give [B, M, K] (shapes only)."""
+  from ensembles.models import mimo, treenet
+  model = models.build_model(name, 10, {"depth": 10} if name == "wide_resnet" else {})
+  shape = SHAPES.get(name, (28, 28, 1))
+  x = jnp.zeros((2, *shape))
+  for net in (BatchEnsemble(model, M), mimo.network(model, M), treenet.TreeNet(model, M, 2)):
+    out = jax.eval_shape(lambda: net.apply(net.init(jax.random.PRNGKey(0), x), x))
+    assert out.shape == (2, M, 10), (type(net).__name__, out.shape)

@@ -114,3 +114,20 @@ def test_layers_called_with_arguments_of_their_own_and_a_single_member():
   for method, m in (("treenet", 3), ("treenet", 1), ("batch_ensemble", 1), ("mimo", 1)):
     result = ensembles.fit(method, CallTimeNorm(), data, num_members=m, epochs=1, batch_size=16)
     assert result.results["num_members"] == m and result.predict(data["x_train"][:4]).shape == (4, 3)
+
+
+def test_a_layer_it_cannot_branch_after_the_trunk_is_refused_by_name():
+  import flax.linen as nn
+
+  class WithLayerNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.relu(nn.Dense(8)(x))
+      return nn.Dense(3)(nn.LayerNorm()(nn.Dense(8)(x)))
+
+  x = np.zeros((2, 5), np.float32)
+  with pytest.raises(ValueError, match=r"layer inner/LayerNorm_0 \(LayerNorm\) has weights of its own after the shared"):
+    treenet.TreeNet(WithLayerNorm(), M, 1).init(jax.random.PRNGKey(0), x)
+  # before the split it is part of the trunk: allowed
+  assert treenet.TreeNet(WithLayerNorm(), M, 2).apply(
+      treenet.TreeNet(WithLayerNorm(), M, 2).init(jax.random.PRNGKey(0), x), x).shape == (2, M, 3)

@@ -10,6 +10,9 @@ statistics [M, ...] under the layer's ``branches`` scope). Member m is the netwo
 and branch m; the loss is the sum of the members' losses (``member_loss = "sum"``): each branch gets
 the gradient it would get trained alone, and the trunk the sum of what every branch asks of it.
 
+Other layers with weights of their own (e.g. `nn.LayerNorm`, `nn.DenseGeneral`) after the trunk are
+refused with an error naming them, since they would be shared by every branch.
+
 Ours: which layers are shared (``shared_layers``, a count of the model's dense and conv layers in
 call order); the trunk is executed on the M copies of the batch (M times the trunk's arithmetic
 per step, where a split model would run it once): that keeps every model whole, residual
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 
@@ -34,9 +37,15 @@ def branch_layers(num_members: int, shared_layers: int, calls: list, next_fun, a
   before the next one) run unchanged; later ones run M per-member copies on rows [M·B, ...].
   ``calls`` counts the dense/conv calls of this forward pass."""
   module = context.module
-  if (context.method_name != "__call__" or module.name == BRANCHES
-      or not isinstance(module, (*BRANCHED_TYPES, nn.BatchNorm))):
+  if context.method_name != "__call__" or module.name == BRANCHES:
     return next_fun(*args, **kwargs)
+  if not isinstance(module, (*BRANCHED_TYPES, nn.BatchNorm)):
+    out = next_fun(*args, **kwargs)
+    if len(calls) > shared_layers and _own_weights(module):
+      raise ValueError(f"TreeNet: layer {'/'.join(module.scope.path)} ({type(module).__name__}) has weights of its own "
+                       "after the shared trunk and would be shared by every branch; TreeNet branches nn.Dense, "
+                       "nn.Conv, layers.Conv and nn.BatchNorm layers (raise treenet.shared_layers past it).")
+    return out
   if isinstance(module, BRANCHED_TYPES):
     calls.append(module.name)
   if len(calls) <= shared_layers:
@@ -52,6 +61,11 @@ def branch_layers(num_members: int, shared_layers: int, calls: list, next_fun, a
   y = nn.vmap(call, variable_axes={"params": 0, "batch_stats": 0}, split_rngs={"params": True}, in_axes=0,
               out_axes=0, axis_size=m)(layer, x.reshape(m, -1, *x.shape[1:]))
   return y.reshape(-1, *y.shape[2:])
+
+
+def _own_weights(module: nn.Module) -> bool:
+  """Whether ``module`` holds parameters itself (not only in its submodules)."""
+  return any(not isinstance(v, Mapping) for v in module.variables.get("params", {}).values())
 
 
 class TreeNet(multi_member.RepeatedBatchNetwork):
