@@ -54,13 +54,15 @@ def feature_data(seed=0):
 # Small budgets per method (the method's own defaults otherwise); EDST's epochs follow from its phases.
 FIELDS = {
     "edst_ensemble": {"edst": {"exploration_epochs": 2, "refinement_epochs": 2}, "update_every": 5},
+    "boosted_edst": {"edst": {"exploration_epochs": 2, "refinement_epochs": 2}, "update_every": 5},
     "dst_ensemble": {"epochs": 6, "update_every": 5},
 }
+EDST_BUDGET = ("edst_ensemble", "boosted_edst")  # epochs follow from the phases
 EXPECTED_MEMBERS = {"single": 1, "deep_ensemble": 4, "mc_dropout": 10, "swa": 1, "batch_ensemble": 4}
 
 
 def _fit(method, workdir=None, **fields):
-  fields = {"batch_size": 32, "log_every_steps": 5, **({} if method == "edst_ensemble" else {"epochs": 6}),
+  fields = {"batch_size": 32, "log_every_steps": 5, **({} if method in EDST_BUDGET else {"epochs": 6}),
             **FIELDS.get(method, {}), **fields}
   return ensembles.fit(method, FeatureNet(), feature_data(), workdir, **fields)
 
@@ -90,7 +92,7 @@ def test_every_method_on_own_model_and_feature_arrays(method, tmp_path, monkeypa
 
 # Methods whose hooks fall inside a dispatch: topology updates, tickets, snapshots, boosting, averaging.
 # The others (no hooks) are the trainer's own chunking (tests/test_trainer.py); they run with `make test-slow`.
-HOOKED = ("cbnn", "dst_ensemble", "edst_ensemble", "fge", "snapshot_boosting", "snapshot_ensemble",
+HOOKED = ("boosted_edst", "cbnn", "dst_ensemble", "edst_ensemble", "fge", "snapshot_boosting", "snapshot_ensemble",
           "subnetwork_ensemble", "swa")
 
 
@@ -100,8 +102,8 @@ def test_steps_in_chunks_equal_one_step_per_call(method):
   """The default dispatch (every step up to the next log, hook or epoch end in one compiled call)
   trains exactly the ensemble of one step per call, for every method's hooks (topology updates,
   tickets, snapshots, boosting)."""
-  fields = {"log_every_steps": 7, **({} if method == "edst_ensemble" else {"epochs": 5}),
-            **({"update_every": 4} if method in ("dst_ensemble", "edst_ensemble") else {})}
+  fields = {"log_every_steps": 7, **({} if method in EDST_BUDGET else {"epochs": 5}),
+            **({"update_every": 4} if method in ("dst_ensemble", *EDST_BUDGET) else {})}
   # 15 steps per epoch: hooks (updates every 4 steps, segment ends at 25, 50) fall between logs and epoch ends
   chunked, stepped = _fit(method, **fields), _fit(method, steps_per_dispatch=1, **fields)
   jax.tree.map(np.testing.assert_array_equal, chunked.ensemble.params, stepped.ensemble.params)
@@ -228,6 +230,8 @@ def test_every_method_through_the_cli_on_fashion_mnist(method, tmp_path):
   epochs = {"edst_ensemble": ["--config.edst.exploration_epochs=3", "--config.edst.refinement_epochs=1",
                               "--config.training.epochs=6", "--config.sparse.update_every=4"],
             "dst_ensemble": ["--config.training.epochs=3", "--config.sparse.update_every=4"],
+            "boosted_edst": ["--config.edst.exploration_epochs=3", "--config.edst.refinement_epochs=1",
+                             "--config.training.epochs=6", "--config.sparse.update_every=4"],
             "fge": ["--config.training.epochs=3", "--config.fge.pretrain_fraction=0.5"],
             # M = 3 members need room: 128 hidden units (the later flag wins), 6 epochs
             "mimo": ["--config.training.epochs=6", "--config.model.hidden=(128,)"]}

@@ -38,13 +38,13 @@ def _edst_epochs(c, exploration=0, members=0):
 def _num_members(c):
   if c.method in ("single", "mc_dropout"):  # 1 is the only valid ensemble size of these methods
     return {}
-  if c.method == "edst_ensemble":
+  if c.method in ("edst_ensemble", "boosted_edst"):
     return _edst_epochs(c, members=1)
   return {"num_members": c.num_members + 1}
 
 
 def _epochs(c):
-  if c.method == "edst_ensemble":
+  if c.method in ("edst_ensemble", "boosted_edst"):
     return _edst_epochs(c, exploration=2)
   return {"training.epochs": c.training.epochs + 5}
 
@@ -112,7 +112,8 @@ FIELDS = {
     "edst.refine_stop_fraction": (Other(0.75, 0.8), 1.5),
     "edst.refinement_epochs": (lambda c: {"edst.refinement_epochs": 2, "training.epochs":
                                           c.edst.exploration_epochs + 2 * c.num_members}, 0),
-    "edst.ticket": (Other("best_val", "final"), "middle"),
+    # boosted_edst takes final tickets only (its check refuses best_val): its config stays as it is
+    "edst.ticket": (lambda c: {"edst.ticket": "best_val"} if c.method == "edst_ensemble" else {}, "middle"),
     "eval_batch_size": (Other(64, 65), 0),
     "eval_every_epochs": (Other(2, 3), 0),
     "fge.pretrain_fraction": (Other(0.5, 0.6), 1.0),
@@ -130,6 +131,10 @@ FIELDS = {
     "evaluation.shift_classes": (Other("all", "present"), "some"),
     "evaluation.resize_ood": (Other(True, False), "no"),
     "swa.start_fraction": (Other(0.5, 0.6), 1.0),
+    "boosting.combine": (Other("vote", "weighted"), "median"),
+    "boosting.eps": (Other(0.01, 0.02), 0.5),
+    "boosting.max_weight_ratio": (Other(0.0, 5.0), 0.5),
+    "boosting.rule": (Other("samme_r", "samme"), "adaboost"),
     "snapshot_boosting.combine": (Other("vote", "weighted"), "median"),
     "snapshot_boosting.eps": (Other(0.01, 0.02), 0.5),
     "snapshot_boosting.max_weight_ratio": (Other(0.0, 5.0), 0.5),

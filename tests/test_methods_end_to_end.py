@@ -111,6 +111,10 @@ RESUME_CASES = {
     # after it happened before the stop; resumed from 6, the run replays both
     "edst_ensemble": ({"training.epochs": 4, "edst.exploration_epochs": 1, "edst.refinement_epochs": 1,
                        "sparse.update_every": 2}, 8, 6),
+    # EDST's case with each ticket reweighting the samples: resumed from 6, it replays ticket 0's
+    # reweighting at step 8 from the weights of the checkpoint
+    "boosted_edst": ({"training.epochs": 4, "edst.exploration_epochs": 1, "edst.refinement_epochs": 1,
+                      "sparse.update_every": 2}, 8, 6),
     "dst_ensemble": ({"training.epochs": 3, "sparse.update_every": 2}, 7, 6),
     "static_sparse_ensemble": ({"training.epochs": 2}, 5, 3),
     "mc_dropout": ({"training.epochs": 2}, 5, 3),

@@ -6,4 +6,4 @@ from ensembles.methods.base import METHODS, Method, Trained, get_method, registe
 # each module registers its method on import (this order is the registry's order)
 from ensembles.methods import (single, deep_ensemble, dst_ensemble, edst_ensemble,  # noqa: F401,E402,I001
                                static_sparse_ensemble, subnetwork_ensemble, mc_dropout, snapshot_ensemble, cbnn,
-                               fge, swa, snapshot_boosting, batch_ensemble, mimo, treenet)
+                               fge, swa, snapshot_boosting, batch_ensemble, mimo, treenet, boosted_edst)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ensembles import boosting
 from ensembles import members as members_lib
 from ensembles import options as options_lib
 from ensembles import metrics as metrics_lib
@@ -153,6 +154,13 @@ def edst_lr_schedule(e: EDSTOptions, num_tickets: int, steps_per_epoch: int, war
 
 
 def train(run: Run, options) -> Trained:
+  return train_tickets(run, options)
+
+
+def train_tickets(run: Run, options, boost: Any = None) -> Trained:
+  """The EDST run; with ``boost`` (`cbnn.CBNNOptions`-like: rule, eps, max_weight_ratio, combine)
+  each ticket's training-set predictions also reweight the samples before the next phase and give
+  the ticket its α (`boosting.reweight`), and the tickets combine with their α."""
   s, e, m = options.sparse, options.edst, run.num_members
   spe = run.steps_per_epoch
   run = run.phase(num_members=1, sparse_training=True,
@@ -160,6 +168,11 @@ def train(run: Run, options) -> Trained:
   state = run.init_members()
   plan = sparse_common.make_plan(state, s)
   state = sparse_common.init_member_masks(run, state, plan, s.init_rule)
+  n = len(run.data.y_train)
+  if boost is not None:
+    state = state.replace(extra={"sample_weights": jnp.ones((1, n), jnp.float32)})
+    reweight = jax.jit(lambda w, p, y: boosting.reweight(w, p, y, boost.rule, boost.eps, boost.max_weight_ratio or None))
+    labels = jnp.asarray(run.data.y_train)
 
   # One compiled update serves the regular and the global ones: the drop fraction and growth rule
   # are traced arguments, the selection bound the larger of the two drop fractions.
@@ -180,8 +193,17 @@ def train(run: Run, options) -> Trained:
   def validation_nll(state) -> float:
     return float(metrics_lib.nll(run.member_probs(state, run.data.x_val)[0], run.data.y_val))
 
-  def save_ticket(state, k: int, done: int, val_nll: float | None = None) -> None:
-    tickets.save(state, k, {"phase": k, "step": done, "val_nll": val_nll})
+  def save_ticket(state, k: int, done: int, val_nll: float | None = None, **meta) -> None:
+    tickets.save(state, k, {"phase": k, "step": done, "val_nll": val_nll, **meta})
+
+  def boosted_ticket(state, k: int, done: int):
+    """The ticket with its α; the samples reweighted from its training-set predictions."""
+    probs = run.member_probs(state, run.data.x_train)[0]
+    weights, alpha, error = reweight(state.extra["sample_weights"][0], jnp.asarray(probs), labels)
+    save_ticket(state, k, done, alpha=float(alpha), train_error=float(error))
+    run.log.write({"step": done, "event": f"ticket {k} reweighted", "alpha": float(alpha),
+                   "weighted_train_error": float(error), "max_weight": float(jnp.max(weights))})
+    return state.replace(extra={"sample_weights": weights[None]})
 
   def select_best(state, done: int) -> None:
     """best_val: at an epoch end of refinement phase k, keep the state if its validation NLL is the
@@ -206,7 +228,9 @@ def train(run: Run, options) -> Trained:
     if done not in ends:
       p = regular_p(done)
       return state if p is None else update(state, batch, p, s.growth == "gradient")
-    if e.ticket == "final":
+    if boost is not None:
+      state = boosted_ticket(state, ends[done], done)
+    elif e.ticket == "final":
       save_ticket(state, ends[done], done)
     run.log.write({"step": done, "event": f"ticket {ends[done]} saved"})
     if done in starts:
@@ -218,15 +242,20 @@ def train(run: Run, options) -> Trained:
   regular = {t for t in range(s.update_every, total + 1, s.update_every) if regular_p(t) is not None}
   hook_steps = regular | set(ends) | selection_steps
   state, info = trainer.fit(run, state, [trainer.Hook(frozenset(hook_steps), phase_hook)])
-  members, _ = tickets.load(state)
+  members, metas = tickets.load(state)
   densities = sparse.density_of(members["masks"])
   flops = run.flops(m, info["steps"], sparse.density_of(sparse.masks_of(state.opt_state)),
                     sparse_common.growth_rule(s), edst_gradient_updates(s, e, m, spe), trained_members=1,
                     reference_epochs=e.reference_epochs,
-                    extra_passes=len(validation_steps(e, m, spe)) * len(run.data.y_val))
+                    extra_passes=len(validation_steps(e, m, spe)) * len(run.data.y_val)
+                    + (m * n if boost is not None else 0))  # + the boosted tickets' training-set passes
   results = {"sparsity": {"target": s.sparsity, "ticket_nonzero_density": {k: densities[k] for k in plan.sizes}},
              "tickets": {"mask_overlap": ticket_overlaps(members["masks"], plan)}}
-  return Trained(run.ensemble(members), info, flops, members["masks"], results)
+  if boost is None:
+    return Trained(run.ensemble(members), info, flops, members["masks"], results)
+  alphas = [meta["alpha"] for meta in metas]
+  results["boosting"] = {"alphas": alphas, "train_errors": [meta["train_error"] for meta in metas]}
+  return Trained(run.ensemble(members, alphas, boost.combine), info, flops, members["masks"], results)
 
 
 def derived(config) -> dict:
