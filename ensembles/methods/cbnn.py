@@ -45,6 +45,25 @@ def train(run: Run, options) -> Trained:
   return boosted_checkpoints(run, options.cbnn, "cbnn")
 
 
+def make_boost(run: Run, c: CBNNOptions):
+  """``boost(state, done, event, save) -> state``: one network's predictions on the training set
+  give its α and new sample weights (`boosting.reweight` with the options ``c``); ``save(meta)``
+  stores the member with {"alpha", "train_error"}; the log gets ``event``; the state returned
+  carries the new weights (CBNN's checkpoints, Snapshot Boosting's snapshots, boosted EDST's tickets)."""
+  reweight = jax.jit(lambda w, p, y: boosting.reweight(w, p, y, c.rule, c.eps, c.max_weight_ratio or None))
+  labels = jnp.asarray(run.data.y_train)
+
+  def boost(state, done: int, event: str, save):
+    probs = run.member_probs(state, run.data.x_train)[0]
+    weights, alpha, error = reweight(state.extra["sample_weights"][0], jnp.asarray(probs), labels)
+    save({"alpha": float(alpha), "train_error": float(error)})
+    run.log.write({"step": done, "event": event, "alpha": float(alpha), "weighted_train_error": float(error),
+                   "max_weight": float(jnp.max(weights))})
+    return state.replace(extra={"sample_weights": weights[None]})
+
+  return boost
+
+
 def boosted_checkpoints(run: Run, c: CBNNOptions, name: str, schedule=None) -> Trained:
   """One network trained on the run's budget (lr ``schedule``, default the configured one) with
   sample weights reweighted at the end of each of the M equal segments, where the checkpoint is
@@ -56,18 +75,12 @@ def boosted_checkpoints(run: Run, c: CBNNOptions, name: str, schedule=None) -> T
   state = state.replace(extra={"sample_weights": jnp.ones((1, n), jnp.float32)})
   saved = run.collection("members", at_segment_ends(run.total_steps, m),
                          sample_weights=lambda state: state.extra["sample_weights"][0])
-  reweight = jax.jit(lambda w, p, y: boosting.reweight(w, p, y, c.rule, c.eps, c.max_weight_ratio or None))
-  labels = jnp.asarray(run.data.y_train)
+  boost_at = make_boost(run, c)
 
   def boost(state, done, batch):
     """At a segment's end: α and new weights from the training-set predictions; the checkpoint."""
-    probs = run.member_probs(state, run.data.x_train)[0]
-    weights, alpha, error = reweight(state.extra["sample_weights"][0], jnp.asarray(probs), labels)
     k = saved.ends[done]
-    saved.save(state, k, {"alpha": float(alpha), "train_error": float(error), "step": done})
-    run.log.write({"step": done, "event": f"checkpoint {k} saved", "alpha": float(alpha),
-                   "weighted_train_error": float(error), "max_weight": float(jnp.max(weights))})
-    return state.replace(extra={"sample_weights": weights[None]})
+    return boost_at(state, done, f"checkpoint {k} saved", lambda meta: saved.save(state, k, {**meta, "step": done}))
 
   state, info = trainer.fit(run, state, [trainer.Hook(frozenset(saved.ends), boost)])
   members, metas = saved.load(state)

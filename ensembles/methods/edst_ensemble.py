@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ensembles import boosting
 from ensembles import members as members_lib
 from ensembles import options as options_lib
 from ensembles import metrics as metrics_lib
@@ -39,7 +38,7 @@ from ensembles import sparse
 from ensembles import trainer
 from ensembles.context import Run
 from ensembles.errors import is_int, require
-from ensembles.methods import sparse_common
+from ensembles.methods import cbnn, sparse_common
 from ensembles.methods.base import Method, Trained, register
 from ensembles.methods.sparse_common import SparseOptions
 from ensembles.options import choice, integer, number, option
@@ -171,8 +170,7 @@ def train_tickets(run: Run, options, boost: Any = None) -> Trained:
   n = len(run.data.y_train)
   if boost is not None:
     state = state.replace(extra={"sample_weights": jnp.ones((1, n), jnp.float32)})
-    reweight = jax.jit(lambda w, p, y: boosting.reweight(w, p, y, boost.rule, boost.eps, boost.max_weight_ratio or None))
-    labels = jnp.asarray(run.data.y_train)
+    boost_at = cbnn.make_boost(run, boost)
 
   # One compiled update serves the regular and the global ones: the drop fraction and growth rule
   # are traced arguments, the selection bound the larger of the two drop fractions.
@@ -198,12 +196,7 @@ def train_tickets(run: Run, options, boost: Any = None) -> Trained:
 
   def boosted_ticket(state, k: int, done: int):
     """The ticket with its α; the samples reweighted from its training-set predictions."""
-    probs = run.member_probs(state, run.data.x_train)[0]
-    weights, alpha, error = reweight(state.extra["sample_weights"][0], jnp.asarray(probs), labels)
-    save_ticket(state, k, done, alpha=float(alpha), train_error=float(error))
-    run.log.write({"step": done, "event": f"ticket {k} reweighted", "alpha": float(alpha),
-                   "weighted_train_error": float(error), "max_weight": float(jnp.max(weights))})
-    return state.replace(extra={"sample_weights": weights[None]})
+    return boost_at(state, done, f"ticket {k} reweighted", lambda meta: save_ticket(state, k, done, **meta))
 
   def select_best(state, done: int) -> None:
     """best_val: at an epoch end of refinement phase k, keep the state if its validation NLL is the
