@@ -7,7 +7,7 @@ per-member functions lifted to all members with `ensembles.members.member_map` a
   result = ensembles.fit("dst_ensemble", my_flax_model, {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt})
   result.predict(xt)   # [N, K]
 
-The top-level names (`fit`, `run_config`, `Fitted`, `METHODS`, `Dataset`, `from_arrays`,
+The top-level names (`fit`, `fit_seeds`, `run_config`, `Fitted`, `METHODS`, `Dataset`, `from_arrays`,
 `load_dataset`) are imported on first use, so importing one submodule (e.g. the pure-numpy
 `ensembles.metrics`) does not start JAX.
 """
@@ -15,7 +15,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = {"fit": "ensembles.api", "run_config": "ensembles.api", "Fitted": "ensembles.api",
+_LAZY = {"fit": "ensembles.api", "fit_seeds": "ensembles.api", "run_config": "ensembles.api", "Fitted": "ensembles.api",
          "METHODS": "ensembles.methods", "Dataset": "ensembles.data", "from_arrays": "ensembles.data",
          "load_dataset": "ensembles.data"}
 

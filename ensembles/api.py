@@ -12,13 +12,19 @@ there, resumes from it when rerun and saves the ensemble in ``workdir/ensemble``
 
 The config-file CLI (`experiments.train`) calls `run_config`, which builds the config's named model
 and dataset and goes through the same `fit_config`.
+
+Seeds as members: ``ensembles.fit_seeds(method, model, data, seeds=(0, 1, 2))`` trains the runs of
+several seeds in the same compiled steps (S·M members; `context.Run`) and returns one `Fitted` per
+seed, each equal to what `fit` gives for that seed alone (`fit_config_seeds`; the comparison runner
+trains its seeds this way).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
-from typing import Any, Mapping
+import sys
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -32,6 +38,7 @@ from ensembles import defaults
 from ensembles import evaluation as evaluation_lib
 from ensembles import files
 from ensembles import models as models_lib
+from ensembles import streaming
 from ensembles import train as train_lib
 from ensembles.ensemble import Ensemble
 from ensembles.errors import ConfigError
@@ -75,6 +82,28 @@ def fit(method: str | Method, model: nn.Module, data: data_lib.Dataset | Mapping
 
   ``method``: a registered name, or a `Method` value (registered here under its name).
   """
+  cfg, dataset = user_config(method, model, data, config, fields)
+  return fit_config(cfg, model, dataset, workdir)
+
+
+def fit_seeds(method: str | Method, model: nn.Module, data: data_lib.Dataset | Mapping, seeds: Sequence[int],
+              workdir: str | None = None, *, config: ml_collections.ConfigDict | None = None,
+              **fields: Any) -> list[Fitted]:
+  """`fit` for each of ``seeds``, all trained together as members of one compiled step (each seed's
+  members keep their own keys, masks, data order, sample weights: the results equal S calls of
+  `fit`). With a ``workdir``: training checkpoints in WORKDIR/seeds (resumable), each seed's run
+  folder WORKDIR/seed_<s> as `fit` writes it. Returns one `Fitted` per seed, in order."""
+  if "seed" in fields:
+    raise ConfigError("fit_seeds takes the seeds as its `seeds` argument, not a `seed` field.")
+  cfg, dataset = user_config(method, model, data, config, fields)
+  workdirs = None if workdir is None else [files.join(workdir, f"seed_{s}") for s in seeds]
+  return fit_config_seeds(cfg, model, dataset, seeds, workdirs, None if workdir is None else files.join(workdir, "seeds"))
+
+
+def user_config(method: str | Method, model: nn.Module, data: data_lib.Dataset | Mapping,
+                config: ml_collections.ConfigDict | None, fields: Mapping[str, Any]
+                ) -> tuple[ml_collections.ConfigDict, data_lib.Dataset]:
+  """The validated config and the dataset of a `fit` call (see `fit`)."""
   if isinstance(method, Method):
     register(method)
   method = get_method(method)
@@ -96,7 +125,7 @@ def fit(method: str | Method, model: nn.Module, data: data_lib.Dataset | Mapping
                                            "fingerprint": data_lib.fingerprint(dataset)})
   config_lib.validate(cfg, given_data=True)
   evaluation_lib.check_sources(dataset.name, cfg.evaluation)  # before training: the OoD / corrupted sets asked for
-  return fit_config(cfg, model, dataset, workdir)
+  return cfg, dataset
 
 
 def run_config(config: ml_collections.ConfigDict, workdir: str | None, *, model: nn.Module | None = None,
@@ -112,31 +141,111 @@ def run_config(config: ml_collections.ConfigDict, workdir: str | None, *, model:
   return fit_config(config, model, data, workdir).results
 
 
+def run_config_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], workdirs: Sequence[str],
+                     group_workdir: str) -> list[dict]:
+  """`run_config` for each of ``seeds``, trained together as members (`fit_config_seeds`): the
+  config's model and dataset built once; returns each seed's results. A training set streamed from
+  disk (too large to hold in memory) trains the seeds one after another instead."""
+  config_lib.validate(config)
+  data_lib.check_training_source(config.dataset)
+  evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
+  data = data_lib.load_dataset(config.dataset)
+  model = build_model(config, data)
+  if streaming.is_streamed(data.x_train):
+    print(f"The training set of {config.dataset.name} streams from disk: seeds {list(seeds)} train one after "
+          "another.", file=sys.stderr)
+    results = []
+    for seed, workdir in zip(seeds, workdirs):
+      c = config.copy_and_resolve_references()
+      c.seed = int(seed)
+      results.append(fit_config(c, model, data, workdir).results)
+    return results
+  return [f.results for f in fit_config_seeds(config, model, data, seeds, workdirs, group_workdir)]
+
+
 def fit_config(config: ml_collections.ConfigDict, model: nn.Module, data: data_lib.Dataset,
                workdir: str | None) -> Fitted:
   """The shared path for a validated ``config`` (`config.validate`, which includes the method's
   checks): the method's recipe on a run context, then evaluation, the saved ensemble (with a
   workdir) and the results."""
-  method = get_method(config.method)
-  options = method.read_options(config)
-  if multi_member.is_member_network(model) and (method.network is not None or not method.takes_member_networks):
-    raise ConfigError(f"method {method.name!r} cannot train a model that already holds several members "
-                      f"({type(model).__name__}); pass the plain model (methods 'batch_ensemble', 'mimo' and "
-                      "'treenet' wrap it themselves), or train the wrapped model with 'single' or 'deep_ensemble'.")
-  model = method.build_network(model, config)
+  model = network_for(config, model)
   if workdir is None:
-    run = context.build(config, model, data, workdir)
-    trained = method.train(run, options)
+    run, (trained,) = train_method(config, model, data, workdir)
   else:
     claim_workdir(config, workdir)
     try:
-      run = context.build(config, model, data, workdir)
-      trained = method.train(run, options)
+      run, (trained,) = train_method(config, model, data, workdir)
       save(run, trained.ensemble)
     finally:  # a remote metrics log is written out whole, also when training stops with an error
       files.close_all()
   results = summarize(run, trained, evaluate(run, trained.ensemble))
   return Fitted(trained.ensemble, results, run.log.records, config)
+
+
+def fit_config_seeds(config: ml_collections.ConfigDict, model: nn.Module, data: data_lib.Dataset,
+                     seeds: Sequence[int], workdirs: Sequence[str] | None = None,
+                     group_workdir: str | None = None) -> list[Fitted]:
+  """`fit_config` for each of ``seeds`` (``config.seed`` is replaced), trained together as S·M
+  members of one run (`context.Run`; checkpoints and collected members in ``group_workdir``, whose
+  config.json lists the seeds). Each seed's folder of ``workdirs`` gets what `fit_config` writes
+  (config.json with its seed, the saved ensemble), so it reloads and re-evaluates as a run of its
+  own. Results per seed: those of `fit_config`, train_time_s the run's time / S, and
+  ``seeds_as_members``: {"seeds", "train_time_s" of the whole run}."""
+  seeds = [int(s) for s in seeds]
+  method = get_method(config.method)
+  if not method.trains_seeds:
+    raise ConfigError(f"method {method.name!r} does not train seeds as members (Method.trains_seeds); "
+                      "train its seeds one after another.")
+  if workdirs is not None and len(workdirs) != len(seeds):
+    raise ValueError(f"{len(workdirs)} workdirs for {len(seeds)} seeds.")
+  configs = []
+  for seed in seeds:
+    c = config.copy_and_resolve_references()
+    c.seed = seed
+    configs.append(c)
+  model = network_for(config, model)
+  try:
+    for c, workdir in zip(configs, workdirs or ()):
+      claim_workdir(c, workdir)
+    if group_workdir is not None:
+      claim_workdir(ml_collections.ConfigDict({**config.to_dict(), "seed": list(seeds)}), group_workdir)
+    run, trained = train_method(config, model, data, group_workdir, seeds)
+    fitted = []
+    for c, workdir, t in zip(configs, workdirs or [None] * len(seeds), trained):
+      seed_run = context.build(c, model, data, workdir)
+      if workdir is not None:
+        save(seed_run, t.ensemble)
+      info = {**t.info, "train_time_s": t.info["train_time_s"] / len(seeds)}
+      results = summarize(seed_run, dataclasses.replace(t, info=info), evaluate(seed_run, t.ensemble))
+      results["seeds_as_members"] = {"seeds": seeds, "train_time_s": t.info["train_time_s"]}
+      fitted.append(Fitted(t.ensemble, results, run.log.records, c))
+  finally:
+    files.close_all()
+  return fitted
+
+
+def network_for(config: ml_collections.ConfigDict, model: nn.Module) -> nn.Module:
+  """The network the config's method trains for ``model`` (refusing an already-wrapped model where
+  the method would misread it)."""
+  method = get_method(config.method)
+  if multi_member.is_member_network(model) and (method.network is not None or not method.takes_member_networks):
+    raise ConfigError(f"method {method.name!r} cannot train a model that already holds several members "
+                      f"({type(model).__name__}); pass the plain model (methods 'batch_ensemble', 'mimo' and "
+                      "'treenet' wrap it themselves), or train the wrapped model with 'single' or 'deep_ensemble'.")
+  return method.build_network(model, config)
+
+
+def train_method(config: ml_collections.ConfigDict, network: nn.Module, data: data_lib.Dataset,
+                 workdir: str | None, seeds: Sequence[int] | None = None) -> tuple[context.Run, list[Trained]]:
+  """The method's recipe on the run context of ``network`` (the method's network: `network_for`)
+  for ``seeds`` (default: the config's); returns the run and one `Trained` per seed."""
+  method = get_method(config.method)
+  run = context.build(config, network, data, workdir, seeds=seeds)
+  trained = method.train(run, method.read_options(config))
+  trained = [trained] if isinstance(trained, Trained) else list(trained)
+  if len(trained) != run.num_seeds:
+    raise ValueError(f"method {method.name!r} returned {len(trained)} trained ensembles for {run.num_seeds} seeds.")
+  return run, trained
 
 
 def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -5,10 +5,14 @@ ticket chosen on validation, at any step of segment k) the member is saved as it
 metadata: in a folder with the checkpoint fingerprint (a replayed step after a resume overwrites
 it), or in memory for a run without a workdir. After training, the M items are loaded back stacked
 [M, ...] with their metadata, each checked against its fingerprint.
+
+A run of S seeds as members (`context.Run`) holds one member per seed; every item is saved for each
+seed (in ``seed_<seed>`` subfolders), and loading gives the S·M items seed-major.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import jax
@@ -42,33 +46,51 @@ def member_tree(state: train_lib.TrainState, **extra: Callable[[train_lib.TrainS
 class Collection:
   """Item k is member k; ``ends`` maps the step ending segment k to k. ``directory``: where items
   are saved (None: kept in ``memory``). ``extra``: fields besides params and model_state (see
-  `member_tree`)."""
+  `member_tree`). ``seeds``: the run's seeds, one member each (items of seed s under
+  ``directory/seed_<s>`` when there are several)."""
 
   directory: str | None
   ends: dict[int, int]
   extra: dict[str, Callable[[train_lib.TrainState], PyTree]] = dataclasses.field(default_factory=dict)
-  memory: dict[int, tuple[PyTree, dict]] = dataclasses.field(default_factory=dict)
+  seeds: tuple[int, ...] = (0,)
+  memory: dict[tuple[int, int], tuple[PyTree, dict]] = dataclasses.field(default_factory=dict)
 
-  def member(self, state: train_lib.TrainState) -> dict:
-    return member_tree(state, **self.extra)
+  def _directory(self, s: int) -> str:
+    return self.directory if len(self.seeds) == 1 else os.path.join(self.directory, f"seed_{self.seeds[s]}")
 
-  def save(self, state: train_lib.TrainState, index: int, meta: dict) -> None:
-    """Saves the state's member as item ``index`` with ``meta`` (JSON-serialisable)."""
+  def member(self, state: train_lib.TrainState, s: int = 0) -> dict:
+    """What item k keeps of seed s's member (`member_tree` of the state's member s)."""
+    return member_tree(jax.tree.map(lambda x: x[s:s + 1], state), **self.extra)
+
+  def save(self, state: train_lib.TrainState, index: int, meta: dict | list[dict]) -> None:
+    """Saves every seed's member of the state as item ``index`` with ``meta`` (JSON-serialisable;
+    or one per seed)."""
+    for s in range(len(self.seeds)):
+      self.save_seed(state, index, s, meta[s] if isinstance(meta, (list, tuple)) else meta)
+
+  def save_seed(self, state: train_lib.TrainState, index: int, s: int, meta: dict) -> None:
+    """Saves seed s's member of the state as its item ``index`` with ``meta``."""
     if self.directory is None:
-      self.memory[index] = (jax.device_get(self.member(state)), dict(meta))
+      self.memory[(s, index)] = (jax.device_get(self.member(state, s)), dict(meta))
     else:
-      checkpoints.save_member(self.directory, index, self.member(state), meta)
+      checkpoints.save_member(self._directory(s), index, self.member(state, s), meta)
 
-  def meta(self, index: int) -> dict | None:
-    """The meta saved with item ``index``, or None when there is none yet."""
+  def meta(self, index: int, s: int = 0) -> dict | None:
+    """The meta seed s saved with item ``index``, or None when there is none yet."""
     if self.directory is None:
-      return self.memory[index][1] if index in self.memory else None
-    return checkpoints.member_meta(self.directory, index)
+      return self.memory[(s, index)][1] if (s, index) in self.memory else None
+    return checkpoints.member_meta(self._directory(s), index)
 
   def load(self, state: train_lib.TrainState) -> tuple[dict, list[dict]]:
-    """All saved members stacked [M, ...] (``state``: any state of the run, for the structure) and
-    their metas, in index order."""
-    if self.directory is None:
-      items = [self.memory[k] for k in sorted(self.memory)]
-      return members_lib.stack([tree for tree, _ in items]), [meta for _, meta in items]
-    return checkpoints.load_members(self.directory, self.member(state))
+    """All saved members stacked [S·M, ...] seed-major (``state``: any state of the run, for the
+    structure) and their S·M metas, in the same order."""
+    trees, metas = [], []
+    for s in range(len(self.seeds)):
+      if self.directory is None:
+        items = [self.memory[key] for key in sorted(self.memory) if key[0] == s]
+        tree, meta = members_lib.stack([t for t, _ in items]), [m for _, m in items]
+      else:
+        tree, meta = checkpoints.load_members(self._directory(s), self.member(state))
+      trees.append(tree)
+      metas += meta
+    return (trees[0] if len(trees) == 1 else jax.tree.map(lambda *xs: jax.numpy.concatenate(xs), *trees)), metas

@@ -9,6 +9,14 @@ nothing is written, checkpoints and collected members stay in memory), M, the op
 by `sparse.masked` in a sparse phase), the member execution (mode, device mesh), the init key and
 the M per-member data-order keys, the jitted train step (one step, several steps of an epoch per
 dispatch, and one step on a batch read from disk) and predictor, and the metrics log.
+
+Seeds as members: a run of S seeds (``seeds``, default the config's one) trains the S runs of the
+config, each with its own keys, in the same compiled steps. Its member axis holds S·M members,
+seed-major (member m of seed s at s·M + m); every key a member is given (initialisation, masks,
+data order, and through ``rng`` augmentation, dropout and topology updates) is the one it has in
+the run of its seed alone, so each seed's members equal that run's (tests/test_seeds_as_members.py).
+A recipe splits its stacked results per seed with `Run.split_seeds` and builds each seed's
+ensemble on `Run.seed_runs`.
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -44,8 +53,8 @@ class Run:
   epochs: int  # this phase's epochs (config.training.epochs unless the phase says otherwise)
   tx: optax.GradientTransformation
   execution: members_lib.Execution
-  init_key: jax.Array
-  data_keys: jax.Array  # [M] per-member data-order keys
+  init_keys: jax.Array  # [S, 2]: each seed's init key
+  data_keys: jax.Array  # [S·M] per-member data-order keys
   train_step: Callable
   train_chunk: Callable  # several steps of one epoch per dispatch (`train.make_train_chunk`)
   batch_step: Callable  # one step on a host-read `train.Batch` (streaming input)
@@ -53,6 +62,55 @@ class Run:
   log: MetricsLog
   name: str  # progress-bar label: the method, or the phase ("parent", "children")
   key_salt: int = 0
+  seeds: tuple[int, ...] = ()  # S seeds trained as members (`build`: the config's seed)
+  phase_args: dict = dataclasses.field(default_factory=dict)  # `build`'s phase arguments (for `seed_runs`)
+
+  @property
+  def num_seeds(self) -> int:
+    """S: seeds trained together as members (1 for a plain run)."""
+    return len(self.seeds)
+
+  @property
+  def total_members(self) -> int:
+    """S·M: the stacked members of all the run's seeds."""
+    return self.num_seeds * self.num_members
+
+  @property
+  def init_key(self) -> jax.Array:
+    """The init key of a one-seed run (a run of several seeds has one per seed: `member_keys`)."""
+    if self.num_seeds != 1:
+      raise ValueError(f"Run.init_key is one seed's key; this run trains seeds {self.seeds} (use Run.member_keys "
+                       "or Run.seed_runs).")
+    return self.init_keys[0]
+
+  def member_keys(self, salt: int | None = None) -> jax.Array:
+    """[S·M] keys, seed-major: seed s's M keys are split(init_key_s) (or split(fold_in(init_key_s,
+    salt))), the keys its run alone gives its members."""
+    per_seed = [jax.random.split(k if salt is None else jax.random.fold_in(k, salt), self.num_members)
+                for k in self.init_keys]
+    return jnp.concatenate(per_seed)
+
+  def split_seeds(self, stacked: Any) -> list:
+    """A tree stacked over the run's seeds ([S·k, ...] leaves, seed-major; or a list of S·k items)
+    as S trees [k, ...] (lists of k items), one per seed."""
+    if isinstance(stacked, (list, tuple)):
+      k = len(stacked) // self.num_seeds
+      return [list(stacked[s * k:(s + 1) * k]) for s in range(self.num_seeds)]
+    k = members_lib.num_members(stacked) // self.num_seeds
+    return [jax.tree.map(lambda x, s=s: x[s * k:(s + 1) * k], stacked) for s in range(self.num_seeds)]
+
+  def seed_runs(self) -> list["Run"]:
+    """This phase's run for each seed alone (its config's seed, in memory, writing to this log):
+    what a seed's ensemble, predictor and cost are built on."""
+    if self.num_seeds == 1:
+      return [self]
+    runs = []
+    for seed in self.seeds:
+      config = self.config.copy_and_resolve_references()
+      config.seed = seed
+      runs.append(build(config, self.model, self.data, None, num_members=self.num_members, log=self.log,
+                        **{k: v for k, v in self.phase_args.items() if k != "subdir"}))
+    return runs
 
   @property
   def mesh(self) -> jax.sharding.Mesh:
@@ -62,8 +120,9 @@ class Run:
     """Each member's example order of ``epoch`` on the host: int32 [M, steps_per_epoch, B]
     (`train.epoch_indices`); the in-memory and the streamed input both train in this order."""
     t = self.config.training
-    return np.asarray(train_lib.epoch_indices(self.data_keys, epoch, len(self.data.y_train), t.batch_size,
-                                              t.shared_data_order))
+    return np.concatenate([np.asarray(train_lib.epoch_indices(keys, epoch, len(self.data.y_train), t.batch_size,
+                                                              t.shared_data_order))
+                           for keys in self.split_seeds(self.data_keys)])
 
   @property
   def compute_dtype(self) -> str:
@@ -88,22 +147,23 @@ class Run:
     return build(self.config, self.model, self.data, workdir, num_members=num_members or self.num_members,
                  sparse_training=sparse_training, schedule=schedule, epochs=epochs or self.epochs,
                  key_salt=self.key_salt if key_salt is None else key_salt, name=name or self.name,
-                 log=None if self.workdir is not None else self.log.tagged(name) if name else self.log)
+                 log=None if self.workdir is not None else self.log.tagged(name) if name else self.log,
+                 seeds=self.seeds)
 
   def member_probs(self, state: train_lib.TrainState, x) -> Any:
-    """Member probabilities [M, N, K] of ``state``'s members on inputs x [N, ...] (in batches of
+    """Member probabilities [S·M, N, K] of ``state``'s members on inputs x [N, ...] (in batches of
     config.eval_batch_size)."""
     return train_lib.predict_probs(self.predict, state, x, self.config.eval_batch_size)
 
   def init_members(self) -> train_lib.TrainState:
-    """M freshly initialised members, laid out on the run's mesh."""
-    return train_lib.init_state(self.model, self.tx, self.init_key, self.num_members, self.data.image_shape,
-                                self.mesh)
+    """S·M freshly initialised members (`member_keys`), laid out on the run's mesh."""
+    return train_lib.init_member_states(self.model, self.tx, self.member_keys(), self.data.image_shape, self.mesh)
 
   def collection(self, name: str, ends: dict[int, int], **extra) -> collected.Collection:
     """Members collected during this run (snapshots, checkpoints, tickets): item k saved at the
     step ``ends`` maps to k, in workdir/``name`` (in memory without a workdir)."""
-    return collected.Collection(None if self.workdir is None else os.path.join(self.workdir, name), ends, extra)
+    return collected.Collection(None if self.workdir is None else os.path.join(self.workdir, name), ends, extra,
+                                self.seeds)
 
   def ensemble(self, members: PyTree, weights=None, combine: str = "mean",
                apply: Callable | None = None) -> ensemble_lib.Ensemble:
@@ -149,9 +209,13 @@ class Run:
 def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | None, *,
           num_members: int | None = None, sparse_training: bool = False, schedule: optax.Schedule | None = None,
           epochs: int | None = None, key_salt: int = 0, name: str | None = None,
-          log: MetricsLog | None = None) -> Run:
-  """The `Run` of ``model`` on ``data`` under a validated ``config`` (arguments: see `Run.phase`)."""
+          log: MetricsLog | None = None, seeds: tuple[int, ...] | None = None) -> Run:
+  """The `Run` of ``model`` on ``data`` under a validated ``config`` (arguments: see `Run.phase`);
+  ``seeds``: train these S seeds as members (default: the config's seed)."""
   m = num_members or config.num_members
+  seeds = tuple(int(s) for s in seeds) if seeds else (int(config.seed),)
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds must be distinct, got {seeds}.")
   t = config.training
   epochs = epochs or t.epochs
   steps_per_epoch = len(data.y_train) // t.batch_size
@@ -160,9 +224,13 @@ def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | 
                      "training examples.")
   inner = train_lib.make_optimizer(t, epochs * steps_per_epoch, steps_per_epoch, schedule)
   tx = sparse.masked(inner) if sparse_training else inner
-  execution = execution_for(config, model, m, t.batch_size, data.image_shape)
-  key = jax.random.PRNGKey(config.seed)
-  init_key, data_key = jax.random.split(jax.random.fold_in(key, key_salt) if key_salt else key)
+  execution = execution_for(config, model, len(seeds) * m, t.batch_size, data.image_shape)
+  init_keys, data_keys = [], []
+  for seed in seeds:
+    key = jax.random.PRNGKey(seed)
+    init_key, data_key = jax.random.split(jax.random.fold_in(key, key_salt) if key_salt else key)
+    init_keys.append(init_key)
+    data_keys.append(jax.random.split(data_key, m))
   step_args = dict(execution=execution, mean=data.mean, std=data.std, **train_lib.gradient_options(config))
   train_step = train_lib.make_train_step(model, tx, **step_args)
   train_chunk = train_lib.make_train_chunk(model, tx, **step_args)
@@ -172,8 +240,11 @@ def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | 
   if workdir is not None:
     files.make_dirs(workdir)
     log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), tensorboard=bool(config.get("tensorboard", True)))
-  return Run(config, model, data, workdir, m, epochs, tx, execution, init_key, jax.random.split(data_key, m),
-             train_step, train_chunk, batch_step, predict, log or MetricsLog(None), name or config.method, key_salt)
+  phase_args = dict(sparse_training=sparse_training, schedule=schedule, epochs=epochs, key_salt=key_salt,
+                    name=name)
+  return Run(config, model, data, workdir, m, epochs, tx, execution, jnp.stack(init_keys), jnp.concatenate(data_keys),
+             train_step, train_chunk, batch_step, predict, log or MetricsLog(None), name or config.method, key_salt,
+             seeds, phase_args)
 
 
 def execution_for(config: Any, model: nn.Module, num_members: int, batch_size: int | None = None,

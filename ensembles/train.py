@@ -115,8 +115,15 @@ def decayed_kernels(params: PyTree) -> PyTree:
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
                num_members: int, input_shape: tuple[int, ...], mesh: jax.sharding.Mesh | None = None) -> TrainState:
-  """M members, each initialised from its own key: params, model_state, opt_state, rng.
-  With a distributed ``mesh`` every leaf is created split over its ``members`` axis."""
+  """M members, each initialised from its own key of split(key, M) (`init_member_states`)."""
+  return init_member_states(model, tx, jax.random.split(key, num_members), input_shape, mesh)
+
+
+def init_member_states(model: nn.Module, tx: optax.GradientTransformation, member_keys: jax.Array,
+                       input_shape: tuple[int, ...], mesh: jax.sharding.Mesh | None = None) -> TrainState:
+  """One member per key of member_keys [M, 2]: params, model_state, opt_state, rng (member key ->
+  (init key, rng) by a split). With a distributed ``mesh`` every leaf is created split over its
+  ``members`` axis."""
 
   def init_one(member_key):
     init_key, rng = jax.random.split(member_key)
@@ -127,7 +134,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Arra
                       opt_state=tx.init(params), rng=rng)
 
   out = members_lib.sharding(mesh, members_lib.MEMBER_AXIS) if members_lib.is_distributed(mesh) else None
-  return jax.jit(jax.vmap(init_one), out_shardings=out)(jax.random.split(key, num_members))
+  return jax.jit(jax.vmap(init_one), out_shardings=out)(member_keys)
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array,

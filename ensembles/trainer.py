@@ -107,11 +107,14 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
   config.checkpoint_every_steps steps and at the end (none without a workdir); none is written
   unless every parameter is finite.
   """
-  chex.assert_tree_shape_prefix((state.params, state.rng), (run.num_members,))  # [M, ...] for the run's M
+  chex.assert_tree_shape_prefix((state.params, state.rng), (run.total_members,))  # [S·M, ...]
+  streamed = streaming.is_streamed(run.data.x_train)
+  if streamed and run.num_seeds > 1:
+    raise ValueError(f"Seeds as members (seeds {run.seeds}) need a training set held in memory; this one is "
+                     "streamed from disk: train the seeds one after another.")
   store = _Checkpoints(run)
   state = members_lib.place(state, run.mesh, members_lib.MEMBER_AXIS)
   state, start = store.restore(state)
-  streamed = streaming.is_streamed(run.data.x_train)
   if streamed:  # batches read from disk as they are needed (`streaming.TrainBatches`)
     batches = streaming.TrainBatches(run, start, store.input_state)
   else:
@@ -240,10 +243,17 @@ def _is_validation_step(run: Run, done: int) -> bool:
 
 
 def _validate(run: Run, state: train_lib.TrainState, done: int) -> dict:
-  """Validation accuracy and NLL of the members' mean prediction, written to the log."""
-  ens = metrics_lib.ensemble_probs(run.member_probs(state, run.data.x_val))
+  """Validation accuracy and NLL of the members' mean prediction, written to the log (with several
+  seeds: each seed's members' mean, ``val_accuracy`` the mean over seeds and the seeds' values in
+  ``val_accuracy_seeds``)."""
+  y = run.data.y_val
+  per_seed = [metrics_lib.ensemble_probs(p) for p in run.split_seeds(run.member_probs(state, run.data.x_val))]
+  accuracy = [metrics_lib.accuracy(p, y) for p in per_seed]
+  nll = [metrics_lib.nll(p, y) for p in per_seed]
   record = {"step": done, "epoch": done // run.steps_per_epoch,
-            "val_accuracy": metrics_lib.accuracy(ens, run.data.y_val), "val_nll": metrics_lib.nll(ens, run.data.y_val)}
+            "val_accuracy": float(np.mean(accuracy)), "val_nll": float(np.mean(nll))}
+  if run.num_seeds > 1:
+    record.update(val_accuracy_seeds=accuracy, val_nll_seeds=nll)
   run.log.write(record)
   return {"val_acc": f"{record['val_accuracy']:.3f}"}
 
@@ -328,7 +338,7 @@ class _Progress:
     self.devices = run.mesh.size if run.mesh is not None else 1
     device = run.mesh.devices.flat[0] if run.mesh is not None else jax.devices()[0]
     self.peak = hardware.peak_flops(device, run.compute_dtype, float(run.config.get("peak_flops_per_device", 0.0)))
-    self.images_per_step = run.num_members * run.config.training.batch_size
+    self.images_per_step = run.total_members * run.config.training.batch_size
     rows = self.images_per_step * multi_member.rows_per_example(run.model)  # a member network's rows run
     self.flops_per_step = None if self.peak is None else 3.0 * rows * flops_lib.forward_flops(
         flops_lib.layer_costs(run.model, run.data.image_shape))

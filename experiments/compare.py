@@ -4,8 +4,14 @@
       --workdir runs/compare_freetickets
 
 A comparison file defines ``get_comparison()`` returning {"seeds": [...], "runs": [(label,
-config_file, {field: value, ...}), ...]}. Each (run, seed) trains in WORKDIR/LABEL/seed_S with the
-`experiments.runner.run` (so it resumes, and a finished run is only reloaded). The report (Markdown with
+config_file, {field: value, ...}), ...]} and optionally "seeds_as_members" (default True). Each
+(run, seed) ends in WORKDIR/LABEL/seed_S (a finished run is only reloaded). Seeds as members
+(default): the seeds of a run that are not finished train together, as S·M members of one compiled
+step, in WORKDIR/LABEL/seeds_<s1>_<s2>... (resumable; `experiments.runner.run_seeds`), and each
+seed's folder gets the run of its own; the results equal training the seeds one after another
+(`--seeds_as_members=false` or the comparison's "seeds_as_members": False: `experiments.runner.run`
+per seed), except for the train times (the run's time / S). Methods without
+``Method.trains_seeds`` and training sets streamed from disk train their seeds one after another. The report (Markdown with
 mean ± std over seeds: accuracy/calibration/cost, OoD detection, corruption robustness; JSON with
 every run's results; plots reliability.png, metrics_vs_flops.png, corruption.png) goes to WORKDIR.
 """
@@ -24,11 +30,14 @@ from ensembles import api
 from ensembles import compilation_cache
 from ensembles import defaults
 from ensembles import files
+from ensembles.methods import get_method
 from experiments import plots, runner
 
 _COMPARISON = flags.DEFINE_string("comparison", None, "Comparison file with get_comparison().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for all runs and the report.")
 _SEEDS = flags.DEFINE_list("seeds", None, "Override the comparison's seeds, e.g. 0,1,2.")
+_SEEDS_AS_MEMBERS = flags.DEFINE_bool("seeds_as_members", None, "Train a run's seeds together as members of one "
+                                      "compiled step (default: the comparison's 'seeds_as_members', else True).")
 
 
 def load_module(path: str):
@@ -61,11 +70,15 @@ def _needs_evaluation(results: dict, config) -> bool:
 
 
 def run_comparison(comparison: dict, workdir: str) -> list[dict]:
-  """Trains or reloads every (run, seed); returns the results with ``label`` added. A finished run
-  whose results lack the OoD or corruption evaluation its config asks for is evaluated from its
-  saved ensemble (`runner.evaluate_workdir`), not retrained."""
+  """Trains or reloads every (run, seed); returns the results with ``label`` added. The unfinished
+  seeds of a run train together as members where ``comparison["seeds_as_members"]`` (default True)
+  and the method can (`train_seeds_together`). A finished run whose results lack the OoD or
+  corruption evaluation its config asks for is evaluated from its saved ensemble
+  (`runner.evaluate_workdir`), not retrained."""
   all_results = []
   for label, config_file, overrides in comparison["runs"]:
+    if comparison.get("seeds_as_members", True):
+      train_seeds_together(label, config_file, overrides, comparison["seeds"], workdir)
     for seed in comparison["seeds"]:
       run_dir = os.path.join(workdir, label, f"seed_{seed}")
       path = os.path.join(run_dir, "results.json")
@@ -82,6 +95,19 @@ def run_comparison(comparison: dict, workdir: str) -> list[dict]:
         results = runner.run(config, run_dir)
       all_results.append({**results, "label": label})
   return all_results
+
+
+def train_seeds_together(label: str, config_file: str, overrides: dict, seeds, workdir: str) -> None:
+  """Trains the seeds of run ``label`` without results yet as members of one run in
+  WORKDIR/LABEL/seeds_<s1>_<s2>... (each seed's results in WORKDIR/LABEL/seed_S), where there are
+  two or more and the method trains seeds as members (`Method.trains_seeds`)."""
+  todo = [int(s) for s in seeds if not os.path.exists(os.path.join(workdir, label, f"seed_{s}", "results.json"))]
+  config = make_config(config_file, overrides, todo[0]) if todo else None
+  if len(todo) < 2 or not get_method(config.method).trains_seeds:
+    return
+  group = os.path.join(workdir, label, "seeds_" + "_".join(map(str, todo)))
+  print(f"== {label}, seeds {todo} as members -> {group}", file=sys.stderr, flush=True)
+  runner.run_seeds(config, todo, [os.path.join(workdir, label, f"seed_{s}") for s in todo], group)
 
 
 def _ens(split: str, key: str):
@@ -211,6 +237,8 @@ def main(argv):
   comparison = load_module(_COMPARISON.value).get_comparison()
   if _SEEDS.value:
     comparison["seeds"] = [int(s) for s in _SEEDS.value]
+  if _SEEDS_AS_MEMBERS.value is not None:
+    comparison["seeds_as_members"] = _SEEDS_AS_MEMBERS.value
   all_results = run_comparison(comparison, _WORKDIR.value)
   command = " ".join(["python -m experiments.compare"] + sys.argv[1:])
   text = report_text(comparison, all_results, command)

@@ -22,13 +22,30 @@ from experiments import report
 def run(config, workdir: str) -> dict:
   """Validates ``config``, trains and evaluates its method in ``workdir``; returns the results."""
   results = api.run_config(config, workdir)  # validates, checks the data sources, refuses another config's workdir
+  write_results(config, workdir, results)
+  return results
+
+
+def run_seeds(config, seeds, workdirs, group_workdir: str) -> list[dict]:
+  """`run` for each of ``seeds`` (config.seed replaced), trained together as members in
+  ``group_workdir`` (`api.run_config_seeds`); each seed's folder of ``workdirs`` gets the files
+  `run` writes. Returns each seed's results."""
+  all_results = api.run_config_seeds(config, seeds, workdirs, group_workdir)
+  for seed, workdir, results in zip(seeds, workdirs, all_results):
+    seed_config = config.copy_and_resolve_references()
+    seed_config.seed = int(seed)
+    write_results(seed_config, workdir, results)
+  return all_results
+
+
+def write_results(config, workdir: str, results: dict) -> None:
+  """results.json, results.md and (if the config asks) the plots of a finished run in ``workdir``."""
   if jax.process_index() == 0:  # one writer across hosts
     files.write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     if config.evaluation.plots:
       from experiments import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only when plotting)
       plots.run_plots(results, workdir)
     files.write_atomic(os.path.join(workdir, "results.md"), report.run_table(results))
-  return results
 
 
 def _tuples(value):

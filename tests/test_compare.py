@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 from ensembles import data as data_lib
 from experiments import compare
 from conftest import make_dataset
@@ -37,6 +39,29 @@ def test_comparison_trains_once_and_reports(tmp_path, monkeypatch):
   paths = compare.comparison_plots(again, str(tmp_path))
   assert sorted(os.path.basename(p) for p in paths) == ["corruption.png", "metrics_vs_flops.png", "reliability.png"]
   assert all(os.path.getsize(p) > 10_000 for p in paths)
+
+
+def test_seeds_as_members_equal_seeds_one_after_another(tmp_path, monkeypatch):
+  """The default (a run's seeds trained together as members, in LABEL/seeds_0_1) and
+  ``seeds_as_members: False`` report the same numbers; a finished group is only reloaded."""
+  dataset = make_dataset(n_train=64, n_val=16, n_test=32, shape=(28, 28, 1))
+  monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
+  runs = [("cbnn", "experiments/configs/cbnn.py", {**TINY, "training.epochs": 2, "num_members": 2})]
+  together = compare.run_comparison({"seeds": [0, 1], "runs": runs}, str(tmp_path / "together"))
+  alone = compare.run_comparison({"seeds": [0, 1], "runs": runs, "seeds_as_members": False}, str(tmp_path / "alone"))
+  assert os.path.isdir(tmp_path / "together" / "cbnn" / "seeds_0_1" / "checkpoints")
+  assert not os.path.exists(tmp_path / "alone" / "cbnn" / "seeds_0_1")
+  for t, a in zip(together, alone):
+    assert t["seed"] == a["seed"] and t["seeds_as_members"]["seeds"] == [0, 1] and "seeds_as_members" not in a
+    for split in ("test", "val"):
+      for key in ("accuracy", "nll", "ece", "brier"):
+        assert t[split]["ensemble"][key] == pytest.approx(a[split]["ensemble"][key], rel=1e-4, abs=1e-6)
+    assert t["cbnn"]["alphas"] == pytest.approx(a["cbnn"]["alphas"], rel=1e-4)
+    assert t["ood"]["digits"]["entropy"]["auroc"] == pytest.approx(a["ood"]["digits"]["entropy"]["auroc"], abs=1e-4)
+    assert t["flops"] == a["flops"]
+  mtime = os.path.getmtime(tmp_path / "together" / "cbnn" / "seed_1" / "results.json")
+  compare.run_comparison({"seeds": [0, 1], "runs": runs}, str(tmp_path / "together"))
+  assert os.path.getmtime(tmp_path / "together" / "cbnn" / "seed_1" / "results.json") == mtime
 
 
 def test_comparison_evaluates_old_results_from_the_saved_ensemble(tmp_path, monkeypatch):

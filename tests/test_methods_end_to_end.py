@@ -21,6 +21,7 @@ import pytest
 from ensembles import api
 from ensembles import checkpoints, config as config_lib, trainer
 from conftest import method_config
+from experiments import runner
 
 STEPS_PER_EPOCH, BATCH, N_TRAIN = 4, 32, 128
 
@@ -36,12 +37,14 @@ def _config(module, **overrides):
   return cfg
 
 
-def _train(cfg, workdir, stop_after=None, record=()):
+def _train(cfg, workdir, stop_after=None, record=(), seeds=None):
   """Runs the method. ``stop_after`` = n: raises Stop in place of the train call (one step, or a
   chunk of several) that would take the run past n steps (counting the steps of every
   `trainer.fit` of the run). ``record``: step counts after which the state a call returned is
   copied to the host (a count inside a chunk is never seen: tests that record every step set
-  steps_per_dispatch = 1). Returns (results or None, {count: state}, final states)."""
+  steps_per_dispatch = 1). ``seeds``: train these seeds as members (`api.run_config_seeds`; run in
+  WORKDIR/seeds, seed s in WORKDIR/seed_s; results: a list). Returns (results or None, {count:
+  state}, final states)."""
   calls, recorded, finals = {"n": 0}, {}, []
   original_fit = trainer.fit
 
@@ -65,7 +68,10 @@ def _train(cfg, workdir, stop_after=None, record=()):
 
   trainer.fit = fit
   try:
-    results = api.run_config(cfg, str(workdir))
+    if seeds is None:
+      results = api.run_config(cfg, str(workdir))
+    else:
+      results = api.run_config_seeds(cfg, seeds, [str(workdir / f"seed_{s}") for s in seeds], str(workdir / "seeds"))
   finally:
     trainer.fit = original_fit
   return results, recorded, finals
@@ -146,6 +152,28 @@ def test_resume_mid_run_equals_the_uninterrupted_run(tmp_path, fake_data, module
     assert resumed[split]["ensemble"]["nll"] == pytest.approx(full[split]["ensemble"]["nll"], rel=1e-6)
   if module in ("cbnn", "snapshot_boosting"):
     assert resumed[module]["alphas"] == pytest.approx(full[module]["alphas"], rel=1e-6)
+
+
+@pytest.mark.parametrize("module", sorted(RESUME_CASES))
+def test_seeds_as_members_resume_mid_run_to_each_seeds_own_run(tmp_path, fake_data, module):
+  """Two seeds trained as members, interrupted and resumed (the same cases), end with each seed's
+  ensemble of its run alone; the seed's folder reloads and re-evaluates as a run of its own."""
+  overrides, stop_after, resumes_from = RESUME_CASES[module]
+  cfg = _config(module, **overrides)
+  with pytest.raises(Stop):
+    _train(cfg, tmp_path / "cut", stop_after=stop_after, seeds=(0, 1))
+  ckpt_dir = tmp_path / "cut" / "seeds" / ("children/checkpoints" if module == "subnetwork_ensemble" else "checkpoints")
+  assert checkpoints.make_manager(str(ckpt_dir)).latest_step() == resumes_from
+  resumed, _, _ = _train(cfg, tmp_path / "cut", seeds=(0, 1))
+  for seed, results in zip((0, 1), resumed):
+    cfg.seed = seed
+    alone, _, _ = _train(cfg, tmp_path / f"alone_{seed}")
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
+                 _saved_ensemble(tmp_path / "cut" / f"seed_{seed}"), _saved_ensemble(tmp_path / f"alone_{seed}"))
+    assert results["seed"] == seed
+    assert results["test"]["ensemble"]["nll"] == pytest.approx(alone["test"]["ensemble"]["nll"], rel=1e-4)
+    again = runner.evaluate_workdir(str(tmp_path / "cut" / f"seed_{seed}"))
+    assert again["test"]["ensemble"]["nll"] == pytest.approx(results["test"]["ensemble"]["nll"], rel=1e-6)
 
 
 @pytest.mark.parametrize("module,members,passes", [("single", 1, 1), ("deep_ensemble", 3, 1),

@@ -2,7 +2,9 @@
 
 A recipe is ``train(run, options) -> Trained``: it trains with the frozen run context
 (`ensembles.context.Run`) and returns the ensemble it built, how long it trained and its FLOPs; the
-library evaluates, saves and reports it (`ensembles.api`). ``options`` is an instance of the method's
+library evaluates, saves and reports it (`ensembles.api`). A recipe that can train several seeds as
+members (``Method.trains_seeds``: every built-in one) returns a list of one `Trained` per seed of
+``run.seeds``, in order (`Run.split_seeds`, `Run.seed_runs`). ``options`` is an instance of the method's
 namespace of the method's option dataclasses (`ensembles.options`), one per config block, e.g.
 ``options.sparse.sparsity``.
 """
@@ -43,7 +45,8 @@ class Method:
   network(model, config, options): the network the method trains and saves when it is not the
   given model (BatchEnsemble's, MIMO's and TreeNet's wrappers of it). takes_member_networks: whether
   a given model may itself hold several members (`models.multi_member`; False where the recipe reads
-  one prediction per network, e.g. CBNN's reweighting)."""
+  one prediction per network, e.g. CBNN's reweighting). trains_seeds: the recipe handles a run of
+  several seeds as members (`context.Run`) and returns one `Trained` per seed."""
 
   name: str
   train: Callable[[Any, Any], Trained]
@@ -54,6 +57,7 @@ class Method:
   derived: Callable[[Any], Mapping[str, Any]] | None = None
   network: Callable[[Any, Any, Any], Any] | None = None
   takes_member_networks: bool = True
+  trains_seeds: bool = False
 
   def read_options(self, config: Any) -> types.SimpleNamespace:
     """The method's options from its config blocks (a missing block or field: the default)."""

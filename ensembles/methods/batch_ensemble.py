@@ -34,16 +34,16 @@ def network(model, config, options) -> batch_ensemble.BatchEnsemble:
   return batch_ensemble.BatchEnsemble(model, config.num_members, o.fast_init, o.fast_init_std)
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   m = run.num_members
 
-  def report(run, state, info):
-    fast = batch_ensemble.fast_weight_count(state.params)
-    total = sum(int(v.size) for v in jax.tree.leaves(state.params))
+  def report(run, members, info):
+    fast = batch_ensemble.fast_weight_count(members["params"])
+    total = sum(int(v.size) for v in jax.tree.leaves(members["params"]))
     return run.flops(m, info["steps"]), {"batch_ensemble": {"fast_weights": fast, "shared_weights": total - fast}}
 
   return train_member_network(run, report)
 
 
 METHOD = register(Method("batch_ensemble", train, {"batch_ensemble": BatchEnsembleOptions},
-                         defaults={"num_members": 4}, network=network))
+                         defaults={"num_members": 4}, network=network, trains_seeds=True))

@@ -28,7 +28,7 @@ class BoostingOptions(CBNNOptions):
   """The ``boosting`` block: CBNN's rule, clip, weight cap and combination (same defaults)."""
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   return edst_ensemble.train_tickets(run, options, boost=options.boosting)
 
 
@@ -41,4 +41,5 @@ def check(config, options) -> None:
 METHOD = register(Method("boosted_edst", train, {"sparse": SparseOptions, "edst": EDSTOptions,
                                                  "boosting": BoostingOptions},
                          defaults={"num_members": 3, "training.lr_schedule": "constant"},
-                         check=check, derived=edst_ensemble.derived, takes_member_networks=False))
+                         check=check, derived=edst_ensemble.derived, takes_member_networks=False,
+                         trains_seeds=True))

@@ -41,25 +41,29 @@ class CBNNOptions:
   combine: str = choice("mean", metrics_lib.COMBINE_RULES)  # mean (α-weighted probabilities) | vote
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   return boosted_checkpoints(run, options.cbnn, "cbnn")
 
 
 def make_boost(run: Run, c: CBNNOptions):
-  """``boost(state, done, event, save) -> state``: one network's predictions on the training set
-  give its α and new sample weights (`boosting.reweight` with the options ``c``); ``save(meta)``
-  stores the member with {"alpha", "train_error"}; the log gets ``event``; the state returned
-  carries the new weights (CBNN's checkpoints, Snapshot Boosting's snapshots, boosted EDST's tickets)."""
-  reweight = jax.jit(lambda w, p, y: boosting.reweight(w, p, y, c.rule, c.eps, c.max_weight_ratio or None))
+  """``boost(state, done, event, save) -> state``: each network's predictions on the training set
+  give its α and new sample weights (`boosting.reweight` with the options ``c``; one network per
+  seed of the run, each with its own weights [S, N]); ``save(metas)`` stores the members with
+  {"alpha", "train_error"} (one meta per seed); the log gets ``event``; the state returned carries
+  the new weights (CBNN's checkpoints, Snapshot Boosting's snapshots, boosted EDST's tickets)."""
+  one = lambda w, p, y: boosting.reweight(w, p, y, c.rule, c.eps, c.max_weight_ratio or None)
+  reweight = jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
   labels = jnp.asarray(run.data.y_train)
+  per_seed = lambda values: values[0] if run.num_seeds == 1 else values  # the log of one seed: its value
 
   def boost(state, done: int, event: str, save):
-    probs = run.member_probs(state, run.data.x_train)[0]
-    weights, alpha, error = reweight(state.extra["sample_weights"][0], jnp.asarray(probs), labels)
-    save({"alpha": float(alpha), "train_error": float(error)})
-    run.log.write({"step": done, "event": event, "alpha": float(alpha), "weighted_train_error": float(error),
-                   "max_weight": float(jnp.max(weights))})
-    return state.replace(extra={"sample_weights": weights[None]})
+    probs = run.member_probs(state, run.data.x_train)  # [S, N, K]
+    weights, alpha, error = reweight(state.extra["sample_weights"], jnp.asarray(probs), labels)
+    alpha, error = [float(a) for a in alpha], [float(e) for e in error]
+    save([{"alpha": a, "train_error": e} for a, e in zip(alpha, error)])
+    run.log.write({"step": done, "event": event, "alpha": per_seed(alpha), "weighted_train_error": per_seed(error),
+                   "max_weight": per_seed([float(m) for m in jnp.max(weights, axis=1)])})
+    return state.replace(extra={"sample_weights": weights})
 
   return boost
 
@@ -72,7 +76,7 @@ def boosted_checkpoints(run: Run, c: CBNNOptions, name: str, schedule=None) -> T
   run = run.phase(num_members=1, schedule=schedule)
   n = len(run.data.y_train)
   state = run.init_members()
-  state = state.replace(extra={"sample_weights": jnp.ones((1, n), jnp.float32)})
+  state = state.replace(extra={"sample_weights": jnp.ones((run.num_seeds, n), jnp.float32)})
   saved = run.collection("members", at_segment_ends(run.total_steps, m),
                          sample_weights=lambda state: state.extra["sample_weights"][0])
   boost_at = make_boost(run, c)
@@ -80,16 +84,20 @@ def boosted_checkpoints(run: Run, c: CBNNOptions, name: str, schedule=None) -> T
   def boost(state, done, batch):
     """At a segment's end: α and new weights from the training-set predictions; the checkpoint."""
     k = saved.ends[done]
-    return boost_at(state, done, f"checkpoint {k} saved", lambda meta: saved.save(state, k, {**meta, "step": done}))
+    return boost_at(state, done, f"checkpoint {k} saved",
+                    lambda metas: saved.save(state, k, [{**meta, "step": done} for meta in metas]))
 
   state, info = trainer.fit(run, state, [trainer.Hook(frozenset(saved.ends), boost)])
   members, metas = saved.load(state)
-  alphas = [meta["alpha"] for meta in metas]
-  flops = run.flops(m, info["steps"], trained_members=1, extra_passes=m * n)  # + M training-set passes
-  w = np.asarray(members["sample_weights"])
-  results = {name: {"alphas": alphas, "train_errors": [meta["train_error"] for meta in metas],
-                    "weight_max_over_mean": (w.max(1) / w.mean(1)).tolist()}}
-  return Trained(run.ensemble(members, alphas, c.combine), info, flops, results=results)
+  trained = []
+  for r, members, metas in zip(run.seed_runs(), run.split_seeds(members), run.split_seeds(metas)):
+    alphas = [meta["alpha"] for meta in metas]
+    flops = r.flops(m, info["steps"], trained_members=1, extra_passes=m * n)  # + M training-set passes
+    w = np.asarray(members["sample_weights"])
+    results = {name: {"alphas": alphas, "train_errors": [meta["train_error"] for meta in metas],
+                      "weight_max_over_mean": (w.max(1) / w.mean(1)).tolist()}}
+    trained.append(Trained(r.ensemble(members, alphas, c.combine), info, flops, results=results))
+  return trained
 
 
 def check(config, options) -> None:
@@ -98,4 +106,4 @@ def check(config, options) -> None:
 
 
 METHOD = register(Method("cbnn", train, {"cbnn": CBNNOptions}, defaults={"num_members": 3}, check=check,
-                         takes_member_networks=False))  # α from one prediction per network
+                         takes_member_networks=False, trains_seeds=True))  # α from one prediction per network

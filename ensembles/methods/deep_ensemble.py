@@ -8,9 +8,9 @@ from ensembles.context import Run, stacked_members
 from ensembles.methods.base import Method, Trained, register
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   state, info = trainer.fit(run, run.init_members())
-  return Trained(run.ensemble(stacked_members(state)), info)
+  return [Trained(r.ensemble(members), info) for r, members in zip(run.seed_runs(), run.split_seeds(stacked_members(state)))]
 
 
-METHOD = register(Method("deep_ensemble", train, defaults={"num_members": 4}))
+METHOD = register(Method("deep_ensemble", train, defaults={"num_members": 4}, trains_seeds=True))

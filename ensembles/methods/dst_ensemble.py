@@ -10,11 +10,12 @@ compiled step.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 
 from ensembles import members as members_lib
 from ensembles import sparse
-from ensembles import train as train_lib
 from ensembles import trainer
 from ensembles.context import Run, stacked_members
 from ensembles.methods import sparse_common
@@ -22,7 +23,7 @@ from ensembles.methods.base import Method, Trained, register
 from ensembles.methods.sparse_common import SparseOptions
 
 
-def train(run: Run, options, topology_updates: bool = True) -> Trained:
+def train(run: Run, options, topology_updates: bool = True) -> list[Trained]:
   s = options.sparse
   run = run.phase(sparse_training=True)
   state = run.init_members()
@@ -34,21 +35,25 @@ def train(run: Run, options, topology_updates: bool = True) -> Trained:
     hooks.append(sparse_common.topology_hook(update, s, run.total_steps))
   state, info = trainer.fit(run, state, hooks)
 
-  masks = sparse.masks_of(state.opt_state)
-  densities = sparse.density_of(masks)
   rule = sparse_common.growth_rule(s) if topology_updates else "static"
   gradient_updates = len(sparse_common.update_steps(s, run.total_steps)) if rule == "rigl" else 0
-  flops = run.flops(run.num_members, info["steps"], densities, rule, run.num_members * gradient_updates)
-  results = {"sparsity": {"target": s.sparsity, "realised_prunable_density": prunable_density(state, plan),
-                          "layer_densities": {k: densities[k] for k in plan.sizes}}}
-  return Trained(run.ensemble(stacked_members(state)), info, flops, masks, results)
+  trained = []
+  for r, members, masks in zip(run.seed_runs(), run.split_seeds(stacked_members(state)),
+                               run.split_seeds(sparse.masks_of(state.opt_state))):
+    densities = sparse.density_of(masks)
+    flops = r.flops(run.num_members, info["steps"], densities, rule, run.num_members * gradient_updates)
+    results = {"sparsity": {"target": s.sparsity, "realised_prunable_density": prunable_density(masks, plan),
+                            "layer_densities": {k: densities[k] for k in plan.sizes}}}
+    trained.append(Trained(r.ensemble(members), info, flops, masks, results))
+  return trained
 
 
-def prunable_density(state: train_lib.TrainState, plan: sparse.SparsityPlan) -> float:
-  """Kept fraction of all prunable weights, averaged over members (exact counts: equals the plan)."""
-  masks = sparse.masks_of(state.opt_state)
+def prunable_density(masks: Any, plan: sparse.SparsityPlan) -> float:
+  """Kept fraction of all prunable weights of stacked masks [M, ...], averaged over members (exact
+  counts: equals the plan)."""
   kept = sum(float(m.sum()) for m, p in zip(jax.tree.leaves(masks), jax.tree.leaves(plan.prunable)) if p)
-  return kept / members_lib.num_members(state.params) / sum(plan.sizes.values())
+  return kept / members_lib.num_members(masks) / sum(plan.sizes.values())
 
 
-METHOD = register(Method("dst_ensemble", train, {"sparse": SparseOptions}, defaults={"num_members": 3}))
+METHOD = register(Method("dst_ensemble", train, {"sparse": SparseOptions}, defaults={"num_members": 3},
+                         trains_seeds=True))

@@ -152,11 +152,11 @@ def edst_lr_schedule(e: EDSTOptions, num_tickets: int, steps_per_epoch: int, war
   return schedule
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   return train_tickets(run, options)
 
 
-def train_tickets(run: Run, options, boost: Any = None) -> Trained:
+def train_tickets(run: Run, options, boost: Any = None) -> list[Trained]:
   """The EDST run; with ``boost`` (`cbnn.CBNNOptions`-like: rule, eps, max_weight_ratio, combine)
   each ticket's training-set predictions also reweight the samples before the next phase and give
   the ticket its α (`boosting.reweight`), and the tickets combine with their α."""
@@ -169,7 +169,7 @@ def train_tickets(run: Run, options, boost: Any = None) -> Trained:
   state = sparse_common.init_member_masks(run, state, plan, s.init_rule)
   n = len(run.data.y_train)
   if boost is not None:
-    state = state.replace(extra={"sample_weights": jnp.ones((1, n), jnp.float32)})
+    state = state.replace(extra={"sample_weights": jnp.ones((run.num_seeds, n), jnp.float32)})
     boost_at = cbnn.make_boost(run, boost)
 
   # One compiled update serves the regular and the global ones: the drop fraction and growth rule
@@ -182,36 +182,39 @@ def train_tickets(run: Run, options, boost: Any = None) -> Trained:
   starts = {start: k for k, (start, _) in enumerate(phases) if k > 0}
   ends = {end: k for k, (_, end) in enumerate(phases)}
   tickets = run.collection("tickets", ends, masks=lambda state: members_lib.member(sparse.masks_of(state.opt_state), 0))
-  best_val_nll: dict[int, float] = {}  # best_val: phase -> lowest validation NLL saved so far
+  best_val_nll: dict[tuple[int, int], float] = {}  # best_val: (phase, seed) -> lowest validation NLL saved so far
   selection_steps = set(validation_steps(e, m, spe))  # the same steps the FLOPs count charges
 
   def phase_of(step: int) -> int | None:
     return next((k for k, (a, b) in enumerate(phases) if a < step <= b), None)
 
-  def validation_nll(state) -> float:
-    return float(metrics_lib.nll(run.member_probs(state, run.data.x_val)[0], run.data.y_val))
+  def validation_nlls(state) -> list[float]:
+    """Each seed's network's validation NLL."""
+    return [float(metrics_lib.nll(p, run.data.y_val)) for p in run.member_probs(state, run.data.x_val)]
 
-  def save_ticket(state, k: int, done: int, val_nll: float | None = None, **meta) -> None:
-    tickets.save(state, k, {"phase": k, "step": done, "val_nll": val_nll, **meta})
+  def ticket_meta(k: int, done: int, val_nll: float | None = None, **meta) -> dict:
+    return {"phase": k, "step": done, "val_nll": val_nll, **meta}
 
   def boosted_ticket(state, k: int, done: int):
     """The ticket with its α; the samples reweighted from its training-set predictions."""
-    return boost_at(state, done, f"ticket {k} reweighted", lambda meta: save_ticket(state, k, done, **meta))
+    return boost_at(state, done, f"ticket {k} reweighted",
+                    lambda metas: tickets.save(state, k, [ticket_meta(k, done, **meta) for meta in metas]))
 
   def select_best(state, done: int) -> None:
-    """best_val: at an epoch end of refinement phase k, keep the state if its validation NLL is the
-    phase's lowest so far (a resumed run reads the saved ticket's NLL back: same choice)."""
+    """best_val: at an epoch end of refinement phase k, keep each seed's state if its validation
+    NLL is the phase's lowest so far (a resumed run reads the saved ticket's NLL back: same choice)."""
     if done not in selection_steps:
       return
     k = phase_of(done)
-    if k not in best_val_nll:
-      saved = tickets.meta(k)
-      best_val_nll[k] = saved["val_nll"] if saved and saved.get("val_nll") is not None else np.inf
-    val_nll = validation_nll(state)
-    if val_nll < best_val_nll[k]:
-      best_val_nll[k] = val_nll
-      save_ticket(state, k, done, val_nll)
-      run.log.write({"step": done, "event": f"ticket {k} candidate", "val_nll": val_nll})
+    for s, val_nll in enumerate(validation_nlls(state)):
+      if (k, s) not in best_val_nll:
+        saved = tickets.meta(k, s)
+        best_val_nll[(k, s)] = saved["val_nll"] if saved and saved.get("val_nll") is not None else np.inf
+      if val_nll < best_val_nll[(k, s)]:
+        best_val_nll[(k, s)] = val_nll
+        tickets.save_seed(state, k, s, ticket_meta(k, done, val_nll))
+        run.log.write({"step": done, "event": f"ticket {k} candidate", "val_nll": val_nll,
+                       **({"seed": run.seeds[s]} if run.num_seeds > 1 else {})})
 
   def phase_hook(state, done, batch):
     """Regular DST updates (`regular_updates`); at a phase end: the ticket (the trained state,
@@ -224,7 +227,7 @@ def train_tickets(run: Run, options, boost: Any = None) -> Trained:
     if boost is not None:
       state = boosted_ticket(state, ends[done], done)
     elif e.ticket == "final":
-      save_ticket(state, ends[done], done)
+      tickets.save(state, ends[done], ticket_meta(ends[done], done))
     run.log.write({"step": done, "event": f"ticket {ends[done]} saved"})
     if done in starts:
       state = update(state, batch, e.global_drop_fraction, e.exploration_growth == "gradient")
@@ -236,19 +239,24 @@ def train_tickets(run: Run, options, boost: Any = None) -> Trained:
   hook_steps = regular | set(ends) | selection_steps
   state, info = trainer.fit(run, state, [trainer.Hook(frozenset(hook_steps), phase_hook)])
   members, metas = tickets.load(state)
-  densities = sparse.density_of(members["masks"])
-  flops = run.flops(m, info["steps"], sparse.density_of(sparse.masks_of(state.opt_state)),
+  trained = []
+  for r, members, metas, final_masks in zip(run.seed_runs(), run.split_seeds(members), run.split_seeds(metas),
+                                            run.split_seeds(sparse.masks_of(state.opt_state))):
+    densities = sparse.density_of(members["masks"])
+    flops = r.flops(m, info["steps"], sparse.density_of(final_masks),
                     sparse_common.growth_rule(s), edst_gradient_updates(s, e, m, spe), trained_members=1,
                     reference_epochs=e.reference_epochs,
                     extra_passes=len(validation_steps(e, m, spe)) * len(run.data.y_val)
                     + (m * n if boost is not None else 0))  # + the boosted tickets' training-set passes
-  results = {"sparsity": {"target": s.sparsity, "ticket_nonzero_density": {k: densities[k] for k in plan.sizes}},
-             "tickets": {"mask_overlap": ticket_overlaps(members["masks"], plan)}}
-  if boost is None:
-    return Trained(run.ensemble(members), info, flops, members["masks"], results)
-  alphas = [meta["alpha"] for meta in metas]
-  results["boosting"] = {"alphas": alphas, "train_errors": [meta["train_error"] for meta in metas]}
-  return Trained(run.ensemble(members, alphas, boost.combine), info, flops, members["masks"], results)
+    results = {"sparsity": {"target": s.sparsity, "ticket_nonzero_density": {k: densities[k] for k in plan.sizes}},
+               "tickets": {"mask_overlap": ticket_overlaps(members["masks"], plan)}}
+    if boost is None:
+      trained.append(Trained(r.ensemble(members), info, flops, members["masks"], results))
+      continue
+    alphas = [meta["alpha"] for meta in metas]
+    results["boosting"] = {"alphas": alphas, "train_errors": [meta["train_error"] for meta in metas]}
+    trained.append(Trained(r.ensemble(members, alphas, boost.combine), info, flops, members["masks"], results))
+  return trained
 
 
 def derived(config) -> dict:
@@ -283,4 +291,4 @@ def ticket_overlaps(masks: Any, plan: sparse.SparsityPlan) -> list[list[float]]:
 
 METHOD = register(Method("edst_ensemble", train, {"sparse": SparseOptions, "edst": EDSTOptions},
                          defaults={"num_members": 3, "training.lr_schedule": "constant"},  # epochs: `derived`
-                         check=check, derived=derived))
+                         check=check, derived=derived, trains_seeds=True))

@@ -68,7 +68,7 @@ def fge_schedule(pretrain_schedule: optax.Schedule, pretrain: int, length: float
   return schedule
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   o, m, t = options.fge, run.num_members, run.config.training
   pretrain, length, snapshot_steps = cycle_layout(run.total_steps, m, o.pretrain_fraction)
   require(length >= 2, "fge.pretrain_fraction", f"small enough that each of the M = {m} cycles gets 2 or more "
@@ -86,7 +86,8 @@ def train(run: Run, options) -> Trained:
   state, info = trainer.fit(run, run.init_members(), [trainer.Hook(frozenset(snapshots.ends), snapshot)])
   members, _ = snapshots.load(state)
   results = {"fge": {"pretrain_steps": pretrain, "cycle_steps": length, "snapshot_steps": snapshot_steps}}
-  return Trained(run.ensemble(members), info, run.flops(m, info["steps"], trained_members=1), results=results)
+  return [Trained(r.ensemble(members), info, r.flops(m, info["steps"], trained_members=1), results=results)
+          for r, members in zip(run.seed_runs(), run.split_seeds(members))]
 
 
-METHOD = register(Method("fge", train, {"fge": FGEOptions}, defaults={"num_members": 3}))
+METHOD = register(Method("fge", train, {"fge": FGEOptions}, defaults={"num_members": 3}, trains_seeds=True))

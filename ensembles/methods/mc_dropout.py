@@ -32,7 +32,7 @@ def predictor(run: Run, options):
                                    mean=run.data.mean, std=run.data.std, compute_dtype=run.compute_dtype)
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   rates = train_lib.dropout_rates(run.model, run.data.image_shape)
   if not any(rate > 0 for rate in rates):
     raise ConfigError("method 'mc_dropout' needs a model with dropout (an nn.Dropout layer with rate > 0); "
@@ -41,9 +41,9 @@ def train(run: Run, options) -> Trained:
   t = options.mc_dropout.num_passes
   flops = run.flops(1, info["steps"])
   flops.update(inference_flops=t * flops["forward_flops_dense"], inference_x_dense=float(t))
-  ensemble = run.ensemble(stacked_members(state), apply=predictor(run, options))
   results = {"mc_dropout": {"num_passes": t, "dropout_rate": max(rates)}}
-  return Trained(ensemble, info, flops, results=results, num_members=t)
+  return [Trained(r.ensemble(members, apply=predictor(r, options)), info, flops, results=results, num_members=t)
+          for r, members in zip(run.seed_runs(), run.split_seeds(stacked_members(state)))]
 
 
 def check(config, options) -> None:
@@ -56,5 +56,5 @@ def check(config, options) -> None:
 
 
 METHOD = register(Method("mc_dropout", train, {"mc_dropout": MCDropoutOptions},
-                         defaults={"num_members": 1, "model.dropout_rate": 0.2}, check=check, predictor=predictor,
+                         defaults={"num_members": 1, "model.dropout_rate": 0.2}, check=check, predictor=predictor, trains_seeds=True,
                          takes_member_networks=False))

@@ -10,11 +10,15 @@ from ensembles.context import Run, stacked_members
 from ensembles.methods.base import Trained
 
 
-def train_member_network(run: Run, report: Callable) -> Trained:
-  """Trains ``run.model`` (a network of run.num_members members) as one model; ``report(run, state,
-  info) -> (flops, results)`` gives the method's cost and its results entries."""
+def train_member_network(run: Run, report: Callable) -> list[Trained]:
+  """Trains ``run.model`` (a network of run.num_members members; one per seed of the run) as one
+  model; ``report(run, members, info) -> (flops, results)`` gives the method's cost and its results
+  entries for one seed's network (members: {"params", "model_state"} [1, ...])."""
   m = run.num_members
   run = run.phase(num_members=1)
   state, info = trainer.fit(run, run.init_members())
-  flops, results = report(run, state, info)
-  return Trained(run.ensemble(stacked_members(state)), info, flops, results=results, num_members=m)
+  trained = []
+  for r, members in zip(run.seed_runs(), run.split_seeds(stacked_members(state))):
+    flops, results = report(r, members, info)
+    trained.append(Trained(r.ensemble(members), info, flops, results=results, num_members=m))
+  return trained

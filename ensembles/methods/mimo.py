@@ -36,14 +36,15 @@ def network(model, config, options) -> mimo.MIMO:
     raise ConfigError(str(error)) from None
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   r = options.mimo.batch_repetitions
 
-  def report(run, state, info):  # one network; r·B rows per step
+  def report(run, members, info):  # one network; r·B rows per step
     flops = run.flops(1, info["steps"], trained_members=r)
     return flops, {"mimo": {"rows_per_step": r * run.config.training.batch_size}}
 
   return train_member_network(run, report)
 
 
-METHOD = register(Method("mimo", train, {"mimo": MIMOOptions}, defaults={"num_members": 3}, network=network))
+METHOD = register(Method("mimo", train, {"mimo": MIMOOptions}, defaults={"num_members": 3}, network=network,
+                         trains_seeds=True))

@@ -12,4 +12,4 @@ def check(config, options) -> None:
           "1 for method 'single' (use method 'deep_ensemble' for several members)", config.num_members)
 
 
-METHOD = register(Method("single", deep_ensemble.train, defaults={"num_members": 1}, check=check))
+METHOD = register(Method("single", deep_ensemble.train, defaults={"num_members": 1}, check=check, trains_seeds=True))

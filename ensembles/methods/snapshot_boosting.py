@@ -27,7 +27,7 @@ class SnapshotBoostingOptions(CBNNOptions):
   """The ``snapshot_boosting`` block: the boosting rule, clip, weight cap and combination of CBNN."""
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   schedule = cyclic_cosine(run.config.training.lr, run.total_steps, run.num_members)
   return boosted_checkpoints(run, options.snapshot_boosting, "snapshot_boosting", schedule)
 
@@ -39,4 +39,5 @@ def check(config, options) -> None:
 
 
 METHOD = register(Method("snapshot_boosting", train, {"snapshot_boosting": SnapshotBoostingOptions},
-                         defaults={"num_members": 3}, check=check, takes_member_networks=False))
+                         defaults={"num_members": 3}, check=check, takes_member_networks=False,
+                         trains_seeds=True))

@@ -27,7 +27,7 @@ def cyclic_cosine(lr: float, total_steps: int, cycles: int) -> optax.Schedule:
   return schedule
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   m = run.num_members
   run = run.phase(num_members=1, schedule=cyclic_cosine(run.config.training.lr, run.total_steps, m))
   snapshots = run.collection("members", at_segment_ends(run.total_steps, m))
@@ -39,7 +39,8 @@ def train(run: Run, options) -> Trained:
 
   state, info = trainer.fit(run, run.init_members(), [trainer.Hook(frozenset(snapshots.ends), snapshot)])
   members, _ = snapshots.load(state)
-  return Trained(run.ensemble(members), info, run.flops(m, info["steps"], trained_members=1))
+  return [Trained(r.ensemble(members), info, r.flops(m, info["steps"], trained_members=1))
+          for r, members in zip(run.seed_runs(), run.split_seeds(members))]
 
 
 def check(config, options) -> None:
@@ -48,4 +49,4 @@ def check(config, options) -> None:
           config.num_members)
 
 
-METHOD = register(Method("snapshot_ensemble", train, defaults={"num_members": 3}, check=check))
+METHOD = register(Method("snapshot_ensemble", train, defaults={"num_members": 3}, check=check, trains_seeds=True))

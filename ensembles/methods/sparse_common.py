@@ -55,12 +55,12 @@ def make_plan(state: train_lib.TrainState, options: SparseOptions) -> sparse.Spa
 
 def init_member_masks(run: Run, state: train_lib.TrainState, plan: sparse.SparsityPlan,
                       rule: str) -> train_lib.TrainState:
-  """Gives each member its own exact-count masks (keys split from the run's init key), masks its
-  params and puts the masks in its `sparse.masked` optimizer state."""
+  """Gives each member its own exact-count masks (keys split from fold_in(its seed's init key, 1):
+  `Run.member_keys`), masks its params and puts the masks in its `sparse.masked` optimizer state."""
   def one(k, params):
     return sparse.init_sparse(k, params, run.tx, plan, rule)
 
-  keys = jax.random.split(jax.random.fold_in(run.init_key, 1), members_lib.num_members(state.params))
+  keys = run.member_keys(1)
   params, opt_state = jax.jit(jax.vmap(one))(keys, state.params)
   return state.replace(params=params, opt_state=opt_state)
 

@@ -8,8 +8,9 @@ from ensembles.methods.base import Method, Trained, register
 from ensembles.methods.sparse_common import SparseOptions
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   return dst_ensemble.train(run, options, topology_updates=False)
 
 
-METHOD = register(Method("static_sparse_ensemble", train, {"sparse": SparseOptions}, defaults={"num_members": 3}))
+METHOD = register(Method("static_sparse_ensemble", train, {"sparse": SparseOptions}, defaults={"num_members": 3},
+                         trains_seeds=True))

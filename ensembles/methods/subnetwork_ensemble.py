@@ -46,7 +46,7 @@ def split_epochs(epochs: int, options: SubnetworkOptions) -> tuple[int, int]:
   return parent, epochs - parent
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   s, m = options.subnetwork, run.num_members
   parent_epochs, child_epochs = split_epochs(run.epochs, s)
   layer_order = [c.path for c in flops_lib.layer_costs(run.model, run.data.image_shape)]
@@ -57,42 +57,58 @@ def train(run: Run, options) -> Trained:
   subnetworks.partition_masks(members_lib.member(state.params, 0), m, s.granularity, s.share_input_output,
                               layer_order=layer_order)
   state, info_p = trainer.fit(parent_run, state)
-  parent = collected.member_tree(state)
-  masks = subnetworks.partition_masks(parent["params"], m, s.granularity, s.share_input_output, s.score,
-                                      jax.random.fold_in(parent_run.init_key, 2), layer_order)
-  if s.granularity == "unit":  # removed units output exactly zero, also through BatchNorm
-    masks = subnetworks.silence_removed_units(run.model, {"params": parent["params"], **parent["model_state"]},
-                                              masks, run.data.image_shape)
+  parents = [collected.member_tree(one) for one in parent_run.split_seeds(state)]  # one per seed
+  masks = [seed_masks(run, s, parent, m, r.init_key, layer_order) for r, parent in zip(parent_run.seed_runs(), parents)]
 
   child_run = run.phase(sparse_training=True, epochs=child_epochs, key_salt=1, subdir="children", name="children")
   children = child_run.init_members()  # not the parent's streams (key_salt)
-  params = jax.tree.map(lambda p, k: jnp.where(k, p[None], 0.0), parent["params"], masks)
+  seeds_stacked = lambda trees: jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)  # [S·M, ...] seed-major
+  masks = seeds_stacked(masks)
+  params = seeds_stacked([jax.tree.map(lambda p, k: jnp.where(k, p[None], 0.0), parent["params"], own)
+                          for parent, own in zip(parents, child_run.split_seeds(masks))])
   children = children.replace(
       params=params, opt_state=jax.vmap(lambda p, k: sparse.with_masks(child_run.tx, p, k))(params, masks),
-      model_state=jax.tree.map(lambda x: jnp.stack([x] * m), parent["model_state"]))
+      model_state=seeds_stacked([jax.tree.map(lambda x: jnp.stack([x] * m), parent["model_state"])
+                                 for parent in parents]))
   children, info_c = trainer.fit(child_run, children)
 
-  masks = sparse.masks_of(children.opt_state)  # the arrays passed in were donated to the train step
-  densities = child_densities(child_run, children, masks, layer_order)
-  parent_flops = parent_run.flops(1, info_p["steps"])
-  child_flops = child_run.flops(m, info_c["steps"], densities, "static")
-  flops = {**child_flops, "flops_rule": "dense parent + static children",
-           "train_flops": parent_flops["train_flops"] + child_flops["train_flops"],
-           "train_x_dense": parent_flops["train_x_dense"] + child_flops["train_x_dense"]}
   info = {"train_time_s": info_p["train_time_s"] + info_c["train_time_s"], "steps": info_p["steps"] + info_c["steps"]}
-  results = {"subnetwork": {"parent_epochs": parent_epochs, "child_epochs": child_epochs,
-                            "child_shares": subnetworks.child_shares(masks, parent["params"], s.share_input_output,
-                                                                     layer_order).tolist()}}
-  return Trained(child_run.ensemble(stacked_members(children)), info, flops, masks, results)
+  trained = []
+  # the masks passed in were donated to the train step: read them back from the optimizer state
+  for r_parent, r_child, parent, members, masks in zip(
+      parent_run.seed_runs(), child_run.seed_runs(), parents, child_run.split_seeds(stacked_members(children)),
+      child_run.split_seeds(sparse.masks_of(children.opt_state))):
+    densities = child_densities(r_child, members, masks, layer_order)
+    parent_flops = r_parent.flops(1, info_p["steps"])
+    child_flops = r_child.flops(m, info_c["steps"], densities, "static")
+    flops = {**child_flops, "flops_rule": "dense parent + static children",
+             "train_flops": parent_flops["train_flops"] + child_flops["train_flops"],
+             "train_x_dense": parent_flops["train_x_dense"] + child_flops["train_x_dense"]}
+    results = {"subnetwork": {"parent_epochs": parent_epochs, "child_epochs": child_epochs,
+                              "child_shares": subnetworks.child_shares(masks, parent["params"], s.share_input_output,
+                                                                       layer_order).tolist()}}
+    trained.append(Trained(r_child.ensemble(members), info, flops, masks, results))
+  return trained
 
 
-def child_densities(run: Run, children, masks, layer_order: list[str]) -> dict[str, float]:
-  """Per conv/dense layer, the fraction of its multiply-accumulates the children really do, averaged
-  over children (`flops.live_input_densities`): their masks, and for unit granularity also the
-  weights reading units another child owns (zero inputs)."""
+def seed_masks(run: Run, s: SubnetworkOptions, parent: dict, m: int, parent_key, layer_order: list[str]):
+  """The M children's disjoint masks [M, ...] of one trained ``parent`` ({"params",
+  "model_state"}), with the partition's key fold_in(its run's init key, 2)."""
+  masks = subnetworks.partition_masks(parent["params"], m, s.granularity, s.share_input_output, s.score,
+                                      jax.random.fold_in(parent_key, 2), layer_order)
+  if s.granularity == "unit":  # removed units output exactly zero, also through BatchNorm
+    masks = subnetworks.silence_removed_units(run.model, {"params": parent["params"], **parent["model_state"]},
+                                              masks, run.data.image_shape)
+  return masks
+
+
+def child_densities(run: Run, children: dict, masks, layer_order: list[str]) -> dict[str, float]:
+  """Per conv/dense layer, the fraction of its multiply-accumulates the children ({"params",
+  "model_state"} [M, ...]) really do, averaged over children (`flops.live_input_densities`): their
+  masks, and for unit granularity also the weights reading units another child owns (zero inputs)."""
   per_child = []
-  for i in range(members_lib.num_members(children.params)):
-    variables = {"params": members_lib.member(children.params, i), **members_lib.member(children.model_state, i)}
+  for i in range(members_lib.num_members(children["params"])):
+    variables = {"params": members_lib.member(children["params"], i), **members_lib.member(children["model_state"], i)}
     per_child.append(flops_lib.live_input_densities(run.model, variables, run.data.image_shape,
                                                     members_lib.member(masks, i)))
   return {k: sum(d[k] for d in per_child) / len(per_child) for k in layer_order}
@@ -106,4 +122,4 @@ def check(config, options) -> None:
 
 
 METHOD = register(Method("subnetwork_ensemble", train, {"subnetwork": SubnetworkOptions},
-                         defaults={"num_members": 3}, check=check))
+                         defaults={"num_members": 3}, check=check, trains_seeds=True))

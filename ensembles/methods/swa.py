@@ -59,7 +59,7 @@ def averaging_steps(total_steps: int, steps_per_epoch: int, start_fraction: floa
   return sorted(set(ends) | {total_steps})
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   o = options.swa
   run = run.phase(schedule=swa_schedule(run.config.training.lr, o.lr_factor, run.total_steps))
   steps = averaging_steps(run.total_steps, run.steps_per_epoch, o.start_fraction)
@@ -72,7 +72,7 @@ def train(run: Run, options) -> Trained:
 
   state = run.init_members()
   state = state.replace(extra={"swa_params": jax.tree.map(jnp.zeros_like, state.params),
-                               "swa_count": jnp.zeros((run.num_members,), jnp.int32)})
+                               "swa_count": jnp.zeros((run.total_members,), jnp.int32)})
   state, info = trainer.fit(run, state, [trainer.Hook(frozenset(steps), accumulate)])
   params = state.extra["swa_params"]
   moments = weight_averaging.make_batch_moments(run.model, execution=run.execution, mean=run.data.mean,
@@ -81,10 +81,11 @@ def train(run: Run, options) -> Trained:
                                                        run.config.eval_batch_size)
   batch = run.config.eval_batch_size  # the BatchNorm pass: 2 forward passes per image of its full batches
   passes = 2 * (len(run.data.x_train) // batch) * batch if "batch_stats" in state.model_state else 0
-  flops = run.flops(run.num_members, info["steps"], extra_passes=run.num_members * passes)
   results = {"swa": {"averaged_steps": steps}}
-  return Trained(run.ensemble({"params": params, "model_state": model_state}), info, flops, results=results)
+  return [Trained(r.ensemble(members), info, r.flops(run.num_members, info["steps"], extra_passes=run.num_members * passes),
+                  results=results)
+          for r, members in zip(run.seed_runs(), run.split_seeds({"params": params, "model_state": model_state}))]
 
 
 METHOD = register(Method("swa", train, {"swa": SWAOptions}, defaults={"num_members": 1},
-                         takes_member_networks=False))  # its BatchNorm pass feeds plain batches
+                         takes_member_networks=False, trains_seeds=True))  # its BatchNorm pass feeds plain batches

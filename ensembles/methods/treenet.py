@@ -31,10 +31,10 @@ def network(model, config, options) -> treenet.TreeNet:
   return treenet.TreeNet(model, config.num_members, options.treenet.shared_layers)
 
 
-def train(run: Run, options) -> Trained:
+def train(run: Run, options) -> list[Trained]:
   m = run.num_members
 
-  def report(run, state, info):  # M full members per example, then the trunk counted once
+  def report(run, members, info):  # M full members per example, then the trunk counted once
     flops = run.flops(m, info["steps"])
     member = flops["forward_flops_dense"]
     tree = treenet.tree_flops(flops_lib.layer_costs(run.model, run.data.image_shape), m)
@@ -48,4 +48,4 @@ def train(run: Run, options) -> Trained:
 
 
 METHOD = register(Method("treenet", train, {"treenet": TreeNetOptions}, defaults={"num_members": 3},
-                         network=network))
+                         network=network, trains_seeds=True))

@@ -1,0 +1,112 @@
+"""Seeds as members (`ensembles.fit_seeds`, `context.Run.seeds`): S seeds trained in one compiled
+step equal S runs of one seed each, for every method -- the members' parameters, the ensemble's
+weights (CBNN's α), the method's results and the test metrics."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import ensembles
+from ensembles import api
+from ensembles.errors import ConfigError
+from test_api import EDST_BUDGET, FIELDS, FeatureNet, feature_data
+
+SEEDS = (0, 1)
+
+
+def _fields(method, **more):
+  return {"batch_size": 32, "log_every_steps": 5, **({} if method in EDST_BUDGET else {"epochs": 4}),
+          **FIELDS.get(method, {}), **more}
+
+
+def _assert_same_run(together, alone, key="results", rtol=2e-4, atol=2e-5):
+  """Two results of one seed: every number close, every other value equal (the train times and the
+  seeds-as-members record aside)."""
+  if isinstance(alone, dict):
+    skip = {"train_time_s", "seeds_as_members", "resumed_from"}
+    assert set(together) - skip == set(alone) - skip, key
+    for k in set(alone) - skip:
+      _assert_same_run(together[k], alone[k], f"{key}.{k}", rtol, atol)
+  elif isinstance(alone, list):
+    assert isinstance(together, list) and len(together) == len(alone), key
+    for i, (a, b) in enumerate(zip(together, alone)):
+      _assert_same_run(a, b, f"{key}[{i}]", rtol, atol)
+  elif isinstance(alone, (float, int)) and not isinstance(alone, bool):
+    np.testing.assert_allclose(together, alone, rtol=rtol, atol=atol, err_msg=key)
+  else:
+    assert together == alone, key
+
+
+@pytest.mark.parametrize("method", sorted(ensembles.METHODS))
+def test_seeds_together_equal_seeds_alone(method):
+  data = feature_data()
+  together = ensembles.fit_seeds(method, FeatureNet(), data, SEEDS, **_fields(method))
+  assert len(together) == len(SEEDS)
+  for seed, fitted in zip(SEEDS, together):
+    alone = ensembles.fit(method, FeatureNet(), data, seed=seed, **_fields(method))
+    assert fitted.config.seed == seed and fitted.results["seed"] == seed
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 fitted.ensemble.params, alone.ensemble.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 fitted.ensemble.model_state, alone.ensemble.model_state)
+    if alone.ensemble.weights is None:
+      assert fitted.ensemble.weights is None
+    else:
+      np.testing.assert_allclose(fitted.ensemble.weights, alone.ensemble.weights, rtol=1e-4)
+    _assert_same_run(fitted.results, alone.results)
+    assert fitted.results["seeds_as_members"]["seeds"] == list(SEEDS)
+  # the seeds' members differ (each seed its own keys), so the test above can tell them apart
+  first, second = (jax.tree.leaves(f.ensemble.params)[0] for f in together)
+  assert not np.allclose(first, second)
+
+
+def test_best_on_validation_tickets_are_chosen_per_seed():
+  """EDST's best-on-validation tickets: each seed keeps the state of its own lowest validation NLL."""
+  fields = _fields("edst_ensemble", edst={"exploration_epochs": 2, "refinement_epochs": 3, "ticket": "best_val"})
+  data = feature_data()
+  together = ensembles.fit_seeds("edst_ensemble", FeatureNet(), data, SEEDS, **fields)
+  for seed, fitted in zip(SEEDS, together):
+    alone = ensembles.fit("edst_ensemble", FeatureNet(), data, seed=seed, **fields)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 fitted.ensemble.params, alone.ensemble.params)
+    _assert_same_run(fitted.results, alone.results)
+  candidates = [r for r in together[0].log if str(r.get("event", "")).endswith("candidate")]
+  assert {r["seed"] for r in candidates} == set(SEEDS)
+
+
+def test_workdir_holds_each_seeds_run_and_a_rerun_reloads(tmp_path):
+  """With a workdir: WORKDIR/seeds trains (its config lists the seeds), WORKDIR/seed_s is seed s's
+  run folder (its config has seed s, and its saved ensemble reloads to the same predictions); a
+  rerun restores the finished run instead of training again."""
+  data = feature_data()
+  fields = _fields("cbnn")
+  first = ensembles.fit_seeds("cbnn", FeatureNet(), data, SEEDS, str(tmp_path), **fields)
+  assert json.load(open(tmp_path / "seeds" / "config.json"))["seed"] == list(SEEDS)
+  for seed, fitted in zip(SEEDS, first):
+    folder = tmp_path / f"seed_{seed}"
+    assert json.load(open(folder / "config.json"))["seed"] == seed
+    _, ensemble, meta = api.load_saved(fitted.config, str(folder), model=FeatureNet(), data=ensembles.from_arrays(**data))
+    assert meta["weights"] == pytest.approx(fitted.results["cbnn"]["alphas"])
+    np.testing.assert_allclose(ensemble.predict(data["x_test"]), fitted.predict(data["x_test"]), rtol=1e-6)
+  log = (tmp_path / "seeds" / "metrics.jsonl").read_text()
+  assert "train_loss" in log
+  again = ensembles.fit_seeds("cbnn", FeatureNet(), data, SEEDS, str(tmp_path), **fields)
+  assert [f.results["test"] for f in again] == [f.results["test"] for f in first]
+  assert (tmp_path / "seeds" / "metrics.jsonl").read_text() == log  # restored, not trained again
+
+
+def test_mistakes_are_named():
+  data = feature_data()
+  with pytest.raises(ConfigError, match="`seeds` argument"):
+    ensembles.fit_seeds("single", FeatureNet(), data, SEEDS, seed=3)
+  with pytest.raises(ValueError, match="seeds must be distinct"):
+    ensembles.fit_seeds("single", FeatureNet(), data, (1, 1), epochs=1)
+  own = ensembles.methods.Method("my_single_seed_method", ensembles.methods.deep_ensemble.train,
+                                 defaults={"num_members": 1})
+  try:
+    with pytest.raises(ConfigError, match="does not train seeds as members"):
+      ensembles.fit_seeds(own, FeatureNet(), data, SEEDS, epochs=1)
+  finally:
+    ensembles.METHODS.pop("my_single_seed_method", None)
