@@ -37,6 +37,7 @@ from ensembles import data as data_lib
 from ensembles import defaults
 from ensembles import evaluation as evaluation_lib
 from ensembles import files
+from ensembles import memory
 from ensembles import models as models_lib
 from ensembles import streaming
 from ensembles import train as train_lib
@@ -145,15 +146,17 @@ def run_config_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], wo
                      group_workdir: str) -> list[dict]:
   """`run_config` for each of ``seeds``, trained together as members (`fit_config_seeds`): the
   config's model and dataset built once; returns each seed's results. A training set streamed from
-  disk (too large to hold in memory) trains the seeds one after another instead."""
+  disk (too large to hold in memory), or a step whose estimated memory (`memory.seeds_fit`) exceeds
+  the device's, trains the seeds one after another instead."""
   config_lib.validate(config)
   data_lib.check_training_source(config.dataset)
   evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
   data = data_lib.load_dataset(config.dataset)
   model = build_model(config, data)
-  if streaming.is_streamed(data.x_train):
-    print(f"The training set of {config.dataset.name} streams from disk: seeds {list(seeds)} train one after "
-          "another.", file=sys.stderr)
+  fits, words = memory.seeds_fit(context.build(config, network_for(config, model), data, None, seeds=seeds))
+  if streaming.is_streamed(data.x_train) or not fits:
+    why = f"the training set of {config.dataset.name} streams from disk" if fits else f"the step needs {words}"
+    print(f"Seeds {list(seeds)} train one after another: {why}.", file=sys.stderr)
     results = []
     for seed, workdir in zip(seeds, workdirs):
       c = config.copy_and_resolve_references()

@@ -1,4 +1,5 @@
-"""Peak FLOP/s of accelerator chips, for the model FLOPs utilisation (MFU) in the training log.
+"""Peak FLOP/s and memory of accelerator chips: the model FLOPs utilisation (MFU) in the training log,
+and whether seeds fit on a device as members (`memory_bytes`).
 
 Vendors' dense peak per chip (no structured sparsity), in FLOP/s, for the compute dtype of the
 step: bfloat16, and for float32 the TF32 tensor-core peak on NVIDIA GPUs (XLA's default matmul
@@ -7,6 +8,7 @@ overrides them, and a device not listed here (a CPU) gets no MFU.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 # device_kind substring -> {compute dtype: FLOP/s}; the longest matching key wins
@@ -31,3 +33,17 @@ def peak_flops(device: Any, compute_dtype: str = "float32", override: float = 0.
   if not matches:
     return None
   return PEAK_FLOPS[max(matches, key=len)].get(compute_dtype)
+
+
+def memory_bytes(device: Any) -> int | None:
+  """Memory of one ``device`` in bytes: the accelerator's allocator limit (``memory_stats``), or
+  for a CPU the machine's physical memory; None when unknown."""
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  if getattr(device, "platform", "") == "cpu":
+    try:
+      return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+      return None
+  return None

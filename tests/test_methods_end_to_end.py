@@ -154,7 +154,13 @@ def test_resume_mid_run_equals_the_uninterrupted_run(tmp_path, fake_data, module
     assert resumed[module]["alphas"] == pytest.approx(full[module]["alphas"], rel=1e-6)
 
 
-@pytest.mark.parametrize("module", sorted(RESUME_CASES))
+# Recipes with per-seed work between steps (boosting, tickets, the parent's partition, averaging,
+# snapshots) by default; the others (plain fits of S·M members) with `make test-slow`.
+PER_SEED_WORK = ("boosted_edst", "cbnn", "edst_ensemble", "fge", "subnetwork_ensemble", "swa")
+
+
+@pytest.mark.parametrize("module", [m if m in PER_SEED_WORK else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in sorted(RESUME_CASES)])
 def test_seeds_as_members_resume_mid_run_to_each_seeds_own_run(tmp_path, fake_data, module):
   """Two seeds trained as members, interrupted and resumed (the same cases), end with each seed's
   ensemble of its run alone; the seed's folder reloads and re-evaluates as a run of its own."""

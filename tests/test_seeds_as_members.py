@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ensembles
-from ensembles import api
+from ensembles import api, context, memory
 from ensembles.errors import ConfigError
 from test_api import EDST_BUDGET, FIELDS, FeatureNet, feature_data
 
@@ -110,3 +110,35 @@ def test_mistakes_are_named():
       ensembles.fit_seeds(own, FeatureNet(), data, SEEDS, epochs=1)
   finally:
     ensembles.METHODS.pop("my_single_seed_method", None)
+
+
+def test_memory_estimate_counts_state_activations_and_data_by_hand():
+  """`memory.step_bytes` of an MLP 20 -> 24 -> 3 (FeatureNet) for 2 seeds x 3 members, batch 32, SGD
+  with momentum: state = params + momentum (+ step, rng, schedule count), activations = rows x
+  outputs x 4 x 3, and the training set."""
+  data = ensembles.from_arrays(**feature_data())
+  cfg, dataset = api.user_config("deep_ensemble", FeatureNet(), data, None, {"num_members": 3, "batch_size": 32})
+  run = context.build(cfg, FeatureNet(), dataset, None, seeds=SEEDS)
+  params = 20 * 24 + 24 + 24 * 3 + 3
+  state = 6 * (2 * params * 4 + 4 + 2 * 4 + 4)  # params, momentum (float32); step; rng (2 x uint32); lr schedule count
+  activations = 6 * 32 * (24 + 3) * 4 * 3
+  assert memory.step_bytes(run) == pytest.approx(2 * state + activations + data.x_train.nbytes)
+
+
+def test_seeds_that_do_not_fit_train_one_after_another(tmp_path, monkeypatch):
+  """Where the estimate exceeds the device's memory, the comparison's seeds train one after another
+  (no group folder; the results carry no seeds-as-members record)."""
+  from conftest import make_dataset
+  from ensembles import data as data_lib, hardware
+  from experiments import compare
+  from test_compare import TINY
+  dataset = make_dataset(n_train=64, n_val=16, n_test=32, shape=(28, 28, 1))
+  monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
+  monkeypatch.setattr(hardware, "memory_bytes", lambda device: 1000)
+  cfg = compare.make_config("experiments/configs/single.py", TINY, 0)
+  run = context.build(cfg, api.build_model(cfg, dataset), dataset, None, seeds=SEEDS)
+  assert memory.seeds_fit(run)[0] is False
+  results = compare.run_comparison({"seeds": list(SEEDS), "runs": [("single", "experiments/configs/single.py", TINY)]},
+                                   str(tmp_path))
+  assert not os.path.exists(tmp_path / "single" / "seeds_0_1")
+  assert [r["seed"] for r in results] == list(SEEDS) and not any("seeds_as_members" in r for r in results)
