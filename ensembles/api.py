@@ -153,9 +153,12 @@ def run_config_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], wo
   evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
   data = data_lib.load_dataset(config.dataset)
   model = build_model(config, data)
-  fits, words = memory.seeds_fit(context.build(config, network_for(config, model), data, None, seeds=seeds))
-  if streaming.is_streamed(data.x_train) or not fits:
-    why = f"the training set of {config.dataset.name} streams from disk" if fits else f"the step needs {words}"
+  streamed = streaming.is_streamed(data.x_train)
+  one_network = get_method(config.method).trains_one_network
+  fits, words = memory.seeds_fit(context.build(config, network_for(config, model), data, None, seeds=seeds,
+                                               num_members=1 if one_network else None))
+  if streamed or not fits:
+    why = f"the training set of {config.dataset.name} streams from disk" if streamed else f"the step needs {words}"
     print(f"Seeds {list(seeds)} train one after another: {why}.", file=sys.stderr)
     results = []
     for seed, workdir in zip(seeds, workdirs):
@@ -208,11 +211,11 @@ def fit_config_seeds(config: ml_collections.ConfigDict, model: nn.Module, data: 
     configs.append(c)
   model = network_for(config, model)
   try:
+    if group_workdir is not None:  # first: another seed list in the same folder is refused before any seed's
+      claim_workdir(ml_collections.ConfigDict({**config.to_dict(), "seed": list(seeds)}), group_workdir)
     for c, workdir in zip(configs, workdirs or ()):
       claim_workdir(c, workdir)
-    if group_workdir is not None:
-      claim_workdir(ml_collections.ConfigDict({**config.to_dict(), "seed": list(seeds)}), group_workdir)
-    run, trained = train_method(config, model, data, group_workdir, seeds)
+    run, trained = train_method(configs[0], model, data, group_workdir, seeds)  # config.seed: the first seed
     fitted = []
     for c, workdir, t in zip(configs, workdirs or [None] * len(seeds), trained):
       seed_run = context.build(c, model, data, workdir)

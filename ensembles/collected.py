@@ -85,12 +85,18 @@ class Collection:
     """All saved members stacked [S·M, ...] seed-major (``state``: any state of the run, for the
     structure) and their S·M metas, in the same order."""
     trees, metas = [], []
+    expected = len(set(self.ends.values()))
     for s in range(len(self.seeds)):
       if self.directory is None:
         items = [self.memory[key] for key in sorted(self.memory) if key[0] == s]
-        tree, meta = members_lib.stack([t for t, _ in items]), [m for _, m in items]
+        meta = [m for _, m in items]
+        tree = members_lib.stack([t for t, _ in items]) if items else None
       else:
         tree, meta = checkpoints.load_members(self._directory(s), self.member(state))
+      if len(meta) != expected:
+        raise ValueError(f"Seed {self.seeds[s]} collected {len(meta)} of the run's {expected} members "
+                         f"({self.directory or 'in memory'}); a member was never saved (e.g. no ticket "
+                         "candidate with a finite validation NLL).")
       trees.append(tree)
       metas += meta
     return (trees[0] if len(trees) == 1 else jax.tree.map(lambda *xs: jax.numpy.concatenate(xs), *trees)), metas

@@ -6,8 +6,8 @@ sparse, its own lr schedule or epochs, its own folder) asks for a new `Run` with
 
 Fields: the validated config (training, augmentation and loop settings), model, data, workdir (None:
 nothing is written, checkpoints and collected members stay in memory), M, the optimizer (wrapped
-by `sparse.masked` in a sparse phase), the member execution (mode, device mesh), the init key and
-the M per-member data-order keys, the jitted train step (one step, several steps of an epoch per
+by `sparse.masked` in a sparse phase), the member execution (mode, device mesh), each seed's init
+key and the S·M per-member data-order keys, the jitted train step (one step, several steps of an epoch per
 dispatch, and one step on a batch read from disk) and predictor, and the metrics log.
 
 Seeds as members: a run of S seeds (``seeds``, default the config's one) trains the S runs of the
@@ -117,7 +117,7 @@ class Run:
     return self.execution.mesh
 
   def epoch_order(self, epoch: int):
-    """Each member's example order of ``epoch`` on the host: int32 [M, steps_per_epoch, B]
+    """Each member's example order of ``epoch`` on the host: int32 [S·M, steps_per_epoch, B]
     (`train.epoch_indices`); the in-memory and the streamed input both train in this order."""
     t = self.config.training
     return np.concatenate([np.asarray(train_lib.epoch_indices(keys, epoch, len(self.data.y_train), t.batch_size,
@@ -224,7 +224,12 @@ def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | 
                      "training examples.")
   inner = train_lib.make_optimizer(t, epochs * steps_per_epoch, steps_per_epoch, schedule)
   tx = sparse.masked(inner) if sparse_training else inner
-  execution = execution_for(config, model, len(seeds) * m, t.batch_size, data.image_shape)
+  try:
+    execution = execution_for(config, model, len(seeds) * m, t.batch_size, data.image_shape)
+  except ValueError as error:
+    if len(seeds) == 1:
+      raise
+    raise ValueError(f"{error} (Seeds as members: num_members here is {len(seeds)} seeds x {m} members.)") from None
   init_keys, data_keys = [], []
   for seed in seeds:
     key = jax.random.PRNGKey(seed)

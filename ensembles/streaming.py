@@ -179,14 +179,14 @@ class TrainBatches:
     import grain  # pylint: disable=g-import-not-at-top
     c = run.config
     self.run, self.view, self.labels = run, run.data.x_train, np.asarray(run.data.y_train, np.int32)
-    self.batch_shape = (run.num_members, c.training.batch_size)
+    self.batch_shape = (run.total_members, c.training.batch_size)
     mesh = run.mesh
     self.sharding = (members_lib.sharding(mesh, members_lib.MEMBER_AXIS, members_lib.DATA_AXIS)
                      if members_lib.is_distributed(mesh) else None)
     self.blocks = local_blocks(self.sharding, self.batch_shape)
     self.crop = bool(c.augment.get("random_resized_crop", False))
     self.scale = (float(c.augment.get("crop_scale_min", 0.08)), 1.0)
-    self.seed = (int(c.seed), int(run.key_salt))
+    self.seed = (int(run.seeds[0]), int(run.key_salt))  # a streamed run trains one seed (`trainer.fit`)
     self._orders: dict[int, np.ndarray] = {}
     self._lock = threading.Lock()
     options = grain.ReadOptions(num_threads=int(c.dataset.get("read_threads", 4)),

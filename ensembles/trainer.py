@@ -197,8 +197,8 @@ def _chunk_ends(run: Run, hooks: Sequence[Hook], limit: int) -> np.ndarray:
 
 
 class _Epoch:
-  """One epoch's example order: ``host`` [M, S, B] (`train.epoch_indices`) and, on first use, the
-  same on the mesh (``device``, split over ``members`` x ``data``)."""
+  """One epoch's example order: ``host`` [S·M members, steps, B] (`Run.epoch_order`) and, on first
+  use, the same on the mesh (``device``, split over ``members`` x ``data``)."""
 
   def __init__(self, run: Run, epoch: int):
     self.run, self.number = run, epoch
@@ -235,6 +235,15 @@ def _chunks(run: Run, start: int, ends: np.ndarray, limit: int) -> Iterator[tupl
       epoch = _Epoch(run, first // run.steps_per_epoch)
     yield first, done, epoch
     first = done
+
+
+def _seeds_hint(run: Run, loss: np.ndarray) -> str:
+  """With seeds trained as members: which seeds diverged, and how to train the others alone."""
+  if run.num_seeds == 1:
+    return ""
+  bad = [seed for seed, part in zip(run.seeds, run.split_seeds(list(loss))) if not np.all(np.isfinite(part))]
+  return (f" Seeds {bad} of {list(run.seeds)} (trained together as members) diverged; the others may finish "
+          "trained one after another (experiments.compare --seeds_as_members=false).")
 
 
 def _is_validation_step(run: Run, done: int) -> bool:
@@ -365,7 +374,7 @@ class _Progress:
     if not np.all(np.isfinite(averaged["loss"])):
       raise NonFiniteLossError(
           f"Loss became non-finite by step {done} (per member: {averaged['loss'].tolist()}). Stopping. "
-          f"{store.kept()} Lower training.lr or check the data.")
+          f"{store.kept()} Lower training.lr or check the data." + _seeds_hint(self.run, averaged["loss"]))
     now = time.perf_counter()
     steps_per_s = self.steps_since / max(now - self.since, 1e-9)
     self.since, self.steps_since = now, 0

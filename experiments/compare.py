@@ -11,7 +11,8 @@ step, in WORKDIR/LABEL/seeds_<s1>_<s2>... (resumable; `experiments.runner.run_se
 seed's folder gets the run of its own; the results equal training the seeds one after another
 (`--seeds_as_members=false` or the comparison's "seeds_as_members": False: `experiments.runner.run`
 per seed), except for the train times (the run's time / S). Methods without
-``Method.trains_seeds`` and training sets streamed from disk train their seeds one after another. The report (Markdown with
+``Method.trains_seeds``, training sets streamed from disk, and steps whose estimated memory exceeds
+the device's (`ensembles.memory.seeds_fit`) train their seeds one after another. The report (Markdown with
 mean ± std over seeds: accuracy/calibration/cost, OoD detection, corruption robustness; JSON with
 every run's results; plots reliability.png, metrics_vs_flops.png, corruption.png) goes to WORKDIR.
 """

@@ -9,6 +9,12 @@ at small batches reach much less (a recipe states its own assumption).
   python -m experiments.estimate --config experiments/recipes/freetickets_imagenet_resnet50_edst.py \\
       --hardware "TPU v4" --chips 32 --mfu 0.2
 
+Seeds as members (``--seeds S --step_overhead_ms T0``): the training time of S seeds one after
+another against the S seeds as S·M members of one step, with a step that costs a fixed overhead T0
+(kernel launches, loop bookkeeping: an ASSUMPTION given on the command line) plus its FLOPs at the
+assumed MFU: S·(T0 + t) against T0 + S·t per step, t = 3 · f · networks · B / (chips · peak · MFU).
+Compiles (S against 1) and evaluation (the same both ways) are not in it.
+
 Executed FLOPs count what the accelerator computes: 3 x the dense forward FLOPs per trained image
 (forward + two gradients; sparse methods run dense math on masked weights), for every network the
 method trains, plus the forward passes it needs besides (CBNN's training-set predictions, EDST's
@@ -113,6 +119,16 @@ MFU_REASONS = {  # model name -> why the recipe assumes its MFU
     "efficientnet_b0": "depthwise convolutions on 32x32 inputs keep a large GPU mostly idle"}
 
 
+def seeds_speedup(result: dict, seeds: int, step_overhead_s: float) -> dict:
+  """Training time of ``seeds`` seeds one after another and as members of one step (see the module
+  docstring), from `estimate`'s result: per-step compute t = 1 / steps_per_s."""
+  t = 1.0 / result["steps_per_s"]
+  alone = seeds * result["steps"] * (step_overhead_s + t)
+  together = result["steps"] * (step_overhead_s + seeds * t)
+  return {"seeds": seeds, "step_compute_ms": 1e3 * t, "step_overhead_ms": 1e3 * step_overhead_s,
+          "one_after_another_h": alone / 3600, "as_members_h": together / 3600, "ratio": alone / together}
+
+
 def _num(x: float) -> str:
   """Three significant figures at most, thousands separated."""
   return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
@@ -152,7 +168,20 @@ def main(argv=None) -> None:
   parser.add_argument("--hardware", default="TPU v4", choices=sorted(hardware.PEAK_FLOPS))
   parser.add_argument("--chips", type=int, default=8)
   parser.add_argument("--mfu", type=float, default=0.2, help="assumed model FLOPs utilisation")
+  parser.add_argument("--seeds", type=int, default=0, help="S > 1: also estimate S seeds as members (module docstring)")
+  parser.add_argument("--step_overhead_ms", type=float, default=0.0, help="assumed fixed cost of one step (ms)")
   args = parser.parse_args(argv)
+  if args.seeds > 1:
+    print(f"ESTIMATES (not measured): {args.seeds} seeds as members on {args.chips} x {args.hardware}, MFU "
+          f"{args.mfu:.0%}, assumed step overhead {args.step_overhead_ms} ms; training steps only\n")
+    print("| config | steps | compute per step (ms) | one after another (h) | as members (h) | ratio |")
+    print("|---|---|---|---|---|---|")
+    for path in args.config:
+      r = estimate(load_config(path), args.hardware, args.chips, args.mfu)
+      e = seeds_speedup(r, args.seeds, args.step_overhead_ms / 1e3)
+      print(f"| {path} | {r['steps']:,} | {e['step_compute_ms']:.3g} | {e['one_after_another_h']:.3g} | "
+            f"{e['as_members_h']:.3g} | {e['ratio']:.2f} |")
+    return
   print(f"ESTIMATES (not measured): {args.chips} x {args.hardware}, MFU {args.mfu:.0%} of the datasheet peak\n")
   print("| config | forward GFLOPs / image | executed training PFLOPs | papers' accounting PFLOPs (x dense) | steps | "
         "steps/s | images/s | hours |")

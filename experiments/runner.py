@@ -31,6 +31,9 @@ def run_seeds(config, seeds, workdirs, group_workdir: str) -> list[dict]:
   ``group_workdir`` (`api.run_config_seeds`); each seed's folder of ``workdirs`` gets the files
   `run` writes. Returns each seed's results."""
   all_results = api.run_config_seeds(config, seeds, workdirs, group_workdir)
+  if jax.process_index() == 0:  # every seed's results.json first: what marks a seed finished
+    for workdir, results in zip(workdirs, all_results):
+      files.write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
   for seed, workdir, results in zip(seeds, workdirs, all_results):
     seed_config = config.copy_and_resolve_references()
     seed_config.seed = int(seed)

@@ -182,6 +182,20 @@ def test_seeds_as_members_resume_mid_run_to_each_seeds_own_run(tmp_path, fake_da
     assert again["test"]["ensemble"]["nll"] == pytest.approx(results["test"]["ensemble"]["nll"], rel=1e-6)
 
 
+@pytest.mark.parametrize("module", ["deep_ensemble", "cbnn"])
+def test_seeds_as_members_keep_each_seeds_augmentation_and_dropout(tmp_path, fake_data, module):
+  """Images with random crops, flips and dropout: each seed's members draw what its run alone draws."""
+  cfg = _config(module, **{"training.epochs": 3, "augment.crop_padding": 2, "augment.flip": True,
+                           "model.dropout_rate": 0.3, "num_members": 2})
+  together, _, _ = _train(cfg, tmp_path / "together", seeds=(3, 4))
+  for seed, results in zip((3, 4), together):
+    cfg.seed = seed
+    alone, _, _ = _train(cfg, tmp_path / f"alone_{seed}")
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
+                 _saved_ensemble(tmp_path / "together" / f"seed_{seed}"), _saved_ensemble(tmp_path / f"alone_{seed}"))
+    assert results["test"]["ensemble"]["nll"] == pytest.approx(alone["test"]["ensemble"]["nll"], rel=1e-4)
+
+
 @pytest.mark.parametrize("module,members,passes", [("single", 1, 1), ("deep_ensemble", 3, 1),
                                                    ("mc_dropout", 1, "num_passes")])
 def test_dense_methods_flops_by_hand(tmp_path, fake_data, module, members, passes):

@@ -7,12 +7,13 @@ from conftest import requires_fashion_mnist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run_block(marker: str) -> dict:
-  """Executes the one README Python block containing ``marker``; returns its namespace."""
+def _run_block(marker: str, namespace: dict | None = None) -> dict:
+  """Executes the one README Python block containing ``marker`` (in ``namespace``: a previous
+  block's); returns its namespace."""
   text = open(os.path.join(ROOT, "README.md")).read()
   blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if marker in b]
   assert len(blocks) == 1, f"README has {len(blocks)} Python blocks with {marker!r}"
-  namespace = {}
+  namespace = {} if namespace is None else namespace
   exec(compile(blocks[0], "README.md", "exec"), namespace)  # pylint: disable=exec-used
   return namespace
 
@@ -65,3 +66,14 @@ def test_readme_fit_example_runs():
   assert namespace["accuracy"] == __import__("pytest").approx((namespace["probs"].argmax(1) == y_test).mean())
   assert namespace["edst"].results["train_steps"] == 5 * 20 and namespace["edst"].results["num_members"] == 3
   assert len(namespace["alphas"]) == 3 and all(a > 0 for a in namespace["alphas"])
+
+
+def test_readme_fit_seeds_example_runs():
+  """The README's `ensembles.fit_seeds` block, after the `ensembles.fit` block it builds on: seed 0
+  of the two seeds trained together is the block's CBNN run of seed 0."""
+  namespace = _run_block("ensembles.fit_seeds(", _run_block("ensembles.fit("))
+  runs, cbnn = namespace["runs"], namespace["cbnn"]
+  assert [r.results["seed"] for r in runs] == [0, 1]
+  assert runs[0].results["test"]["ensemble"]["nll"] == __import__("pytest").approx(
+      cbnn.results["test"]["ensemble"]["nll"], rel=1e-4)
+  assert runs[0].ensemble.weights == __import__("pytest").approx(cbnn.ensemble.weights, rel=1e-4)

@@ -60,3 +60,21 @@ def test_estimate_sizes_the_network_a_method_trains():
   f_plain = estimate.estimate(plain)["forward_gflops"] * 1e9
   assert f_plain == pytest.approx(2 * (784 * 512 + 512 * 512 + 512 * 10))
   assert f_mimo == pytest.approx(2 * (3 * 784 * 512 + 512 * 512 + 512 * 30))
+
+
+def test_seeds_as_members_estimate_by_hand(capsys):
+  """S seeds one after another cost S·(T0 + t) per step, as members T0 + S·t: with no overhead the
+  ratio is 1, with no compute it is S; the printed table uses the same numbers."""
+  config = estimate.load_config(os.path.join(ROOT, "experiments/configs/deep_ensemble.py"))
+  r = estimate.estimate(config, "H100", 1, 0.4)
+  t = 1.0 / r["steps_per_s"]
+  m, b = config.num_members, config.training.batch_size  # the members of one step, each its batch
+  assert t == pytest.approx(3 * r["forward_gflops"] * 1e9 * m * b / (494e12 * 0.4))
+  assert estimate.seeds_speedup(r, 3, 0.0)["ratio"] == pytest.approx(1.0)
+  assert estimate.seeds_speedup(r, 3, 1e3)["ratio"] == pytest.approx(3.0, rel=1e-6)
+  e = estimate.seeds_speedup(r, 3, 1e-4)
+  assert e["ratio"] == pytest.approx(3 * (1e-4 + t) / (1e-4 + 3 * t))
+  assert e["as_members_h"] == pytest.approx(r["steps"] * (1e-4 + 3 * t) / 3600)
+  estimate.main(["--config", os.path.join(ROOT, "experiments/configs/deep_ensemble.py"), "--hardware", "H100", "--chips", "1",
+                 "--mfu", "0.4", "--seeds", "3", "--step_overhead_ms", "0.1"])
+  assert f"| {e['ratio']:.2f} |" in capsys.readouterr().out

@@ -135,10 +135,29 @@ def test_seeds_that_do_not_fit_train_one_after_another(tmp_path, monkeypatch):
   dataset = make_dataset(n_train=64, n_val=16, n_test=32, shape=(28, 28, 1))
   monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
   monkeypatch.setattr(hardware, "memory_bytes", lambda device: 1000)
-  cfg = compare.make_config("experiments/configs/single.py", TINY, 0)
-  run = context.build(cfg, api.build_model(cfg, dataset), dataset, None, seeds=SEEDS)
-  assert memory.seeds_fit(run)[0] is False
-  results = compare.run_comparison({"seeds": list(SEEDS), "runs": [("single", "experiments/configs/single.py", TINY)]},
-                                   str(tmp_path))
-  assert not os.path.exists(tmp_path / "single" / "seeds_0_1")
+  sized = []
+  seeds_fit = memory.seeds_fit
+  monkeypatch.setattr(memory, "seeds_fit", lambda run: sized.append(run) or seeds_fit(run))
+  runs = [("cbnn", "experiments/configs/cbnn.py", {**TINY, "training.epochs": 2, "num_members": 2})]
+  results = compare.run_comparison({"seeds": list(SEEDS), "runs": runs}, str(tmp_path))
+  assert not os.path.exists(tmp_path / "cbnn" / "seeds_0_1")
   assert [r["seed"] for r in results] == list(SEEDS) and not any("seeds_as_members" in r for r in results)
+  # what was sized: CBNN's one network per seed, not its M checkpoints
+  assert [(r.num_seeds, r.num_members) for r in sized] == [(2, 1)]
+
+
+def test_a_seed_missing_a_collected_member_is_named():
+  """Loading refuses a collection where a seed lacks an item (it would shift members between seeds)."""
+  data = ensembles.from_arrays(**feature_data())
+  cfg, dataset = api.user_config("snapshot_ensemble", FeatureNet(), data, None, {"batch_size": 32})
+  run = context.build(cfg, FeatureNet(), dataset, None, seeds=SEEDS, num_members=1)
+  state = run.init_members()
+  snapshots = run.collection("members", {10: 0, 20: 1})
+  snapshots.save(state, 0, {"step": 10})
+  snapshots.save_seed(state, 1, 0, {"step": 20})  # seed 1 never saves item 1
+  with pytest.raises(ValueError, match="Seed 1 collected 1 of the run's 2 members"):
+    snapshots.load(state)
+  snapshots.save_seed(state, 1, 1, {"step": 20})
+  members, metas = snapshots.load(state)
+  assert len(metas) == 4 and [m["step"] for m in metas] == [10, 20, 10, 20]
+  np.testing.assert_array_equal(jax.tree.leaves(members["params"])[0][2], jax.tree.leaves(state.params)[0][1])

@@ -46,7 +46,9 @@ class Method:
   given model (BatchEnsemble's, MIMO's and TreeNet's wrappers of it). takes_member_networks: whether
   a given model may itself hold several members (`models.multi_member`; False where the recipe reads
   one prediction per network, e.g. CBNN's reweighting). trains_seeds: the recipe handles a run of
-  several seeds as members (`context.Run`) and returns one `Trained` per seed."""
+  several seeds as members (`context.Run`) and returns one `Trained` per seed. trains_one_network:
+  its steps train one network per seed, not M (checkpoint, snapshot and ticket methods, the networks
+  that hold M members): what `memory.seeds_fit` sizes."""
 
   name: str
   train: Callable[[Any, Any], Trained]
@@ -58,6 +60,7 @@ class Method:
   network: Callable[[Any, Any, Any], Any] | None = None
   takes_member_networks: bool = True
   trains_seeds: bool = False
+  trains_one_network: bool = False
 
   def read_options(self, config: Any) -> types.SimpleNamespace:
     """The method's options from its config blocks (a missing block or field: the default)."""

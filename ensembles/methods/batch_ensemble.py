@@ -46,4 +46,5 @@ def train(run: Run, options) -> list[Trained]:
 
 
 METHOD = register(Method("batch_ensemble", train, {"batch_ensemble": BatchEnsembleOptions},
-                         defaults={"num_members": 4}, network=network, trains_seeds=True))
+                         defaults={"num_members": 4}, network=network, trains_seeds=True,
+                         trains_one_network=True))

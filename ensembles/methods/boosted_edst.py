@@ -42,4 +42,4 @@ METHOD = register(Method("boosted_edst", train, {"sparse": SparseOptions, "edst"
                                                  "boosting": BoostingOptions},
                          defaults={"num_members": 3, "training.lr_schedule": "constant"},
                          check=check, derived=edst_ensemble.derived, takes_member_networks=False,
-                         trains_seeds=True))
+                         trains_seeds=True, trains_one_network=True))

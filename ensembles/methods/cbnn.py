@@ -106,4 +106,5 @@ def check(config, options) -> None:
 
 
 METHOD = register(Method("cbnn", train, {"cbnn": CBNNOptions}, defaults={"num_members": 3}, check=check,
-                         takes_member_networks=False, trains_seeds=True))  # α from one prediction per network
+                         takes_member_networks=False, trains_seeds=True,
+                         trains_one_network=True))  # α from one prediction per network

@@ -206,15 +206,15 @@ def train_tickets(run: Run, options, boost: Any = None) -> list[Trained]:
     if done not in selection_steps:
       return
     k = phase_of(done)
-    for s, val_nll in enumerate(validation_nlls(state)):
-      if (k, s) not in best_val_nll:
-        saved = tickets.meta(k, s)
-        best_val_nll[(k, s)] = saved["val_nll"] if saved and saved.get("val_nll") is not None else np.inf
-      if val_nll < best_val_nll[(k, s)]:
-        best_val_nll[(k, s)] = val_nll
-        tickets.save_seed(state, k, s, ticket_meta(k, done, val_nll))
+    for i, val_nll in enumerate(validation_nlls(state)):  # i: the seed's index
+      if (k, i) not in best_val_nll:
+        saved = tickets.meta(k, i)
+        best_val_nll[(k, i)] = saved["val_nll"] if saved and saved.get("val_nll") is not None else np.inf
+      if val_nll < best_val_nll[(k, i)]:
+        best_val_nll[(k, i)] = val_nll
+        tickets.save_seed(state, k, i, ticket_meta(k, done, val_nll))
         run.log.write({"step": done, "event": f"ticket {k} candidate", "val_nll": val_nll,
-                       **({"seed": run.seeds[s]} if run.num_seeds > 1 else {})})
+                       **({"seed": run.seeds[i]} if run.num_seeds > 1 else {})})
 
   def phase_hook(state, done, batch):
     """Regular DST updates (`regular_updates`); at a phase end: the ticket (the trained state,
@@ -291,4 +291,5 @@ def ticket_overlaps(masks: Any, plan: sparse.SparsityPlan) -> list[list[float]]:
 
 METHOD = register(Method("edst_ensemble", train, {"sparse": SparseOptions, "edst": EDSTOptions},
                          defaults={"num_members": 3, "training.lr_schedule": "constant"},  # epochs: `derived`
-                         check=check, derived=derived, trains_seeds=True))
+                         check=check, derived=derived, trains_seeds=True,
+                         trains_one_network=True))

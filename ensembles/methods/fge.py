@@ -90,4 +90,5 @@ def train(run: Run, options) -> list[Trained]:
           for r, members in zip(run.seed_runs(), run.split_seeds(members))]
 
 
-METHOD = register(Method("fge", train, {"fge": FGEOptions}, defaults={"num_members": 3}, trains_seeds=True))
+METHOD = register(Method("fge", train, {"fge": FGEOptions}, defaults={"num_members": 3}, trains_seeds=True,
+                         trains_one_network=True))

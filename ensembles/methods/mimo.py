@@ -47,4 +47,4 @@ def train(run: Run, options) -> list[Trained]:
 
 
 METHOD = register(Method("mimo", train, {"mimo": MIMOOptions}, defaults={"num_members": 3}, network=network,
-                         trains_seeds=True))
+                         trains_seeds=True, trains_one_network=True))

@@ -40,4 +40,4 @@ def check(config, options) -> None:
 
 METHOD = register(Method("snapshot_boosting", train, {"snapshot_boosting": SnapshotBoostingOptions},
                          defaults={"num_members": 3}, check=check, takes_member_networks=False,
-                         trains_seeds=True))
+                         trains_seeds=True, trains_one_network=True))

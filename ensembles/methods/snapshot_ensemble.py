@@ -49,4 +49,5 @@ def check(config, options) -> None:
           config.num_members)
 
 
-METHOD = register(Method("snapshot_ensemble", train, defaults={"num_members": 3}, check=check, trains_seeds=True))
+METHOD = register(Method("snapshot_ensemble", train, defaults={"num_members": 3}, check=check, trains_seeds=True,
+                         trains_one_network=True))

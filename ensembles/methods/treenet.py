@@ -48,4 +48,5 @@ def train(run: Run, options) -> list[Trained]:
 
 
 METHOD = register(Method("treenet", train, {"treenet": TreeNetOptions}, defaults={"num_members": 3},
-                         network=network, trains_seeds=True))
+                         network=network, trains_seeds=True,
+                         trains_one_network=True))
