@@ -154,9 +154,10 @@ def test_resume_mid_run_equals_the_uninterrupted_run(tmp_path, fake_data, module
     assert resumed[module]["alphas"] == pytest.approx(full[module]["alphas"], rel=1e-6)
 
 
-# Recipes with per-seed work between steps (boosting, tickets, the parent's partition, averaging,
-# snapshots) by default; the others (plain fits of S·M members) with `make test-slow`.
-PER_SEED_WORK = ("boosted_edst", "cbnn", "edst_ensemble", "fge", "subnetwork_ensemble", "swa")
+# Recipes with per-seed work between steps by default (boosting, tickets and global explorations, the
+# parent's partition); the others (snapshots, averaging, plain fits of S·M members; each also checked
+# in memory by test_seeds_as_members.py) with `make test-slow`.
+PER_SEED_WORK = ("cbnn", "edst_ensemble", "subnetwork_ensemble")
 
 
 @pytest.mark.parametrize("module", [m if m in PER_SEED_WORK else pytest.param(m, marks=pytest.mark.slow)
@@ -171,29 +172,31 @@ def test_seeds_as_members_resume_mid_run_to_each_seeds_own_run(tmp_path, fake_da
   ckpt_dir = tmp_path / "cut" / "seeds" / ("children/checkpoints" if module == "subnetwork_ensemble" else "checkpoints")
   assert checkpoints.make_manager(str(ckpt_dir)).latest_step() == resumes_from
   resumed, _, _ = _train(cfg, tmp_path / "cut", seeds=(0, 1))
+  _assert_each_seed_equals_its_own_run(cfg, (0, 1), resumed, tmp_path / "cut", tmp_path)
   for seed, results in zip((0, 1), resumed):
-    cfg.seed = seed
-    alone, _, _ = _train(cfg, tmp_path / f"alone_{seed}")
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
-                 _saved_ensemble(tmp_path / "cut" / f"seed_{seed}"), _saved_ensemble(tmp_path / f"alone_{seed}"))
-    assert results["seed"] == seed
-    assert results["test"]["ensemble"]["nll"] == pytest.approx(alone["test"]["ensemble"]["nll"], rel=1e-4)
     again = runner.evaluate_workdir(str(tmp_path / "cut" / f"seed_{seed}"))
     assert again["test"]["ensemble"]["nll"] == pytest.approx(results["test"]["ensemble"]["nll"], rel=1e-6)
 
 
-@pytest.mark.parametrize("module", ["deep_ensemble", "cbnn"])
+def _assert_each_seed_equals_its_own_run(cfg, seeds, together, folder, tmp_path):
+  """Each seed's saved ensemble in FOLDER/seed_s (trained with the others) and its test NLL equal
+  those of the config trained for that seed alone."""
+  for seed, results in zip(seeds, together):
+    cfg.seed = seed
+    alone, _, _ = _train(cfg, tmp_path / f"alone_{seed}")
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
+                 _saved_ensemble(folder / f"seed_{seed}"), _saved_ensemble(tmp_path / f"alone_{seed}"))
+    assert results["seed"] == seed
+    assert results["test"]["ensemble"]["nll"] == pytest.approx(alone["test"]["ensemble"]["nll"], rel=1e-4)
+
+
+@pytest.mark.parametrize("module", ["deep_ensemble", pytest.param("cbnn", marks=pytest.mark.slow)])
 def test_seeds_as_members_keep_each_seeds_augmentation_and_dropout(tmp_path, fake_data, module):
   """Images with random crops, flips and dropout: each seed's members draw what its run alone draws."""
   cfg = _config(module, **{"training.epochs": 3, "augment.crop_padding": 2, "augment.flip": True,
                            "model.dropout_rate": 0.3, "num_members": 2})
   together, _, _ = _train(cfg, tmp_path / "together", seeds=(3, 4))
-  for seed, results in zip((3, 4), together):
-    cfg.seed = seed
-    alone, _, _ = _train(cfg, tmp_path / f"alone_{seed}")
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
-                 _saved_ensemble(tmp_path / "together" / f"seed_{seed}"), _saved_ensemble(tmp_path / f"alone_{seed}"))
-    assert results["test"]["ensemble"]["nll"] == pytest.approx(alone["test"]["ensemble"]["nll"], rel=1e-4)
+  _assert_each_seed_equals_its_own_run(cfg, (3, 4), together, tmp_path / "together", tmp_path)
 
 
 @pytest.mark.parametrize("module,members,passes", [("single", 1, 1), ("deep_ensemble", 3, 1),
