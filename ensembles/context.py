@@ -109,7 +109,7 @@ class Run:
       config = self.config.copy_and_resolve_references()
       config.seed = seed
       runs.append(build(config, self.model, self.data, None, num_members=self.num_members, log=self.log,
-                        **{k: v for k, v in self.phase_args.items() if k != "subdir"}))
+                        **self.phase_args))
     return runs
 
   @property
