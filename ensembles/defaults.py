@@ -27,6 +27,17 @@ def method_config(name: str) -> ml_collections.ConfigDict:
   return c
 
 
+def replace_model(config: ml_collections.ConfigDict, name: str) -> None:
+  """config.model = model ``name`` with its own fields at their defaults (`models.model_fields`), where
+  ``name`` differs from config.model.name; fields the old model block set (e.g. the MLP's ``hidden``
+  or a method's ``dropout_rate``) do not carry over."""
+  from ensembles import models as models_lib  # the models import flax; the defaults need not
+  if name not in models_lib.MODELS:
+    raise ValueError(f"config.model.name must be one of {sorted(models_lib.MODELS)}, got {name!r}.")
+  if name != config.model.name:
+    config.model = ml_collections.ConfigDict({"name": name, **models_lib.model_fields(name)})
+
+
 def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
   """config.<dotted> = value (e.g. "training.epochs")."""
   *path, last = dotted.split(".")

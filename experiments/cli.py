@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from ensembles import models as models_lib
+from ensembles import defaults
 
 PREFIX = "--config."
 
@@ -123,11 +123,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple
   config = config.copy_and_resolve_references()
   names = [value for field, value in overrides if field == "model.name"]
   if names:
-    name = parse_value(names[-1])
-    if name not in models_lib.MODELS:
-      raise CliError(f"config.model.name must be one of {sorted(models_lib.MODELS)}, got {name!r}.")
-    if name != config.model.name:
-      config.model = ml_collections.ConfigDict({"name": name, **models_lib.model_fields(name)})
+    try:
+      defaults.replace_model(config, parse_value(names[-1]))
+    except ValueError as err:
+      raise CliError(str(err)) from err
   for field, raw in overrides:
     if field == "model.name":
       continue

@@ -4,7 +4,9 @@
       --workdir runs/compare_freetickets
 
 A comparison file defines ``get_comparison()`` returning {"seeds": [...], "runs": [(label,
-config_file, {field: value, ...}), ...]} and optionally "seeds_as_members" (default True). Each
+config_file, {field: value, ...}), ...]} and optionally "seeds_as_members" (default True) and
+"report_dir" (a subfolder of WORKDIR for the report, so comparisons sharing runs in one WORKDIR keep
+their own reports; default: WORKDIR itself). Each
 (run, seed) ends in WORKDIR/LABEL/seed_S (a finished run is only reloaded). Seeds as members
 (default): the seeds of a run that are not finished train together, as S·M members of one compiled
 step, in WORKDIR/LABEL/seeds_<s1>_<s2>... (resumable; `experiments.runner.run_seeds`), and each
@@ -14,7 +16,8 @@ per seed), except for the train times (the run's time / S). Methods without
 ``Method.trains_seeds``, training sets streamed from disk, and steps whose estimated memory exceeds
 the device's (`ensembles.memory.seeds_fit`) train their seeds one after another. The report (Markdown with
 mean ± std over seeds: accuracy/calibration/cost, OoD detection, corruption robustness; JSON with
-every run's results; plots reliability.png, metrics_vs_flops.png, corruption.png) goes to WORKDIR.
+every run's results; plots reliability.png, metrics_vs_flops.png, corruption.png) goes to WORKDIR
+(or WORKDIR/report_dir).
 """
 from __future__ import annotations
 
@@ -51,8 +54,12 @@ def load_module(path: str):
 
 
 def make_config(config_file: str, overrides: dict, seed: int):
-  """The config of ``config_file`` with dotted-field ``overrides`` and ``seed``."""
+  """The config of ``config_file`` with dotted-field ``overrides`` and ``seed``. A ``model.name``
+  override replaces the model block by that model's fields (as on the command line,
+  `defaults.replace_model`), so the other ``model.*`` overrides may set any of them."""
   config = load_module(config_file).get_config()
+  if "model.name" in overrides:
+    defaults.replace_model(config, overrides["model.name"])
   for dotted, value in overrides.items():
     node = config
     *path, last = dotted.split(".")
@@ -229,6 +236,18 @@ def report_text(comparison: dict, all_results: list[dict], command: str) -> str:
   return text
 
 
+def write_report(comparison: dict, all_results: list[dict], workdir: str, command: str) -> str:
+  """report.md, report.json and the plots in WORKDIR/``comparison["report_dir"]`` (default WORKDIR);
+  returns the Markdown."""
+  text = report_text(comparison, all_results, command)
+  report_dir = os.path.join(workdir, comparison.get("report_dir", ""))
+  os.makedirs(report_dir, exist_ok=True)
+  comparison_plots(all_results, report_dir)
+  files.write_atomic(os.path.join(report_dir, "report.md"), text)
+  files.write_atomic(os.path.join(report_dir, "report.json"), json.dumps(all_results, indent=2))
+  return text
+
+
 def main(argv):
   del argv
   if not (_COMPARISON.value and _WORKDIR.value):
@@ -242,14 +261,7 @@ def main(argv):
     comparison["seeds_as_members"] = _SEEDS_AS_MEMBERS.value
   all_results = run_comparison(comparison, _WORKDIR.value)
   command = " ".join(["python -m experiments.compare"] + sys.argv[1:])
-  text = report_text(comparison, all_results, command)
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  comparison_plots(all_results, _WORKDIR.value)
-  with open(os.path.join(_WORKDIR.value, "report.md"), "w") as f:
-    f.write(text)
-  with open(os.path.join(_WORKDIR.value, "report.json"), "w") as f:
-    json.dump(all_results, f, indent=2)
-  print(text)
+  print(write_report(comparison, all_results, _WORKDIR.value, command))
 
 
 if __name__ == "__main__":

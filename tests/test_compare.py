@@ -1,10 +1,13 @@
 """The comparison runner: every (run, seed) trained once, then reloaded; the report end to end."""
+import glob
 import json
 import os
 
 import pytest
 
+from ensembles import config as config_lib
 from ensembles import data as data_lib
+from ensembles.methods import METHODS
 from experiments import compare
 from conftest import make_dataset
 
@@ -36,9 +39,14 @@ def test_comparison_trains_once_and_reports(tmp_path, monkeypatch):
   assert "## OoD detection" in text and "| digits AUROC (entropy) |" in text
   assert "## Corruption robustness" in text and "2 corruption types x severities [1, 5], 16 test images" in text
   assert "| dst | 2 | 2 | " in text.split("## Corruption robustness")[1]
-  paths = compare.comparison_plots(again, str(tmp_path))
-  assert sorted(os.path.basename(p) for p in paths) == ["corruption.png", "metrics_vs_flops.png", "reliability.png"]
-  assert all(os.path.getsize(p) > 10_000 for p in paths)
+  # written where the comparison says (report_dir), beside the runs it shares a workdir with
+  assert compare.write_report({**comparison, "report_dir": "family"}, again, str(tmp_path), "cmd") == \
+      compare.report_text(comparison, again, "cmd")
+  written = sorted(os.listdir(tmp_path / "family"))
+  assert written == ["corruption.png", "metrics_vs_flops.png", "reliability.png", "report.json", "report.md"]
+  assert all(os.path.getsize(tmp_path / "family" / name) > 10_000 for name in written if name.endswith(".png"))
+  assert json.load(open(tmp_path / "family" / "report.json")) == again
+  assert not (tmp_path / "report.md").exists()
 
 
 def test_seeds_as_members_equal_seeds_one_after_another(tmp_path, monkeypatch):
@@ -85,3 +93,48 @@ def test_unknown_override_is_named():
   import pytest
   with pytest.raises(ValueError, match="has no field 'training.lrr'"):
     compare.make_config("experiments/configs/single.py", {"training.lrr": 0.1}, 0)
+
+
+def test_a_model_name_override_replaces_the_model_block():
+  """As on the command line: the new model's own fields, at their defaults unless overridden; the
+  MLP's ``hidden`` (or a method's dropout rate) does not carry over."""
+  config = compare.make_config("experiments/configs/mc_dropout.py",
+                               {"model.name": "lenet", "model.features": (6, 16)}, 3)
+  assert config.model.name == "lenet" and config.model.features == (6, 16)
+  assert config.model.hidden == (128,) and config.model.dropout_rate == 0.0 and config.seed == 3
+  with pytest.raises(ValueError, match="model.name must be one of"):
+    compare.make_config("experiments/configs/single.py", {"model.name": "lenet7"}, 0)
+
+
+CNN_SETUP = "experiments/comparisons/cnn_fashion_mnist.py"  # the CNN study's shared setup, not a comparison
+SHIPPED = sorted(p for p in glob.glob("experiments/comparisons/*_fashion_mnist.py") if p != CNN_SETUP)
+CNN_STUDY = [p for p in SHIPPED if os.path.basename(p).startswith("cnn_")]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
+def test_every_shipped_comparison_builds_valid_configs(path):
+  comparison = compare.load_module(path).get_comparison()
+  labels = [label for label, _, _ in comparison["runs"]]
+  assert len(set(labels)) == len(labels) and len(comparison["seeds"]) == 3
+  for label, config_file, overrides in comparison["runs"]:
+    config_lib.validate(compare.make_config(config_file, overrides, comparison["seeds"][0]))
+
+
+def test_the_cnn_study_shares_runs_only_where_their_configs_agree():
+  """The CNN study's three comparisons train into one workdir and a finished LABEL/seed_S is only
+  reloaded, so one label must mean one config across them; and every registered method is in it."""
+  assert len(CNN_STUDY) == 3
+  seen = {}
+  for path in CNN_STUDY:
+    comparison = compare.load_module(path).get_comparison()
+    assert comparison["report_dir"] and comparison["seeds"] == [0, 1, 2]
+    for label, config_file, overrides in comparison["runs"]:
+      config = compare.make_config(config_file, overrides, 0).to_dict()
+      assert seen.setdefault(label, config) == config, label
+      assert config["model"]["name"] == "lenet" and config["augment"]["crop_padding"] == 2
+      assert config["augment"]["flip"]
+  assert {c["method"] for c in seen.values()} == set(METHODS)
+  lt = {c["method"] for label, c in seen.items() if label.endswith("_lt100")}
+  assert lt == {"single", "cbnn", "snapshot_ensemble", "snapshot_boosting", "fge", "swa", "boosted_edst"}
+  assert all(c["dataset"]["imbalance_ratio"] == (100.0 if label.endswith("_lt100") else 1.0)
+             for label, c in seen.items())
