@@ -132,7 +132,8 @@ def test_the_cnn_study_shares_runs_only_where_their_configs_agree():
       config = compare.make_config(config_file, overrides, 0).to_dict()
       assert seen.setdefault(label, config) == config, label
       assert config["model"]["name"] == "lenet" and config["augment"]["crop_padding"] == 2
-      assert config["augment"]["flip"]
+      assert config["augment"]["flip"] and config["dataset"]["train_subset"] == 27_500
+      assert config["evaluation"]["corruption_examples"] == 1000
   assert {c["method"] for c in seen.values()} == set(METHODS)
   lt = {c["method"] for label, c in seen.items() if label.endswith("_lt100")}
   assert lt == {"single", "cbnn", "snapshot_ensemble", "snapshot_boosting", "fge", "swa", "boosted_edst"}
