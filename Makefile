@@ -6,7 +6,7 @@ DEMO_DIR ?= runs/demo
 CNN_STUDY_DIR ?= runs/cnn_study
 
 # glibc's malloc hands XLA's large CPU buffers back to the kernel and faults them in again at the
-# next step; these keep them in the heap (system time of a LeNet run 38 s -> 17 s; results are
+# next step; these keep them in the heap (less system time; not yet benchmarked; results are
 # identical). Read by glibc at process start only; a no-op elsewhere.
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
