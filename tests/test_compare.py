@@ -139,3 +139,7 @@ def test_the_cnn_study_shares_runs_only_where_their_configs_agree():
   assert lt == {"single", "cbnn", "snapshot_ensemble", "snapshot_boosting", "fge", "swa", "boosted_edst"}
   assert all(c["dataset"]["imbalance_ratio"] == (100.0 if label.endswith("_lt100") else 1.0)
              for label, c in seen.items())
+  # the one-epoch warm-up both multi-member networks need on this CNN, and the CBNN weight-cap ablation
+  assert all(seen[label]["training"]["warmup_epochs"] == 1.0 for label in ("treenet", "batch_ensemble"))
+  assert seen["cbnn"]["cbnn"]["max_weight_ratio"] == seen["cbnn_lt100"]["cbnn"]["max_weight_ratio"] == 2.0
+  assert seen["cbnn_nocap"]["cbnn"]["max_weight_ratio"] == seen["cbnn_nocap_lt100"]["cbnn"]["max_weight_ratio"] == 0

@@ -24,8 +24,9 @@ def get_comparison():
        cnn.MC_DROPOUT,
        # TreeNet: the two convolutions are the shared trunk, the classifier layers the M branches (our choice,
        # for this CPU: branches from conv2 make conv2 a vmapped, i.e. grouped, convolution, and a first attempt
-       # ran at 310 ms per step of three seeds against the single model's 40 ms; README)
-       cnn.run("treenet", "treenet", {"treenet.shared_layers": 2}),
+       # ran at 310 ms per step of three seeds against the single model's 40 ms; README). One epoch of lr
+       # warm-up, as for BatchEnsemble: without it seed 1 died at step 50 (loss stuck at ln 10, README)
+       cnn.run("treenet", "treenet", {"treenet.shared_layers": 2, "training.warmup_epochs": 1.0}),
        cnn.BATCH_ENSEMBLE, cnn.MIMO,
        # ablation (README): EDST with room to prune. At S = 0.8, ERK leaves conv2 at 37% density and the
        # classifier at 16.5%; at S = 0.5 both convolutions stay dense and the classifier keeps 47%
