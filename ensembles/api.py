@@ -357,7 +357,7 @@ def summarize(run: context.Run, trained: Trained, evaluation: dict) -> dict:
   per_member = train_lib.num_params(ensemble.params)
   flops = trained.flops or run.flops(m, info["steps"])
   nonzero = per_member * m if trained.masks is None else int(sum(int(x.sum()) for x in jax.tree.leaves(trained.masks)))
-  execution = context.execution_for(run.config, run.model, m, input_shape=run.data.image_shape)
+  execution = context.execution_for(run.config, run.model, m, input_shape=run.data.image_shape, target=run.target)
   user_model = run.model.inner if isinstance(run.model, multi_member.MemberNetwork) else run.model  # wrapped
   model_name = run.config.model.name if run.config.model.name != config_lib.CUSTOM_MODEL else type(user_model).__name__
   return {
@@ -368,7 +368,7 @@ def summarize(run: context.Run, trained: Trained, evaluation: dict) -> dict:
       "seed": run.config.seed,
       "member_execution": execution.mode,
       "mesh": {axis: int(size) for axis, size in execution.mesh.shape.items()},
-      "backend": jax.default_backend(),
+      "backend": run.target.platform,
       "params_per_member": per_member,
       "params_total": per_member * m,
       "nonzero_params_total": nonzero,

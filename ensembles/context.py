@@ -36,6 +36,7 @@ from ensembles import files
 from ensembles import flops as flops_lib
 from ensembles import members as members_lib
 from ensembles import sparse
+from ensembles import targets
 from ensembles import train as train_lib
 from ensembles.log import MetricsLog
 from ensembles import collected
@@ -64,6 +65,7 @@ class Run:
   key_salt: int = 0
   seeds: tuple[int, ...] = ()  # S seeds trained as members (`build`: the config's seed)
   phase_args: dict = dataclasses.field(default_factory=dict)  # `build`'s phase arguments (for `seed_runs`)
+  target: targets.Target | None = None  # the devices the run is built for (`build`: `targets.local()`)
 
   @property
   def num_seeds(self) -> int:
@@ -109,7 +111,7 @@ class Run:
       config = self.config.copy_and_resolve_references()
       config.seed = seed
       runs.append(build(config, self.model, self.data, None, num_members=self.num_members, log=self.log,
-                        **self.phase_args))
+                        target=self.target, **self.phase_args))
     return runs
 
   @property
@@ -148,7 +150,7 @@ class Run:
                  sparse_training=sparse_training, schedule=schedule, epochs=epochs or self.epochs,
                  key_salt=self.key_salt if key_salt is None else key_salt, name=name or self.name,
                  log=None if self.workdir is not None else self.log.tagged(name) if name else self.log,
-                 seeds=self.seeds)
+                 seeds=self.seeds, target=self.target)
 
   def member_probs(self, state: train_lib.TrainState, x) -> Any:
     """Member probabilities [S·M, N, K] of ``state``'s members on inputs x [N, ...] (in batches of
@@ -170,13 +172,21 @@ class Run:
     """The `Ensemble` of stacked ``members`` ({"params", "model_state"} [M, ...]) laid out on a
     mesh for their M, predicted with ``apply`` (default: the plain predictor for M members)."""
     m = members_lib.num_members(members["params"])
-    execution = execution_for(self.config, self.model, m, input_shape=self.data.image_shape)
+    execution = self.ensemble_execution(m)
     members = members_lib.place(members, execution.mesh, members_lib.MEMBER_AXIS)
-    apply = apply or train_lib.make_predict(self.model, execution=execution, mean=self.data.mean,
-                                            std=self.data.std, compute_dtype=self.compute_dtype)
+    apply = apply or self.ensemble_predictor(m)
     return ensemble_lib.Ensemble(members["params"], members["model_state"], apply, self.data.image_shape,
                                  None if weights is None else tuple(float(w) for w in weights), combine,
                                  self.config.eval_batch_size)
+
+  def ensemble_execution(self, num_members: int) -> members_lib.Execution:
+    """How an ensemble of ``num_members`` collected members runs: a mesh sized for its M."""
+    return execution_for(self.config, self.model, num_members, input_shape=self.data.image_shape, target=self.target)
+
+  def ensemble_predictor(self, num_members: int) -> Callable:
+    """The plain jitted predictor of an ensemble of ``num_members`` members (`train.make_predict`)."""
+    return train_lib.make_predict(self.model, execution=self.ensemble_execution(num_members), mean=self.data.mean,
+                                  std=self.data.std, compute_dtype=self.compute_dtype)
 
   def flops(self, num_members: int, steps: int, densities: dict[str, float] | None = None,
             rule: str = "dense", gradient_updates: int = 0, trained_members: int | None = None,
@@ -209,9 +219,12 @@ class Run:
 def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | None, *,
           num_members: int | None = None, sparse_training: bool = False, schedule: optax.Schedule | None = None,
           epochs: int | None = None, key_salt: int = 0, name: str | None = None,
-          log: MetricsLog | None = None, seeds: tuple[int, ...] | None = None) -> Run:
+          log: MetricsLog | None = None, seeds: tuple[int, ...] | None = None,
+          target: targets.Target | None = None) -> Run:
   """The `Run` of ``model`` on ``data`` under a validated ``config`` (arguments: see `Run.phase`);
-  ``seeds``: train these S seeds as members (default: the config's seed)."""
+  ``seeds``: train these S seeds as members (default: the config's seed); ``target``: the devices
+  it is built for (default: this process's, `targets.local`; a compile-only target for pre-flight)."""
+  target = target or targets.local()
   m = num_members or config.num_members
   seeds = tuple(int(s) for s in seeds) if seeds else (int(config.seed),)
   if len(set(seeds)) != len(seeds):
@@ -225,7 +238,7 @@ def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | 
   inner = train_lib.make_optimizer(t, epochs * steps_per_epoch, steps_per_epoch, schedule)
   tx = sparse.masked(inner) if sparse_training else inner
   try:
-    execution = execution_for(config, model, len(seeds) * m, t.batch_size, data.image_shape)
+    execution = execution_for(config, model, len(seeds) * m, t.batch_size, data.image_shape, target)
   except ValueError as error:
     if len(seeds) == 1:
       raise
@@ -249,20 +262,23 @@ def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | 
                     name=name)
   return Run(config, model, data, workdir, m, epochs, tx, execution, jnp.stack(init_keys), jnp.concatenate(data_keys),
              train_step, train_chunk, batch_step, predict, log or MetricsLog(None), name or config.method, key_salt,
-             seeds, phase_args)
+             seeds, phase_args, target)
 
 
 def execution_for(config: Any, model: nn.Module, num_members: int, batch_size: int | None = None,
-                  input_shape: tuple[int, ...] | None = None) -> members_lib.Execution:
-  """How M = ``num_members`` members run: the device mesh of ``config.mesh`` (checked: M and the
-  batch sizes divide over it), the concrete member-execution mode on it and whether the model
-  convolves (`members.has_convolutions` on inputs of ``input_shape``)."""
+                  input_shape: tuple[int, ...] | None = None,
+                  target: targets.Target | None = None) -> members_lib.Execution:
+  """How M = ``num_members`` members run on ``target``'s devices (default: this process's): the
+  device mesh of ``config.mesh`` (checked: M and the batch sizes divide over it), the concrete
+  member-execution mode for the target's platform and whether the model convolves
+  (`members.has_convolutions` on inputs of ``input_shape``)."""
+  target = target or targets.local()
   mesh_cfg = config.get("mesh") or {"members": 0, "data": 1}
-  mesh = members_lib.make_mesh(mesh_cfg["members"], mesh_cfg["data"], num_members=num_members)
+  mesh = members_lib.make_mesh(mesh_cfg["members"], mesh_cfg["data"], devices=target.devices, num_members=num_members)
   members_lib.check_layout(mesh, num_members, batch_size, config.eval_batch_size)
   has_conv = members_lib.has_convolutions(model, input_shape)
   mode = members_lib.resolve_execution(
-      config.member_execution, has_conv, num_members=num_members,
+      config.member_execution, has_conv, backend=target.platform, num_members=num_members,
       num_devices=mesh.shape[members_lib.MEMBER_AXIS], data_parallel=mesh.shape[members_lib.DATA_AXIS])
   return members_lib.Execution(mode, mesh, has_conv)
 

@@ -47,6 +47,17 @@ INPUTS = ("auto", "memory", "stream")
 # larger than dataset.memory_limit_gb at the model's input size
 STREAMED_BY_DEFAULT = ("imagenet2012", "imagenet_resized/64x64", FOLDER)
 
+# Sizes of the named datasets' splits (training examples before the validation split), and the
+# stored image shape where it is fixed: what pre-flight and the cost estimates need without the data.
+TRAIN_EXAMPLES = {"imagenet2012": 1_281_167, "imagenet_resized/64x64": 1_281_167, "cifar10": 50_000,
+                  "cifar100": 50_000, "svhn_cropped": 73_257, "mnist": 60_000, "fashion_mnist": 60_000,
+                  "fashion_mnist_records": 60_000}
+TEST_EXAMPLES = {"imagenet2012": 50_000, "imagenet_resized/64x64": 50_000, "cifar10": 10_000, "cifar100": 10_000,
+                 "svhn_cropped": 26_032, "mnist": 10_000, "fashion_mnist": 10_000, "fashion_mnist_records": 10_000}
+IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "svhn_cropped": (32, 32, 3),
+                "imagenet_resized/64x64": (64, 64, 3), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
+                "fashion_mnist_records": (28, 28, 1)}
+
 MISSING_FASHION_MNIST = (
     "Fashion-MNIST was not found in {dir!r} and tensorflow-datasets could not provide it ({err}).\n"
     "Get it offline with Debian's package:  sudo apt-get install dataset-fashion-mnist\n"
@@ -317,6 +328,37 @@ def _streams(config: Any, num_train: int, shape: tuple[int, ...]) -> bool:
     return choice == "stream"
   too_large = num_train * int(np.prod(shape)) > float(getattr(config, "memory_limit_gb", 4.0)) * 2 ** 30
   return config.name in STREAMED_BY_DEFAULT or too_large
+
+
+def abstract_dataset(config: Any) -> Dataset:
+  """The ``dataset`` block's splits as shapes only, nothing read (pre-flight, `ensembles.preflight`):
+  sizes from `TRAIN_EXAMPLES` / `TEST_EXAMPLES` after the validation split, subsets and the
+  long-tailed counts, the model's image shape (``image_size`` or `IMAGE_SHAPES`), zero images that
+  take no memory (a broadcast view) and zero labels, held in memory or streamed as the run would
+  (`_streams`), normalisation mean 0.5 and std 0.25 per channel (constants of the compiled step)."""
+  from ensembles import sources, streaming  # pylint: disable=g-import-not-at-top
+  name = config.name
+  if name not in TRAIN_EXAMPLES:
+    raise ValueError(f"pre-flight knows the sizes of {sorted(TRAIN_EXAMPLES)}; dataset.name={name!r} is not one "
+                     "of them.")
+  size = getattr(config, "image_size", 0)
+  shape = (size, size, 3) if size else IMAGE_SHAPES[name]
+  num_classes = TFDS_DATASETS[name][1]
+  n = TRAIN_EXAMPLES[name] - config.val_size
+  if config.train_subset:
+    n = min(n, config.train_subset)
+  if float(getattr(config, "imbalance_ratio", 1.0)) != 1.0:
+    n = sum(long_tailed_counts(n // num_classes, num_classes, float(config.imbalance_ratio)))
+  n_test = min(TEST_EXAMPLES[name], config.test_subset or TEST_EXAMPLES[name])
+  images = lambda count: np.broadcast_to(np.zeros((), np.uint8), (count, *shape))
+  labels = lambda count: np.zeros(count, np.int32)
+  x_train, x_val, x_test = images(n), images(config.val_size), images(n_test)
+  if _streams(config, n, shape):
+    x_train, x_val, x_test = (streaming.ImageView(sources.ArraySource(x, labels(len(x)), name), shape)
+                              for x in (x_train, x_val, x_test))
+  channels = shape[-1]
+  return Dataset(name, x_train, labels(n), x_val, labels(config.val_size), x_test, labels(n_test), num_classes,
+                 np.full(channels, 0.5, np.float32), np.full(channels, 0.25, np.float32))
 
 
 def fingerprint(data: Dataset) -> str:

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ensembles import targets
+
 PyTree = Any
 
 EXECUTION_MODES = ("auto", "vmap", "loop", "map", "sharded")
@@ -260,9 +262,22 @@ class Execution:
     if self.mode not in EXECUTION_MODES[1:]:
       raise ValueError(f"Execution needs a concrete mode from {EXECUTION_MODES[1:]}, got {self.mode!r}.")
 
+  @property
+  def platform(self) -> str:
+    """The platform the members run on: the mesh's devices' (the host's default without a mesh)."""
+    return self.mesh.devices.flat[0].platform if self.mesh is not None else jax.default_backend()
+
   def map(self, fn: Callable[..., PyTree], num_shared: int = 0) -> Callable[..., PyTree]:
-    """`member_map` of ``fn`` with this execution's mode, mesh and conv flag."""
-    return member_map(fn, self.mode, has_conv=self.has_conv, mesh=self.mesh, num_shared=num_shared)
+    """`member_map` of ``fn`` with this execution's mode, mesh and conv flag; ``fn`` is traced in
+    the mesh's `targets.platform_scope` (so e.g. `layers.Conv(impl="auto")` lowers as the target's
+    platform wants, also when compiling for a TPU from a CPU host)."""
+    platform = self.platform
+
+    def on_target(*args):
+      with targets.platform_scope(platform):
+        return fn(*args)
+
+    return member_map(on_target, self.mode, has_conv=self.has_conv, mesh=self.mesh, num_shared=num_shared)
 
 
 

@@ -19,7 +19,6 @@ import jax
 import numpy as np
 
 from ensembles import flops as flops_lib
-from ensembles import hardware
 from ensembles.context import Run
 from ensembles.models import multi_member
 
@@ -40,8 +39,7 @@ def step_bytes(run: Run) -> float:
 
 def seeds_fit(run: Run) -> tuple[bool, str]:
   """(whether ``run``'s step fits in HEADROOM of one device's memory, the numbers in words)."""
-  device = run.mesh.devices.flat[0]
-  limit = hardware.memory_bytes(device)
+  limit = run.target.memory_bytes()
   need = step_bytes(run)
   words = f"about {need / 2**30:.2f} GiB per device for seeds {list(run.seeds)}"
   if limit is None:

@@ -27,6 +27,7 @@ import optax
 
 from ensembles import augment as augment_lib
 from ensembles import members as members_lib
+from ensembles import targets
 from ensembles.models import multi_member
 
 PyTree = Any
@@ -124,17 +125,27 @@ def init_member_states(model: nn.Module, tx: optax.GradientTransformation, membe
   """One member per key of member_keys [M, 2]: params, model_state, opt_state, rng (member key ->
   (init key, rng) by a split). With a distributed ``mesh`` every leaf is created split over its
   ``members`` axis."""
+  return make_init(model, tx, input_shape, mesh)(member_keys)
+
+
+def make_init(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...],
+              mesh: jax.sharding.Mesh | None = None) -> Callable:
+  """The jitted ``init(member_keys [M, 2]) -> TrainState`` of `init_member_states` (the program
+  that creates the members on the devices)."""
+
+  platform = mesh.devices.flat[0].platform if mesh is not None else None
 
   def init_one(member_key):
     init_key, rng = jax.random.split(member_key)
-    variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    with targets.platform_scope(platform):
+      variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
     variables = dict(variables)
     params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                       opt_state=tx.init(params), rng=rng)
 
   out = members_lib.sharding(mesh, members_lib.MEMBER_AXIS) if members_lib.is_distributed(mesh) else None
-  return jax.jit(jax.vmap(init_one), out_shardings=out)(member_keys)
+  return jax.jit(jax.vmap(init_one), out_shardings=out)
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array,

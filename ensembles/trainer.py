@@ -176,10 +176,17 @@ def steps_per_dispatch(run: Run) -> int:
   if streaming.is_streamed(run.data.x_train):
     return 1
   limit = int(run.config.get("steps_per_dispatch", 0))
-  platform = (run.mesh.devices.flat[0] if run.mesh is not None else jax.devices()[0]).platform
-  if limit == 0 and run.execution.has_conv and platform == "cpu":
+  if limit == 0 and run.execution.has_conv and run.execution.platform == "cpu":
     return 1
   return limit
+
+
+def train_program(run: Run) -> str:
+  """Which of the run's jitted steps `fit` dispatches: ``batch_step`` (a streamed training set),
+  ``train_step`` (one step per dispatch) or ``train_chunk`` (several steps per dispatch)."""
+  if streaming.is_streamed(run.data.x_train):
+    return "batch_step"
+  return "train_step" if steps_per_dispatch(run) == 1 else "train_chunk"
 
 
 def _chunk_ends(run: Run, hooks: Sequence[Hook], limit: int) -> np.ndarray:

@@ -38,13 +38,7 @@ from ensembles import methods
 from ensembles import models as models_lib
 from ensembles import sparse
 
-# training examples before the validation split, and the stored image shape where it is fixed
-TRAIN_EXAMPLES = {"imagenet2012": 1_281_167, "imagenet_resized/64x64": 1_281_167, "cifar10": 50_000,
-                  "cifar100": 50_000, "svhn_cropped": 73_257, "mnist": 60_000, "fashion_mnist": 60_000,
-                  "fashion_mnist_records": 60_000}
-IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "svhn_cropped": (32, 32, 3),
-                "imagenet_resized/64x64": (64, 64, 3), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
-                "fashion_mnist_records": (28, 28, 1)}
+TRAIN_EXAMPLES, IMAGE_SHAPES = data_lib.TRAIN_EXAMPLES, data_lib.IMAGE_SHAPES
 
 
 def trained_networks(config: Any) -> tuple[float, int]:

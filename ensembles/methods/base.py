@@ -48,7 +48,9 @@ class Method:
   one prediction per network, e.g. CBNN's reweighting). trains_seeds: the recipe handles a run of
   several seeds as members (`context.Run`) and returns one `Trained` per seed. trains_one_network:
   its steps train one network per seed, not M (checkpoint, snapshot and ticket methods, the networks
-  that hold M members): what `memory.seeds_fit` sizes."""
+  that hold M members): what `memory.seeds_fit` sizes. programs(run, options, plan): adds to a
+  `preflight.Plan` every program the recipe executes, built with the recipe's own phases and
+  factories (None: one phase, the run itself, and the evaluation of its M members)."""
 
   name: str
   train: Callable[[Any, Any], Trained]
@@ -61,6 +63,7 @@ class Method:
   takes_member_networks: bool = True
   trains_seeds: bool = False
   trains_one_network: bool = False
+  programs: Callable[[Any, Any, Any], None] | None = None
 
   def read_options(self, config: Any) -> types.SimpleNamespace:
     """The method's options from its config blocks (a missing block or field: the default)."""

@@ -16,7 +16,7 @@ import jax
 
 from ensembles.context import Run
 from ensembles.methods.base import Method, Trained, register
-from ensembles.methods.member_network import train_member_network
+from ensembles.methods.member_network import programs, train_member_network
 from ensembles.models import batch_ensemble
 from ensembles.options import choice, number
 
@@ -47,4 +47,4 @@ def train(run: Run, options) -> list[Trained]:
 
 METHOD = register(Method("batch_ensemble", train, {"batch_ensemble": BatchEnsembleOptions},
                          defaults={"num_members": 4}, network=network, trains_seeds=True,
-                         trains_one_network=True))
+                         trains_one_network=True, programs=programs))

@@ -32,6 +32,10 @@ def train(run: Run, options) -> list[Trained]:
   return edst_ensemble.train_tickets(run, options, boost=options.boosting)
 
 
+def programs(run: Run, options, plan) -> None:
+  edst_ensemble.programs(run, options, plan, boost=options.boosting)
+
+
 def check(config, options) -> None:
   require(options.edst.ticket == "final", "edst.ticket",
           "'final' for method 'boosted_edst' (a ticket's α comes from the phase's last state)", options.edst.ticket)
@@ -42,4 +46,4 @@ METHOD = register(Method("boosted_edst", train, {"sparse": SparseOptions, "edst"
                                                  "boosting": BoostingOptions},
                          defaults={"num_members": 3, "training.lr_schedule": "constant"},
                          check=check, derived=edst_ensemble.derived, takes_member_networks=False,
-                         trains_seeds=True, trains_one_network=True))
+                         trains_seeds=True, trains_one_network=True, programs=programs))

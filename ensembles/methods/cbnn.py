@@ -51,8 +51,7 @@ def make_boost(run: Run, c: CBNNOptions):
   seed of the run, each with its own weights [S, N]); ``save(metas)`` stores the members with
   {"alpha", "train_error"} (one meta per seed); the log gets ``event``; the state returned carries
   the new weights (CBNN's checkpoints, Snapshot Boosting's snapshots, boosted EDST's tickets)."""
-  one = lambda w, p, y: boosting.reweight(w, p, y, c.rule, c.eps, c.max_weight_ratio or None)
-  reweight = jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
+  reweight = make_reweight(c)
   labels = jnp.asarray(run.data.y_train)
   per_seed = lambda values: values[0] if run.num_seeds == 1 else values  # the log of one seed: its value
 
@@ -68,15 +67,42 @@ def make_boost(run: Run, c: CBNNOptions):
   return boost
 
 
+def make_reweight(c: CBNNOptions):
+  """The jitted ``reweight(weights [S, N], probs [S, N, K], labels [N]) -> (weights, α [S], error
+  [S])``: `boosting.reweight` with the options ``c`` for each seed's network."""
+  one = lambda w, p, y: boosting.reweight(w, p, y, c.rule, c.eps, c.max_weight_ratio or None)
+  return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
+
+
+def boosted_phase(run: Run, schedule=None) -> Run:
+  """The one network of a boosted run (lr ``schedule``, default the configured one)."""
+  return run.phase(num_members=1, schedule=schedule)
+
+
+def with_sample_weights(run: Run, state):
+  """``state`` with sample weights 1 [S, N] for each seed's network (`boosting.reweight` updates them)."""
+  return state.replace(extra={"sample_weights": jnp.ones((run.num_seeds, len(run.data.y_train)), jnp.float32)})
+
+
+def boosted_programs(run: Run, c: CBNNOptions, plan, schedule=None) -> None:
+  """Pre-flight (`preflight.Plan`): the boosted network's phase, the reweighting, the M checkpoints."""
+  phase = boosted_phase(run, schedule)
+  state = plan.one_network(phase, run.num_members, lambda: with_sample_weights(phase, phase.init_members()))
+  plan.reweighting(phase, state, make_reweight(c))
+
+
+def programs(run: Run, options, plan) -> None:
+  boosted_programs(run, options.cbnn, plan)
+
+
 def boosted_checkpoints(run: Run, c: CBNNOptions, name: str, schedule=None) -> Trained:
   """One network trained on the run's budget (lr ``schedule``, default the configured one) with
   sample weights reweighted at the end of each of the M equal segments, where the checkpoint is
   collected with its α (steps 1-4 above); ``c``: the boosting options, ``name``: the results key."""
   m = run.num_members
-  run = run.phase(num_members=1, schedule=schedule)
+  run = boosted_phase(run, schedule)
   n = len(run.data.y_train)
-  state = run.init_members()
-  state = state.replace(extra={"sample_weights": jnp.ones((run.num_seeds, n), jnp.float32)})
+  state = with_sample_weights(run, run.init_members())
   saved = run.collection("members", at_segment_ends(run.total_steps, m),
                          sample_weights=lambda state: state.extra["sample_weights"][0])
   boost_at = make_boost(run, c)
@@ -107,4 +133,4 @@ def check(config, options) -> None:
 
 METHOD = register(Method("cbnn", train, {"cbnn": CBNNOptions}, defaults={"num_members": 3}, check=check,
                          takes_member_networks=False, trains_seeds=True,
-                         trains_one_network=True))  # α from one prediction per network
+                         trains_one_network=True, programs=programs))  # α from one prediction per network

@@ -26,9 +26,7 @@ from ensembles.methods.sparse_common import SparseOptions
 def train(run: Run, options, topology_updates: bool = True) -> list[Trained]:
   s = options.sparse
   run = run.phase(sparse_training=True)
-  state = run.init_members()
-  plan = sparse_common.make_plan(state, s)
-  state = sparse_common.init_member_masks(run, state, plan, s.init_rule)
+  state, plan = sparse_common.init_sparse_members(run, s)
   hooks = []
   if topology_updates:
     update = sparse_common.make_topology_update(run, s.topology(plan, run.tx))
@@ -48,6 +46,17 @@ def train(run: Run, options, topology_updates: bool = True) -> list[Trained]:
   return trained
 
 
+def programs(run: Run, options, plan, topology_updates: bool = True) -> None:
+  """Pre-flight (`preflight.Plan`): the sparse phase, its topology update, the M members' evaluation."""
+  s = options.sparse
+  run = run.phase(sparse_training=True)
+  state = sparse_common.mask_programs(run, s, plan)
+  if topology_updates:
+    update = sparse_common.make_topology_update(run, s.topology(sparse_common.make_plan(state, s), run.tx))
+    plan.topology_update(run, state, update, None if s.growth == "gradient" else False)
+  plan.ensemble(run, state, run.num_members)
+
+
 def prunable_density(masks: Any, plan: sparse.SparsityPlan) -> float:
   """Kept fraction of all prunable weights of stacked masks [M, ...], averaged over members (exact
   counts: equals the plan)."""
@@ -56,4 +65,4 @@ def prunable_density(masks: Any, plan: sparse.SparsityPlan) -> float:
 
 
 METHOD = register(Method("dst_ensemble", train, {"sparse": SparseOptions}, defaults={"num_members": 3},
-                         trains_seeds=True))
+                         trains_seeds=True, programs=programs))

@@ -156,27 +156,52 @@ def train(run: Run, options) -> list[Trained]:
   return train_tickets(run, options)
 
 
+def ticket_phase(run: Run, options) -> Run:
+  """The one sparse network of the EDST run, on the EDST lr schedule (`edst_lr_schedule`)."""
+  return run.phase(num_members=1, sparse_training=True,
+                   schedule=edst_lr_schedule(options.edst, run.num_members, run.steps_per_epoch,
+                                             run.config.training.warmup_epochs))
+
+
+def ticket_topology(run: Run, options, plan: sparse.SparsityPlan) -> sparse.Topology:
+  """One compiled update serves the regular and the global ones: the drop fraction and growth rule
+  are traced arguments, the selection bound the larger of the two drop fractions."""
+  s, e = options.sparse, options.edst
+  growth = s.growth if s.growth == e.exploration_growth else "either"
+  return s.topology(plan, run.tx, growth=growth, max_drop_fraction=max(s.drop_fraction, e.global_drop_fraction))
+
+
+def programs(run: Run, options, plan, boost: Any = None) -> None:
+  """Pre-flight (`preflight.Plan`): the ticket network's phase, its topology update (regular and
+  global), the boosted tickets' reweighting, the evaluation of the M tickets."""
+  phase = ticket_phase(run, options)
+
+  def prepare():
+    state = sparse_common.init_sparse_members(phase, options.sparse)[0]
+    return state if boost is None else cbnn.with_sample_weights(phase, state)
+
+  state = sparse_common.mask_programs(phase, options.sparse, plan, prepare)
+  topology = ticket_topology(phase, options, sparse_common.make_plan(state, options.sparse))
+  by_gradient = True if topology.growth == "either" else None
+  plan.topology_update(phase, state, sparse_common.make_topology_update(phase, topology), by_gradient)
+  if boost is not None:
+    plan.reweighting(phase, state, cbnn.make_reweight(boost))
+  plan.ensemble(phase, state, run.num_members)
+
+
 def train_tickets(run: Run, options, boost: Any = None) -> list[Trained]:
   """The EDST run; with ``boost`` (`cbnn.CBNNOptions`-like: rule, eps, max_weight_ratio, combine)
   each ticket's training-set predictions also reweight the samples before the next phase and give
   the ticket its α (`boosting.reweight`), and the tickets combine with their α."""
   s, e, m = options.sparse, options.edst, run.num_members
   spe = run.steps_per_epoch
-  run = run.phase(num_members=1, sparse_training=True,
-                  schedule=edst_lr_schedule(e, m, spe, run.config.training.warmup_epochs))
-  state = run.init_members()
-  plan = sparse_common.make_plan(state, s)
-  state = sparse_common.init_member_masks(run, state, plan, s.init_rule)
+  run = ticket_phase(run, options)
+  state, plan = sparse_common.init_sparse_members(run, s)
   n = len(run.data.y_train)
   if boost is not None:
-    state = state.replace(extra={"sample_weights": jnp.ones((run.num_seeds, n), jnp.float32)})
+    state = cbnn.with_sample_weights(run, state)
     boost_at = cbnn.make_boost(run, boost)
-
-  # One compiled update serves the regular and the global ones: the drop fraction and growth rule
-  # are traced arguments, the selection bound the larger of the two drop fractions.
-  growth = s.growth if s.growth == e.exploration_growth else "either"
-  update = sparse_common.make_topology_update(
-      run, s.topology(plan, run.tx, growth=growth, max_drop_fraction=max(s.drop_fraction, e.global_drop_fraction)))
+  update = sparse_common.make_topology_update(run, ticket_topology(run, options, plan))
   regular_p = regular_updates(s, e, m, spe)
   phases = phase_boundaries(e, m, spe)
   starts = {start: k for k, (start, _) in enumerate(phases) if k > 0}
@@ -292,4 +317,4 @@ def ticket_overlaps(masks: Any, plan: sparse.SparsityPlan) -> list[list[float]]:
 METHOD = register(Method("edst_ensemble", train, {"sparse": SparseOptions, "edst": EDSTOptions},
                          defaults={"num_members": 3, "training.lr_schedule": "constant"},  # epochs: `derived`
                          check=check, derived=derived, trains_seeds=True,
-                         trains_one_network=True))
+                         trains_one_network=True, programs=programs))

@@ -68,14 +68,25 @@ def fge_schedule(pretrain_schedule: optax.Schedule, pretrain: int, length: float
   return schedule
 
 
-def train(run: Run, options) -> list[Trained]:
-  o, m, t = options.fge, run.num_members, run.config.training
-  pretrain, length, snapshot_steps = cycle_layout(run.total_steps, m, o.pretrain_fraction)
+def fge_phase(run: Run, o: FGEOptions) -> Run:
+  """The one network of the run, on the pre-training schedule and then the triangular cycles."""
+  m, t = run.num_members, run.config.training
+  pretrain, length, _ = cycle_layout(run.total_steps, m, o.pretrain_fraction)
   require(length >= 2, "fge.pretrain_fraction", f"small enough that each of the M = {m} cycles gets 2 or more "
           f"of the {run.total_steps - pretrain} steps after pre-training", o.pretrain_fraction)
   base = train_lib.learning_rate_schedule(t, pretrain, run.steps_per_epoch)
-  run = run.phase(num_members=1, schedule=fge_schedule(base, pretrain, length, o.lr_max_factor * t.lr,
-                                                        o.lr_min_factor * t.lr))
+  return run.phase(num_members=1, schedule=fge_schedule(base, pretrain, length, o.lr_max_factor * t.lr,
+                                                         o.lr_min_factor * t.lr))
+
+
+def programs(run: Run, options, plan) -> None:
+  plan.one_network(fge_phase(run, options.fge), run.num_members)
+
+
+def train(run: Run, options) -> list[Trained]:
+  o, m = options.fge, run.num_members
+  pretrain, length, snapshot_steps = cycle_layout(run.total_steps, m, o.pretrain_fraction)
+  run = fge_phase(run, o)
   snapshots = run.collection("members", {step: k for k, step in enumerate(snapshot_steps)})
 
   def snapshot(state, done, batch):  # at a cycle's middle, where lr = α2
@@ -91,4 +102,4 @@ def train(run: Run, options) -> list[Trained]:
 
 
 METHOD = register(Method("fge", train, {"fge": FGEOptions}, defaults={"num_members": 3}, trains_seeds=True,
-                         trains_one_network=True))
+                         trains_one_network=True, programs=programs))

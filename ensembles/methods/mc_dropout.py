@@ -32,6 +32,11 @@ def predictor(run: Run, options):
                                    mean=run.data.mean, std=run.data.std, compute_dtype=run.compute_dtype)
 
 
+def programs(run: Run, options, plan) -> None:
+  """Pre-flight: the network's training and its T dropout passes at evaluation."""
+  plan.one_network(run, 1, apply=predictor(run, options), passes=options.mc_dropout.num_passes)
+
+
 def train(run: Run, options) -> list[Trained]:
   rates = train_lib.dropout_rates(run.model, run.data.image_shape)
   if not any(rate > 0 for rate in rates):
@@ -57,4 +62,4 @@ def check(config, options) -> None:
 
 METHOD = register(Method("mc_dropout", train, {"mc_dropout": MCDropoutOptions},
                          defaults={"num_members": 1, "model.dropout_rate": 0.2}, check=check, predictor=predictor, trains_seeds=True,
-                         takes_member_networks=False))
+                         takes_member_networks=False, programs=programs))

@@ -10,6 +10,11 @@ from ensembles.context import Run, stacked_members
 from ensembles.methods.base import Trained
 
 
+def programs(run: Run, options, plan) -> None:
+  """Pre-flight: the network that holds the M members, trained and evaluated as one network."""
+  plan.one_network(run.phase(num_members=1), 1)
+
+
 def train_member_network(run: Run, report: Callable) -> list[Trained]:
   """Trains ``run.model`` (a network of run.num_members members; one per seed of the run) as one
   model; ``report(run, members, info) -> (flops, results)`` gives the method's cost and its results

@@ -14,7 +14,7 @@ import dataclasses
 from ensembles.context import Run
 from ensembles.errors import ConfigError
 from ensembles.methods.base import Method, Trained, register
-from ensembles.methods.member_network import train_member_network
+from ensembles.methods.member_network import programs, train_member_network
 from ensembles.models import mimo
 from ensembles.options import integer, number
 
@@ -47,4 +47,4 @@ def train(run: Run, options) -> list[Trained]:
 
 
 METHOD = register(Method("mimo", train, {"mimo": MIMOOptions}, defaults={"num_members": 3}, network=network,
-                         trains_seeds=True, trains_one_network=True))
+                         trains_seeds=True, trains_one_network=True, programs=programs))

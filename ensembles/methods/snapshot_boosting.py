@@ -18,7 +18,7 @@ import dataclasses
 from ensembles.context import Run
 from ensembles.errors import require
 from ensembles.methods.base import Method, Trained, register
-from ensembles.methods.cbnn import CBNNOptions, boosted_checkpoints
+from ensembles.methods.cbnn import CBNNOptions, boosted_checkpoints, boosted_programs
 from ensembles.methods.snapshot_ensemble import cyclic_cosine
 
 
@@ -28,8 +28,16 @@ class SnapshotBoostingOptions(CBNNOptions):
 
 
 def train(run: Run, options) -> list[Trained]:
-  schedule = cyclic_cosine(run.config.training.lr, run.total_steps, run.num_members)
-  return boosted_checkpoints(run, options.snapshot_boosting, "snapshot_boosting", schedule)
+  return boosted_checkpoints(run, options.snapshot_boosting, "snapshot_boosting", schedule(run))
+
+
+def schedule(run: Run):
+  """The snapshot ensemble's cosine restarts, M cycles of the run."""
+  return cyclic_cosine(run.config.training.lr, run.total_steps, run.num_members)
+
+
+def programs(run: Run, options, plan) -> None:
+  boosted_programs(run, options.snapshot_boosting, plan, schedule(run))
 
 
 def check(config, options) -> None:
@@ -40,4 +48,4 @@ def check(config, options) -> None:
 
 METHOD = register(Method("snapshot_boosting", train, {"snapshot_boosting": SnapshotBoostingOptions},
                          defaults={"num_members": 3}, check=check, takes_member_networks=False,
-                         trains_seeds=True, trains_one_network=True))
+                         trains_seeds=True, trains_one_network=True, programs=programs))

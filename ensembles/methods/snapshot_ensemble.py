@@ -27,9 +27,18 @@ def cyclic_cosine(lr: float, total_steps: int, cycles: int) -> optax.Schedule:
   return schedule
 
 
+def snapshot_phase(run: Run) -> Run:
+  """The one network of the run, on M cycles of the cosine schedule."""
+  return run.phase(num_members=1, schedule=cyclic_cosine(run.config.training.lr, run.total_steps, run.num_members))
+
+
+def programs(run: Run, options, plan) -> None:
+  plan.one_network(snapshot_phase(run), run.num_members)
+
+
 def train(run: Run, options) -> list[Trained]:
   m = run.num_members
-  run = run.phase(num_members=1, schedule=cyclic_cosine(run.config.training.lr, run.total_steps, m))
+  run = snapshot_phase(run)
   snapshots = run.collection("members", at_segment_ends(run.total_steps, m))
 
   def snapshot(state, done, batch):  # a snapshot at the end of every cycle
@@ -50,4 +59,4 @@ def check(config, options) -> None:
 
 
 METHOD = register(Method("snapshot_ensemble", train, defaults={"num_members": 3}, check=check, trains_seeds=True,
-                         trains_one_network=True))
+                         trains_one_network=True, programs=programs))

@@ -49,20 +49,45 @@ class SparseOptions:
 
 
 def make_plan(state: train_lib.TrainState, options: SparseOptions) -> sparse.SparsityPlan:
-  """The sparsity plan of the members' model (from member 0's params)."""
-  return sparse.make_plan(members_lib.member(state.params, 0), options.sparsity, options.density_rule)
+  """The sparsity plan of the members' model (from the shapes of one member's params: ``state`` may
+be abstract, `jax.eval_shape`'s)."""
+  one_member = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state.params)
+  return sparse.make_plan(one_member, options.sparsity, options.density_rule)
+
+
+def init_sparse_members(run: Run, options: SparseOptions) -> tuple[train_lib.TrainState, sparse.SparsityPlan]:
+  """The run's members (`Run.init_members`) with their own exact-count masks (`init_member_masks`,
+  rule ``sparse.init_rule``), and the sparsity plan."""
+  state = run.init_members()
+  plan = make_plan(state, options)
+  return init_member_masks(run, state, plan, options.init_rule), plan
 
 
 def init_member_masks(run: Run, state: train_lib.TrainState, plan: sparse.SparsityPlan,
                       rule: str) -> train_lib.TrainState:
   """Gives each member its own exact-count masks (keys split from fold_in(its seed's init key, 1):
   `Run.member_keys`), masks its params and puts the masks in its `sparse.masked` optimizer state."""
-  def one(k, params):
-    return sparse.init_sparse(k, params, run.tx, plan, rule)
-
-  keys = run.member_keys(1)
-  params, opt_state = jax.jit(jax.vmap(one))(keys, state.params)
+  params, opt_state = make_mask_init(run, plan, rule)(run.member_keys(1), state.params)
   return state.replace(params=params, opt_state=opt_state)
+
+
+def make_mask_init(run: Run, plan: sparse.SparsityPlan, rule: str) -> Callable:
+  """The jitted ``init(keys [M, 2], params) -> (masked params, opt_state with masks)`` of
+  `init_member_masks` (`sparse.init_sparse` per member)."""
+  return jax.jit(jax.vmap(lambda k, params: sparse.init_sparse(k, params, run.tx, plan, rule)))
+
+
+def mask_programs(run: Run, options: SparseOptions, plan, prepare: Callable | None = None):
+  """Pre-flight (`preflight.Plan`): a sparse phase's programs (its members' initialisation, masks,
+  train step, validation prediction); returns its abstract state (``prepare``: the recipe's, default
+  `init_sparse_members`)."""
+  from ensembles import preflight  # pylint: disable=g-import-not-at-top  (preflight imports the trainer)
+  state = preflight.abstract_state(run, prepare or (lambda: init_sparse_members(run, options)[0]))
+  keys = preflight.abstract(jax.ShapeDtypeStruct((run.total_members, 2), jnp.uint32), run.mesh, members_lib.MEMBER_AXIS)
+  plan.training(run, state)
+  plan.add("mask initialisation", make_mask_init(run, make_plan(state, options), options.init_rule),
+           (keys, state.params), run.mesh)
+  return state
 
 
 def make_topology_update(run: Run, topology: sparse.Topology) -> Callable:

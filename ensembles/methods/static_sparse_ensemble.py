@@ -12,5 +12,9 @@ def train(run: Run, options) -> list[Trained]:
   return dst_ensemble.train(run, options, topology_updates=False)
 
 
+def programs(run: Run, options, plan) -> None:
+  dst_ensemble.programs(run, options, plan, topology_updates=False)
+
+
 METHOD = register(Method("static_sparse_ensemble", train, {"sparse": SparseOptions}, defaults={"num_members": 3},
-                         trains_seeds=True))
+                         trains_seeds=True, programs=programs))

@@ -46,12 +46,44 @@ def split_epochs(epochs: int, options: SubnetworkOptions) -> tuple[int, int]:
   return parent, epochs - parent
 
 
+def parent_phase(run: Run, options: SubnetworkOptions) -> Run:
+  """The parent's run: one dense network for its share of the budget, in workdir/parent."""
+  return run.phase(num_members=1, epochs=split_epochs(run.epochs, options)[0], subdir="parent", name="parent")
+
+
+def child_phase(run: Run, options: SubnetworkOptions) -> Run:
+  """The children's run: M masked members for the rest of the budget (streams other than the
+  parent's: key_salt), in workdir/children."""
+  return run.phase(sparse_training=True, epochs=split_epochs(run.epochs, options)[1], key_salt=1,
+                   subdir="children", name="children")
+
+
+def with_masks(run: Run, state, masks):
+  """``state``'s members under their ``masks`` [M, ...] in the `sparse.masked` optimizer state."""
+  return state.replace(opt_state=jax.vmap(lambda p, k: sparse.with_masks(run.tx, p, k))(state.params, masks))
+
+
+def programs(run: Run, options, plan) -> None:
+  """Pre-flight (`preflight.Plan`): the parent's phase, the children's (masks of the parameters'
+  shape), the M children's evaluation."""
+  from ensembles import preflight  # pylint: disable=g-import-not-at-top
+  parent_run, child_run = parent_phase(run, options.subnetwork), child_phase(run, options.subnetwork)
+  plan.training(parent_run, preflight.abstract_state(parent_run, parent_run.init_members), "parent")
+
+  def children():
+    state = child_run.init_members()
+    return with_masks(child_run, state, jax.tree.map(lambda p: jnp.ones(p.shape, bool), state.params))
+
+  state = preflight.abstract_state(child_run, children)
+  plan.training(child_run, state, "children")
+  plan.ensemble(child_run, state, run.num_members)
+
+
 def train(run: Run, options) -> list[Trained]:
   s, m = options.subnetwork, run.num_members
   parent_epochs, child_epochs = split_epochs(run.epochs, s)
   layer_order = [c.path for c in flops_lib.layer_costs(run.model, run.data.image_shape)]
-
-  parent_run = run.phase(num_members=1, epochs=parent_epochs, subdir="parent", name="parent")
+  parent_run = parent_phase(run, s)
   state = parent_run.init_members()
   # fail before training the parent if the model cannot be split (e.g. fewer units than children)
   subnetworks.partition_masks(members_lib.member(state.params, 0), m, s.granularity, s.share_input_output,
@@ -60,14 +92,13 @@ def train(run: Run, options) -> list[Trained]:
   parents = [collected.member_tree(one) for one in parent_run.split_seeds(state)]  # one per seed
   masks = [seed_masks(run, s, parent, m, r.init_key, layer_order) for r, parent in zip(parent_run.seed_runs(), parents)]
 
-  child_run = run.phase(sparse_training=True, epochs=child_epochs, key_salt=1, subdir="children", name="children")
+  child_run = child_phase(run, s)
   children = child_run.init_members()  # not the parent's streams (key_salt)
   seeds_stacked = lambda trees: jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)  # [S·M, ...] seed-major
   masks = seeds_stacked(masks)
   params = seeds_stacked([jax.tree.map(lambda p, k: jnp.where(k, p[None], 0.0), parent["params"], own)
                           for parent, own in zip(parents, child_run.split_seeds(masks))])
-  children = children.replace(
-      params=params, opt_state=jax.vmap(lambda p, k: sparse.with_masks(child_run.tx, p, k))(params, masks),
+  children = with_masks(child_run, children.replace(params=params), masks).replace(
       model_state=seeds_stacked([jax.tree.map(lambda x: jnp.stack([x] * m), parent["model_state"])
                                  for parent in parents]))
   children, info_c = trainer.fit(child_run, children)
@@ -122,4 +153,5 @@ def check(config, options) -> None:
 
 
 METHOD = register(Method("subnetwork_ensemble", train, {"subnetwork": SubnetworkOptions},
-                         defaults={"num_members": 3}, check=check, trains_seeds=True))
+                         defaults={"num_members": 3}, check=check, trains_seeds=True,
+                         programs=programs))

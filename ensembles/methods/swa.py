@@ -59,9 +59,36 @@ def averaging_steps(total_steps: int, steps_per_epoch: int, start_fraction: floa
   return sorted(set(ends) | {total_steps})
 
 
+def swa_phase(run: Run, o: SWAOptions) -> Run:
+  """The run on SWA's learning-rate schedule."""
+  return run.phase(schedule=swa_schedule(run.config.training.lr, o.lr_factor, run.total_steps))
+
+
+def with_average(run: Run, state):
+  """``state`` with an empty running average of its members' weights."""
+  return state.replace(extra={"swa_params": jax.tree.map(jnp.zeros_like, state.params),
+                              "swa_count": jnp.zeros((run.total_members,), jnp.int32)})
+
+
+def batch_moments(run: Run):
+  """The jitted BatchNorm moments of a batch (`weight_averaging.make_batch_moments`) on the run."""
+  return weight_averaging.make_batch_moments(run.model, execution=run.execution, mean=run.data.mean,
+                                             std=run.data.std, compute_dtype=run.compute_dtype)
+
+
+def programs(run: Run, options, plan) -> None:
+  """Pre-flight (`preflight.Plan`): training, the running average, the BatchNorm pass, evaluation."""
+  run = swa_phase(run, options.swa)
+  state = plan.one_network(run, run.num_members, lambda: with_average(run, run.init_members()))
+  count = state.extra["swa_count"]
+  plan.add("weight averaging", jax.jit(weight_averaging.running_average), (state.params, state.params, count), run.mesh)
+  if "batch_stats" in state.model_state:
+    plan.prediction(run, state, "BatchNorm statistics pass", batch_moments(run), run.mesh, passes=2)
+
+
 def train(run: Run, options) -> list[Trained]:
   o = options.swa
-  run = run.phase(schedule=swa_schedule(run.config.training.lr, o.lr_factor, run.total_steps))
+  run = swa_phase(run, o)
   steps = averaging_steps(run.total_steps, run.steps_per_epoch, o.start_fraction)
   average = jax.jit(weight_averaging.running_average)
 
@@ -70,13 +97,10 @@ def train(run: Run, options) -> list[Trained]:
     run.log.write({"step": done, "event": f"weights averaged ({int(count[0])})"})
     return state.replace(extra={"swa_params": params, "swa_count": count})
 
-  state = run.init_members()
-  state = state.replace(extra={"swa_params": jax.tree.map(jnp.zeros_like, state.params),
-                               "swa_count": jnp.zeros((run.total_members,), jnp.int32)})
+  state = with_average(run, run.init_members())
   state, info = trainer.fit(run, state, [trainer.Hook(frozenset(steps), accumulate)])
   params = state.extra["swa_params"]
-  moments = weight_averaging.make_batch_moments(run.model, execution=run.execution, mean=run.data.mean,
-                                                std=run.data.std, compute_dtype=run.compute_dtype)
+  moments = batch_moments(run)
   model_state = weight_averaging.recompute_batch_stats(moments, params, state.model_state, run.data.x_train,
                                                        run.config.eval_batch_size)
   batch = run.config.eval_batch_size  # the BatchNorm pass: 2 forward passes per image of its full batches
@@ -88,4 +112,5 @@ def train(run: Run, options) -> list[Trained]:
 
 
 METHOD = register(Method("swa", train, {"swa": SWAOptions}, defaults={"num_members": 1},
-                         takes_member_networks=False, trains_seeds=True))  # its BatchNorm pass feeds plain batches
+                         takes_member_networks=False, trains_seeds=True,
+                         programs=programs))  # its BatchNorm pass feeds plain batches

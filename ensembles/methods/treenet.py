@@ -14,7 +14,7 @@ import dataclasses
 from ensembles import flops as flops_lib
 from ensembles.context import Run
 from ensembles.methods.base import Method, Trained, register
-from ensembles.methods.member_network import train_member_network
+from ensembles.methods.member_network import programs, train_member_network
 from ensembles.models import treenet
 from ensembles.options import integer
 
@@ -49,4 +49,4 @@ def train(run: Run, options) -> list[Trained]:
 
 METHOD = register(Method("treenet", train, {"treenet": TreeNetOptions}, defaults={"num_members": 3},
                          network=network, trains_seeds=True,
-                         trains_one_network=True))
+                         trains_one_network=True, programs=programs))

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ensembles.models.layers import as_float, global_avg_pool
+from ensembles.models.layers import as_float, block_maker, global_avg_pool
 
 # (expansion, output channels, blocks, stride of the first block, kernel size) per stage
 STAGES_B0 = ((1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3), (6, 112, 3, 1, 5),
@@ -56,6 +56,7 @@ class EfficientNetB0(nn.Module):
   width: float = 1.0
   dropout_rate: float = 0.2
   bn_momentum: float = 0.99
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.block_maker)
 
   has_conv = True
 
@@ -65,9 +66,10 @@ class EfficientNetB0(nn.Module):
     scale = lambda c: max(8, int(round(c * self.width)))
     x = as_float(x)
     x = nn.swish(norm()(nn.Conv(scale(32), (3, 3), strides=(2, 2), padding="SAME", use_bias=False)(x)))
+    make_block = block_maker(MBConv, self.remat)
     for expansion, features, blocks, stride, kernel in STAGES_B0:
-      for block in range(blocks):
-        x = MBConv(expansion, scale(features), stride if block == 0 else 1, kernel, norm)(x)
+      for i in range(blocks):
+        x = make_block(expansion, scale(features), stride if i == 0 else 1, kernel, norm)(x)
     x = nn.swish(norm()(nn.Conv(scale(1280), (1, 1), use_bias=False)(x)))
     x = global_avg_pool(x)
     if self.dropout_rate > 0:

@@ -13,7 +13,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 
-from ensembles.models.layers import Conv, as_float, global_avg_pool
+from ensembles.models.layers import Conv, as_float, block_maker, global_avg_pool
 from ensembles.models.resnet import BasicBlock
 
 # depth -> (block kind, blocks per stage)
@@ -58,6 +58,7 @@ class ImageNetResNet(nn.Module):
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
   conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.block_maker)
 
   has_conv = True
   choices = {"depth": tuple(STAGES), "stem": STEMS}  # checked by config.validate_model
@@ -71,7 +72,7 @@ class ImageNetResNet(nn.Module):
     kind, blocks = STAGES[self.depth]
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum)
     conv_cls = functools.partial(Conv, impl=self.conv_impl)
-    block_cls = Bottleneck if kind == "bottleneck" else BasicBlock  # the CIFAR ResNet's basic block
+    make_block = block_maker(Bottleneck if kind == "bottleneck" else BasicBlock, self.remat)  # CIFAR's basic block
     x = as_float(x)
     if self.stem == "imagenet":
       x = nn.relu(norm()(conv_cls(self.width, (7, 7), strides=(2, 2), use_bias=False)(x)))
@@ -81,7 +82,7 @@ class ImageNetResNet(nn.Module):
     for stage, n in enumerate(blocks):
       for block in range(n):
         stride = 2 if (stage > 0 and block == 0) else 1
-        x = block_cls(self.width * 2 ** stage, stride, norm, conv_cls)(x)
+        x = make_block(self.width * 2 ** stage, stride, norm, conv_cls)(x)
     x = global_avg_pool(x)
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ensembles import targets
+
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max pooling with stride 2, [B, H, W, C] -> [B, H//2, W//2, C].
@@ -29,6 +31,21 @@ def as_float(x: jax.Array) -> jax.Array:
 def global_avg_pool(x: jax.Array) -> jax.Array:
   """[B, H, W, C] -> [B, C]."""
   return jnp.mean(x, axis=(1, 2))
+
+
+def block_maker(cls: type[nn.Module], remat: bool) -> Callable[..., nn.Module]:
+  """``make(*fields) -> block``: the blocks of a network, numbered ``<cls name>_<k>`` in the order
+  they are made (flax's own names, so parameter paths do not depend on ``remat``); with ``remat``
+  each block is `nn.remat`-wrapped: its activations are recomputed in the backward pass instead of
+  kept (less memory per step for about one more forward pass of the block)."""
+  block_cls = nn.remat(cls) if remat else cls
+  count = [0]
+
+  def make(*fields) -> nn.Module:
+    count[0] += 1
+    return block_cls(*fields, name=f"{cls.__name__}_{count[0] - 1}")
+
+  return make
 
 
 CONV_IMPLS = ("auto", "xla", "patches")
@@ -72,7 +89,7 @@ class Conv(nn.Module):
 
   * ``xla``: `lax.conv_general_dilated` (what `flax.linen.Conv` runs);
   * ``patches``: `conv_via_patches`, one matmul over an explicit patch tensor;
-  * ``auto``: on CPU, ``patches`` for layers with at most ``PATCHES_MAX_IN_CHANNELS`` input
+  * ``auto``: on CPU (the platform compiled for: `targets.current_platform`), ``patches`` for layers with at most ``PATCHES_MAX_IN_CHANNELS`` input
     channels (image inputs: the patch tensor is small) and for strided layers, where it beat XLA's
     convolution forward + backward in `benchmarks/conv_layers.py`; ``xla`` everywhere else.
   Parameters are named and shaped as flax's Conv (``kernel`` [kh, kw, C_in, C_out], ``bias``
@@ -115,5 +132,5 @@ def resolve_conv_impl(impl: str, in_channels: int, stride: int = 1, backend: str
     raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
   if impl != "auto":
     return impl
-  on_cpu = (backend or jax.default_backend()) == "cpu"
+  on_cpu = (backend or targets.current_platform()) == "cpu"
   return "patches" if (on_cpu and (in_channels <= PATCHES_MAX_IN_CHANNELS or stride > 1)) else "xla"

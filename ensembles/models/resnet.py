@@ -7,7 +7,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 
-from ensembles.models.layers import Conv, as_float, global_avg_pool
+from ensembles.models.layers import Conv, as_float, block_maker, global_avg_pool
 
 
 class BasicBlock(nn.Module):
@@ -43,6 +43,7 @@ class ResNet(nn.Module):
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
   conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.block_maker)
 
   has_conv = True
   depth_rule = (6, 2)  # depth = 6n + 2, n >= 1 (also checked by config.validate_model)
@@ -58,10 +59,11 @@ class ResNet(nn.Module):
     x = as_float(x)
     x = conv_cls(16 * self.width, (3, 3), padding="SAME", use_bias=False)(x)
     x = nn.relu(norm()(x))
+    make_block = block_maker(BasicBlock, self.remat)
     for stage, features in enumerate((16, 32, 64)):
       for block in range(n):
         stride = 2 if (stage > 0 and block == 0) else 1
-        x = BasicBlock(features * self.width, stride, norm, conv_cls)(x)
+        x = make_block(features * self.width, stride, norm, conv_cls)(x)
     x = global_avg_pool(x)
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not (train))(x)

@@ -7,7 +7,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 
-from ensembles.models.layers import Conv, as_float, global_avg_pool
+from ensembles.models.layers import Conv, as_float, block_maker, global_avg_pool
 
 
 class WideBlock(nn.Module):
@@ -47,6 +47,7 @@ class WideResNet(nn.Module):
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
   conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
+  remat: bool = False  # recompute each block's activations in the backward pass (layers.block_maker)
 
   has_conv = True
   depth_rule = (6, 4)  # depth = 6n + 4, n >= 1 (also checked by config.validate_model)
@@ -61,9 +62,10 @@ class WideResNet(nn.Module):
     conv_cls = functools.partial(Conv, impl=self.conv_impl)
     x = as_float(x)
     x = conv_cls(16, (3, 3), padding="SAME", use_bias=False)(x)
+    make_block = block_maker(WideBlock, self.remat)
     for stage, features in enumerate((16, 32, 64)):
       for block in range(n):
         stride = 2 if (stage > 0 and block == 0) else 1
-        x = WideBlock(features * self.width, stride, self.dropout_rate, norm, train, conv_cls)(x)
+        x = make_block(features * self.width, stride, self.dropout_rate, norm, train, conv_cls)(x)
     x = nn.relu(norm()(x))
     return nn.Dense(self.num_classes)(global_avg_pool(x))

@@ -1,0 +1,231 @@
+"""Pre-flight: compile a run's programs for a TPU slice or GPU host from any machine, before paying for it.
+
+  python -m experiments.preflight --config experiments/recipes/imagenet_resnet50_deep_ensemble.py \\
+      --target v5e-16 --config.mesh.data=16 [--config.FIELD=VALUE ...] [--save DIR] [--json FILE]
+
+For the config (any file in experiments/configs/ or experiments/recipes/, with the usual overrides)
+and the target (`ensembles.targets.TARGETS`: v5e-4 ... v6e-256, h100x8, a100x8, ...), every
+program the run will execute is compiled for the target's devices, without data
+(`ensembles.preflight`), and printed per program and per device: argument, output, aliased,
+temporary and code bytes, the total against the device's memory, XLA's FLOPs against our counter,
+the collectives and the compile time. Exit status 1 when a program does not fit, with the fields
+that would make it fit; 2 for a usage mistake (one line). ``--save DIR`` writes each compiled
+program (`preflight.save_compiled`) for `preflight.load_compiled` on the target.
+
+  python -m experiments.preflight --recipes [--cache runs/preflight] [--recipe NAME ...]
+
+compiles every recipe of experiments/recipes/ on the target its ``PREFLIGHT`` names (results cached
+per recipe and program in the cache folder: the table can be built in parts) and prints the
+README's table. Needs the target's compiler: ``pip install -e ".[tpu]"`` (libtpu) for TPU targets,
+``pip install -e ".[cuda12]"`` (the CUDA plugin) for GPU targets.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import time
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+  """libtpu and the CUDA plugin print warnings about the missing hardware straight to file
+  descriptor 2 when they load on a machine without it; pre-flight expects that. Python errors
+  still propagate as exceptions."""
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+def _fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def load_target(name: str):
+  """The named target's compile-only devices (one line and exit 2 when it cannot be built)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ensembles import targets  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_platforms", "cpu")  # the host only compiles; plugins still register their topologies
+  try:
+    with quiet_native_stderr():
+      jax.devices()
+      return targets.named(name)
+  except targets.TargetError as err:
+    _fail(str(err))
+
+
+def load_config(path: str, overrides):
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  from ensembles import config as config_lib  # pylint: disable=g-import-not-at-top
+  try:
+    config = cli.apply_overrides(cli.load_config_file(path), overrides)
+    config_lib.validate(config)
+  except (cli.CliError, config_lib.ConfigError) as err:
+    _fail(str(err))
+  return config
+
+
+def check_one(config_path: str, target_name: str, overrides, save_dir: str | None = None,
+              json_path: str | None = None, cache: dict | None = None, cached: dict | None = None) -> tuple[dict, int]:
+  """Pre-flight of one config on one target, printed; returns (the report, exit status).
+  ``cached``: {program: result dict} compiled before (skipped); ``cache``: filled with this run's."""
+  from ensembles import preflight  # pylint: disable=g-import-not-at-top
+  from ensembles import targets  # pylint: disable=g-import-not-at-top
+  from ensembles import trainer  # pylint: disable=g-import-not-at-top
+  target = load_target(target_name)
+  config = load_config(config_path, overrides)
+  print(f"pre-flight of {config_path} ({config.method}, M = {config.num_members}) on {target.describe()}")
+  try:
+    run, method, options = preflight.run_for(config, target)
+    preflight.check_mesh(run, target)
+  except (targets.TargetError, ValueError) as err:
+    _fail(str(err).splitlines()[0])
+  print(f"mesh {dict(run.mesh.shape)}, member execution {run.execution.mode}, {run.compute_dtype}, "
+        f"batch {config.training.batch_size} per member, train program: {trainer.train_program(run)}")
+  results = []
+  for program in preflight.plan_for(method, run, options).programs:
+    if cached and program.name in cached:
+      result = preflight.Result(**{k: v for k, v in cached[program.name].items() if k != "flops_ratio"})
+    else:
+      result = preflight.compile_program(program, target, save_dir)
+      if cache is not None:
+        cache[program.name] = result.as_dict()
+    results.append(result)
+    peak = preflight.step_time_at_peak(result, target, run.compute_dtype)
+    print("  " + preflight.describe(result) + ("" if peak is None else f"; {1e3 * peak:.3g} ms at peak (estimate)"))
+  advice = preflight.fit_advice(run, results)
+  if advice:
+    print("Does not fit. Fields that would reduce the memory per device (check each with this command):")
+    for line in advice:
+      print(f"  --config.{line}")
+  report = {"config": config_path, "target": target.name, "device_kind": target.device_kind,
+            "devices": target.num_devices, "hosts": target.num_hosts, "mesh": dict(run.mesh.shape),
+            "member_execution": run.execution.mode, "compute_dtype": run.compute_dtype,
+            "train_program": trainer.train_program(run), "overrides": [f"--config.{k}={v}" for k, v in overrides],
+            "programs": [r.as_dict() for r in results], "fits": not advice}
+  if json_path:
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, "w") as f:
+      json.dump(report, f, indent=2)
+  return report, 0 if not advice else 1
+
+
+RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
+
+
+def recipe_preflight(path: str) -> dict:
+  """A recipe's ``PREFLIGHT`` = {"target": name, "overrides": {dotted field: value}}."""
+  spec = importlib.util.spec_from_file_location("recipe", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "PREFLIGHT"):
+    raise SystemExit(f"error: {path} names no PREFLIGHT target.")
+  return module.PREFLIGHT
+
+
+def cache_key(path: str, target: str, overrides) -> str:
+  """What a cached result depends on: the recipe file, target, overrides and compiler versions."""
+  import jax  # pylint: disable=g-import-not-at-top
+  versions = [jax.__version__]
+  for package in ("libtpu", "jax_cuda12_plugin"):
+    try:
+      versions.append(__import__("importlib.metadata").metadata.version(package.replace("_", "-")))
+    except Exception:  # noqa: BLE001
+      versions.append("-")
+  text = json.dumps([open(path).read(), open(os.path.join(RECIPES, "_common.py")).read(), target, overrides, versions])
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_recipes(cache_dir: str, names) -> int:
+  """Pre-flight of every recipe (or ``names``) on its target, cached per recipe; prints the table."""
+  paths = sorted(p for p in glob.glob(os.path.join(RECIPES, "*.py")) if not os.path.basename(p).startswith("_"))
+  if names:
+    paths = [p for p in paths if os.path.basename(p)[:-3] in names]
+  os.makedirs(cache_dir, exist_ok=True)
+  rows, status, total_compile = [], 0, 0.0
+  for path in paths:
+    spec = recipe_preflight(path)
+    overrides = [(k, repr(v) if not isinstance(v, str) else v) for k, v in spec.get("overrides", {}).items()]
+    key = cache_key(path, spec["target"], overrides)
+    file = os.path.join(cache_dir, os.path.basename(path)[:-3] + ".json")
+    cached = {}
+    if os.path.exists(file):
+      stored = json.load(open(file))
+      if stored.get("key") == key:
+        cached = {p["name"]: p for p in stored["report"]["programs"]}
+    fresh: dict = {}
+    start = time.perf_counter()
+    relative = os.path.relpath(path)
+    report, code = check_one(relative, spec["target"], overrides, cache=fresh, cached=cached)
+    print(f"  ({time.perf_counter() - start:.0f} s)\n")
+    with open(file, "w") as f:
+      json.dump({"key": key, "report": report}, f, indent=2)
+    status = max(status, code)
+    total_compile += sum(p["lower_s"] + p["compile_s"] for p in report["programs"])
+    rows.append(report)
+  print(table(rows))
+  print(f"\nCompile time of all programs on this machine: {total_compile / 60:.1f} min.")
+  return status
+
+
+def table(reports) -> str:
+  """The README table: one row per recipe (its train program), the largest program's memory."""
+  from ensembles import hardware  # pylint: disable=g-import-not-at-top
+  lines = ["| recipe | target | mesh (members x data) | programs | train program: GiB per device | largest program: "
+           "GiB per device | fits | XLA / our FLOPs per step | step at peak, ms (ESTIMATE) | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in reports:
+    programs = r["programs"]
+    train = next(p for p in programs if "train" in p["name"] and not p["name"].startswith("parent"))
+    largest = max(programs, key=lambda p: p["memory_bytes"] or 0)
+    peak = hardware.peak_flops(type("D", (), {"device_kind": r["device_kind"]})(), r["compute_dtype"])
+    at_peak = "-" if not (peak and train["xla_flops"]) else f"{1e3 * train['xla_flops'] / peak:.3g}"
+    ratio = "-" if train["flops_ratio"] is None else f"{train['flops_ratio']:.3f}"
+    hbm = (train["device_bytes"] or 0) / 2**30
+    name = os.path.basename(r["config"])[:-3]
+    lines.append(
+        f"| {name} | {r['target']} ({r['devices']} x {r['device_kind']}, {hbm:.2f} GiB) | "
+        f"{r['mesh']['members']} x {r['mesh']['data']} | {len(programs)} | {(train['memory_bytes'] or 0) / 2**30:.2f} | "
+        f"{(largest['memory_bytes'] or 0) / 2**30:.2f} ({largest['name']}) | {'yes' if r['fits'] else 'NO'} | {ratio} | "
+        f"{at_peak} | {sum(p['lower_s'] + p['compile_s'] for p in programs):.0f} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    rest, overrides = cli.split_overrides(argv)
+  except cli.CliError as err:
+    _fail(str(err))
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--config", help="config file (experiments/configs/*.py or experiments/recipes/*.py)")
+  parser.add_argument("--target", help="a named target (ensembles/targets.py), e.g. v5e-16, v4-32, h100x8")
+  parser.add_argument("--save", default=None, help="folder for the serialised compiled programs")
+  parser.add_argument("--json", default=None, help="write the report as JSON")
+  parser.add_argument("--recipes", action="store_true", help="every recipe on its PREFLIGHT target: the README table")
+  parser.add_argument("--recipe", nargs="*", default=(), help="with --recipes: only these (file names without .py)")
+  parser.add_argument("--cache", default="runs/preflight", help="with --recipes: folder of cached results")
+  args = parser.parse_args(rest)
+  if args.recipes:
+    sys.exit(run_recipes(args.cache, args.recipe))
+  if not args.config or not args.target:
+    _fail("give --config FILE and --target NAME (or --recipes).")
+  _, status = check_one(args.config, args.target, overrides, args.save, args.json)
+  sys.exit(status)
+
+
+if __name__ == "__main__":
+  main()
