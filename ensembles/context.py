@@ -155,7 +155,7 @@ class Run:
   def member_probs(self, state: train_lib.TrainState, x) -> Any:
     """Member probabilities [S·M, N, K] of ``state``'s members on inputs x [N, ...] (in batches of
     config.eval_batch_size)."""
-    return train_lib.predict_probs(self.predict, state, x, self.config.eval_batch_size)
+    return train_lib.predict_probs(self.predict, state, x, self.config.eval_batch_size, self.mesh)
 
   def init_members(self) -> train_lib.TrainState:
     """S·M freshly initialised members (`member_keys`), laid out on the run's mesh."""
@@ -177,7 +177,7 @@ class Run:
     apply = apply or self.ensemble_predictor(m)
     return ensemble_lib.Ensemble(members["params"], members["model_state"], apply, self.data.image_shape,
                                  None if weights is None else tuple(float(w) for w in weights), combine,
-                                 self.config.eval_batch_size)
+                                 self.config.eval_batch_size, execution.mesh)
 
   def ensemble_execution(self, num_members: int) -> members_lib.Execution:
     """How an ensemble of ``num_members`` collected members runs: a mesh sized for its M."""

@@ -28,6 +28,7 @@ class Ensemble:
   weights: Sequence[float] | None = None
   combine: str = "mean"
   batch_size: int = 1000
+  mesh: Any = None  # the members' device mesh: evaluation batches are split over its ``data`` axis
 
   @property
   def num_members(self) -> int:
@@ -39,7 +40,7 @@ class Ensemble:
     `streaming.ImageView` is read batch by batch)."""
     x = x if hasattr(x, "read") else np.asarray(x)
     chex.assert_shape(x, (None, *self.input_shape))
-    return train_lib.predict_probs(self.apply, self, x, self.batch_size)
+    return train_lib.predict_probs(self.apply, self, x, self.batch_size, self.mesh)
 
   def predict(self, x: np.ndarray) -> np.ndarray:
     """The ensemble's probabilities [N, K] of inputs x [N, ...]: the weighted mean (or vote) of

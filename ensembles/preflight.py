@@ -94,9 +94,10 @@ def train_batch(run: Run) -> train_lib.Batch:
 
 
 def eval_images(run: Run, mesh: jax.sharding.Mesh) -> jax.ShapeDtypeStruct:
-  """One evaluation batch [eval_batch_size, H, W, C], replicated on ``mesh`` (every process holds it)."""
+  """One evaluation batch [eval_batch_size, H, W, C] split over ``mesh``'s ``data`` axis
+  (`train.evaluation_batch`)."""
   shape = (run.config.eval_batch_size, *run.data.image_shape)
-  return abstract(jax.ShapeDtypeStruct(shape, run.data.x_train.dtype), mesh)
+  return abstract(jax.ShapeDtypeStruct(shape, run.data.x_train.dtype), mesh, DATA)
 
 
 def scalar(dtype=jnp.int32, mesh: jax.sharding.Mesh | None = None) -> jax.ShapeDtypeStruct:

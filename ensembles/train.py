@@ -471,19 +471,40 @@ def dropout_rates(model: nn.Module, input_shape: tuple[int, ...]) -> list[float]
   return rates
 
 
-def predict_probs(predict: Callable, state: TrainState, images: np.ndarray,
-                  batch_size: int) -> np.ndarray:
-  """Member probabilities [M, N, K] over ``images`` in batches (the last one padded)."""
+def predict_probs(predict: Callable, state: TrainState, images: np.ndarray, batch_size: int,
+                  mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
+  """Member probabilities [M, N, K] over ``images`` (an array or a streamed view) in batches of
+  ``batch_size`` (the last one padded with zeros). On a distributed ``mesh`` each batch is laid out
+  over its ``data`` axis, every process reading only the rows its own devices hold
+  (`evaluation_batch`); the probabilities come back whole on every process."""
   n = len(images)
   out = []
   for start in range(0, n, batch_size):
-    batch = images[start:start + batch_size]
-    pad = batch_size - len(batch)
-    if pad:
-      batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
-    probs = predict(state.params, state.model_state, batch)
-    out.append(np.asarray(probs)[:, : batch_size - pad])
+    stop = min(start + batch_size, n)
+    probs = predict(state.params, state.model_state, evaluation_batch(images, start, stop, batch_size, mesh))
+    out.append(np.asarray(probs)[:, : stop - start])
   return np.concatenate(out, axis=1)
+
+
+def evaluation_batch(images: Any, start: int, stop: int, batch_size: int,
+                     mesh: jax.sharding.Mesh | None = None) -> Any:
+  """Rows start..stop-1 of ``images`` as one batch of ``batch_size`` (zero rows after ``stop``):
+  a host array, or on a distributed mesh a global array split over ``data`` of which each process
+  reads and builds only its own devices' rows (`jax.make_array_from_callback`)."""
+  shape = (batch_size, *images.shape[1:])
+
+  def rows(first: int, last: int) -> np.ndarray:
+    """Rows first..last-1 of the padded batch."""
+    idx = np.arange(start + first, start + last)
+    x = np.asarray(images[idx[idx < stop]])
+    pad = len(idx) - len(x)
+    return np.concatenate([x, np.zeros((pad, *shape[1:]), images.dtype)]) if pad else x
+
+  if not members_lib.is_distributed(mesh):
+    return rows(0, batch_size)
+  read = functools.lru_cache(maxsize=None)(rows)  # devices along ``members`` hold the same rows: read them once
+  return jax.make_array_from_callback(shape, members_lib.sharding(mesh, members_lib.DATA_AXIS),
+                                      lambda index: read(*index[0].indices(batch_size)[:2]))
 
 
 def epoch_indices(data_keys: jax.Array, epoch: int, num_examples: int, batch_size: int,

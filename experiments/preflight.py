@@ -136,7 +136,8 @@ def recipe_preflight(path: str) -> dict:
 
 
 def cache_key(path: str, target: str, overrides) -> str:
-  """What a cached result depends on: the recipe file, target, overrides and compiler versions."""
+  """What a cached result depends on: the recipe file, the library's code, the target, overrides
+  and compiler versions (any change compiles the recipe again)."""
   import jax  # pylint: disable=g-import-not-at-top
   versions = [jax.__version__]
   for package in ("libtpu", "jax_cuda12_plugin"):
@@ -144,7 +145,10 @@ def cache_key(path: str, target: str, overrides) -> str:
       versions.append(__import__("importlib.metadata").metadata.version(package.replace("_", "-")))
     except Exception:  # noqa: BLE001
       versions.append("-")
-  text = json.dumps([open(path).read(), open(os.path.join(RECIPES, "_common.py")).read(), target, overrides, versions])
+  library = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ensembles")
+  code = [open(p).read() for p in sorted(glob.glob(os.path.join(library, "**", "*.py"), recursive=True))]
+  text = json.dumps([open(path).read(), open(os.path.join(RECIPES, "_common.py")).read(), code, target, overrides,
+                     versions])
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -204,6 +208,8 @@ def table(reports) -> str:
 
 
 def main(argv=None) -> None:
+  with quiet_native_stderr():  # the CUDA plugin, where installed, announces the missing GPU at import
+    importlib.import_module("jax")
   from experiments import cli  # pylint: disable=g-import-not-at-top
   argv = sys.argv[1:] if argv is None else argv
   try:

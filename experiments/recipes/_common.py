@@ -18,7 +18,8 @@ def imagenet_resnet50(method: str) -> ml_collections.ConfigDict:
   c.dataset.statistics_examples = 10_000
   c.dataset.read_threads = 32
   c.dataset.prefetch_batches = 8
-  c.model = ml_collections.ConfigDict({"name": "imagenet_resnet", "depth": 50, "width": 64, "stem": "imagenet"})
+  c.model = ml_collections.ConfigDict({"name": "imagenet_resnet", "depth": 50, "width": 64, "stem": "imagenet",
+                                        "remat": False})
   c.augment.random_resized_crop = True
   c.augment.flip = True
   t = c.training
@@ -26,7 +27,7 @@ def imagenet_resnet50(method: str) -> ml_collections.ConfigDict:
   t.batch_size, t.lr, t.warmup_epochs = 1024, 0.4, 5.0
   t.weight_decay, t.weight_decay_on, t.label_smoothing = 1e-4, "kernels", 0.1
   t.compute_dtype = "bfloat16"
-  c.eval_batch_size = 1000
+  c.eval_batch_size = 1024  # divisible by mesh.data on slices of up to 1,024 devices
   c.log_every_steps = 100
   c.checkpoint_every_steps = 2000
   c.evaluation.ood_datasets = ()  # no OoD set of ImageNet is named in tfds' catalog here
@@ -54,8 +55,8 @@ def cifar100(method: str, model: dict) -> ml_collections.ConfigDict:
   return c
 
 
-WRN28_10 = {"name": "wide_resnet", "depth": 28, "width": 10, "dropout_rate": 0.0}
-RESNET110 = {"name": "resnet", "depth": 110}
+WRN28_10 = {"name": "wide_resnet", "depth": 28, "width": 10, "dropout_rate": 0.0, "remat": False}
+RESNET110 = {"name": "resnet", "depth": 110, "remat": False}
 
 
 def step_schedule(c: ml_collections.ConfigDict, epochs: int, milestones: tuple, factor: float,

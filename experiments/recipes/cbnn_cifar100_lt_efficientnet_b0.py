@@ -10,6 +10,9 @@ equal segments with SAMME reweighting capped at r = 2. Input and optimizer: `_co
 
   python -m experiments.train --config experiments/recipes/cbnn_cifar100_lt_efficientnet_b0.py --workdir runs/cbnn_lt
 
+PRE-FLIGHT (compiled for the target, README "Pre-flight"): one A100 (80 GB):
+  python -m experiments.preflight --config experiments/recipes/cbnn_cifar100_lt_efficientnet_b0.py --target a100x1
+
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 5%
 (depthwise convolutions on 32x32 inputs keep a large GPU mostly idle):
 0.02 forward GFLOPs per image; 0.101 PFLOPs executed (dense math on masked weights), 0.101 in the papers' sparse
@@ -22,8 +25,11 @@ from experiments.recipes._common import cifar100, step_schedule
 
 
 def get_config():
-  c = cifar100("cbnn", {"name": "efficientnet_b0", "width": 1.0, "dropout_rate": 0.2})
+  c = cifar100("cbnn", {"name": "efficientnet_b0", "width": 1.0, "dropout_rate": 0.2, "remat": False})
   c.dataset.imbalance_ratio = 100.0
   c.num_members = 3
   step_schedule(c, epochs=200, milestones=(0.5, 0.75), factor=0.1, weight_decay=5e-4)
   return c
+
+
+PREFLIGHT = {"target": "a100x1", "overrides": {}}  # the README's pre-flight table

@@ -9,6 +9,9 @@ r = 2 (`cbnn` block defaults, README "Checkpoint boosting"). Input and optimizer
 
   python -m experiments.train --config experiments/recipes/cbnn_cifar100_resnet110.py --workdir runs/cbnn_r110
 
+PRE-FLIGHT (compiled for the target, README "Pre-flight"): one A100 (80 GB):
+  python -m experiments.preflight --config experiments/recipes/cbnn_cifar100_resnet110.py --target a100x1
+
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 5%
 (a narrow 16-64-channel network at batch 128 keeps a large GPU mostly idle):
 0.51 forward GFLOPs per image; 11.3 PFLOPs executed (dense math on masked weights), 11.3 in the papers' sparse
@@ -25,3 +28,6 @@ def get_config():
   c.num_members = 3
   step_schedule(c, epochs=164, milestones=(0.5, 0.75), factor=0.1, weight_decay=1e-4)
   return c
+
+
+PREFLIGHT = {"target": "a100x1", "overrides": {}}  # the README's pre-flight table

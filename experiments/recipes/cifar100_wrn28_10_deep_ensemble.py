@@ -5,6 +5,9 @@ momentum 0.9, batch 128, 5,000 validation images: ours).
 
   python -m experiments.train --config experiments/recipes/cifar100_wrn28_10_deep_ensemble.py --workdir runs/de_wrn100
 
+PRE-FLIGHT (compiled for the target, README "Pre-flight"): one A100 (80 GB):
+  python -m experiments.preflight --config experiments/recipes/cifar100_wrn28_10_deep_ensemble.py --target a100x1
+
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 20%
 (ResNet-50's figure, for a wide network of similar arithmetic intensity):
 10.49 forward GFLOPs per image; 1,131 PFLOPs executed (dense math on masked weights), 1,131 in the papers' sparse
@@ -21,3 +24,6 @@ def get_config():
   c.num_members = 4
   step_schedule(c, epochs=200, milestones=(0.3, 0.6, 0.8), factor=0.2, weight_decay=5e-4)
   return c
+
+
+PREFLIGHT = {"target": "a100x1", "overrides": {}}  # the README's pre-flight table

@@ -4,6 +4,9 @@
 
   python -m experiments.train --config experiments/recipes/cifar100_wrn28_10_single.py --workdir runs/single_wrn100
 
+PRE-FLIGHT (compiled for the target, README "Pre-flight"): one A100 (80 GB):
+  python -m experiments.preflight --config experiments/recipes/cifar100_wrn28_10_single.py --target a100x1
+
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 20%
 (ResNet-50's figure, for a wide network of similar arithmetic intensity):
 10.49 forward GFLOPs per image; 283 PFLOPs executed (dense math on masked weights), 283 in the papers' sparse
@@ -19,3 +22,6 @@ def get_config():
   c = cifar100("single", WRN28_10)
   step_schedule(c, epochs=200, milestones=(0.3, 0.6, 0.8), factor=0.2, weight_decay=5e-4)
   return c
+
+
+PREFLIGHT = {"target": "a100x1", "overrides": {}}  # the README's pre-flight table

@@ -7,6 +7,9 @@ validation images: ours).
 
   python -m experiments.train --config experiments/recipes/freetickets_cifar100_wrn28_10_dst.py --workdir runs/dst_wrn100
 
+PRE-FLIGHT (compiled for the target, README "Pre-flight"): one A100 (80 GB):
+  python -m experiments.preflight --config experiments/recipes/freetickets_cifar100_wrn28_10_dst.py --target a100x1
+
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 20%
 (ResNet-50's figure, for a wide network of similar arithmetic intensity):
 10.49 forward GFLOPs per image; 1,060 PFLOPs executed (dense math on masked weights), 358 in the papers' sparse
@@ -24,3 +27,6 @@ def get_config():
   step_schedule(c, epochs=250, milestones=(0.5, 0.75), factor=0.1, weight_decay=5e-4)
   c.sparse.sparsity, c.sparse.update_every, c.sparse.drop_fraction = 0.8, 1000, 0.5
   return c
+
+
+PREFLIGHT = {"target": "a100x1", "overrides": {}}  # the README's pre-flight table

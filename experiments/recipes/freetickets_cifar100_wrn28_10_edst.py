@@ -8,6 +8,9 @@ batch 128, 5,000 validation images: ours).
 
   python -m experiments.train --config experiments/recipes/freetickets_cifar100_wrn28_10_edst.py --workdir runs/edst_wrn
 
+PRE-FLIGHT (compiled for the target, README "Pre-flight"): one A100 (80 GB):
+  python -m experiments.preflight --config experiments/recipes/freetickets_cifar100_wrn28_10_edst.py --target a100x1
+
 ESTIMATE (on paper, not measured): 1 x A100, float32, assuming MFU 20%
 (ResNet-50's figure, for a wide network of similar arithmetic intensity):
 10.49 forward GFLOPs per image; 636 PFLOPs executed (dense math on masked weights), 215 in the papers' sparse
@@ -29,3 +32,6 @@ def get_config():
   c.edst.reference_epochs = 250
   c.sparse.sparsity, c.sparse.update_every, c.sparse.drop_fraction = 0.8, 1000, 0.5
   return c
+
+
+PREFLIGHT = {"target": "a100x1", "overrides": {}}  # the README's pre-flight table

@@ -11,6 +11,11 @@ split are ours).
   python -m experiments.train --distributed --config experiments/recipes/freetickets_imagenet_resnet50_dst.py \\
       --workdir /mnt/bucket/runs/dst_r50 --config.dataset.data_dir=/data/tensorflow_datasets
 
+PRE-FLIGHT (compiled for the target, README "Pre-flight"): a TPU v4-32 slice (16 chips, 4 hosts), each
+member's batch split over the 16 chips:
+  python -m experiments.preflight --config experiments/recipes/freetickets_imagenet_resnet50_dst.py \\
+      --target v4-32 --config.mesh.members=1 --config.mesh.data=16
+
 ESTIMATE (on paper, not measured): 32 x TPU v4, bfloat16, assuming MFU 20%
 (NVIDIA publishes about that for ResNet-50 on an A100):
 8.18 forward GFLOPs per image; 9,354 PFLOPs executed (dense math on masked weights), 3,871 in the papers' sparse
@@ -28,3 +33,6 @@ def get_config():
   step_schedule(c, epochs=100, milestones=(0.3, 0.6, 0.9), factor=0.1, weight_decay=1e-4)
   c.sparse.sparsity, c.sparse.update_every = 0.8, 4000
   return c
+
+
+PREFLIGHT = {"target": "v4-32", "overrides": {'mesh.members': 1, 'mesh.data': 16}}  # the README's pre-flight table

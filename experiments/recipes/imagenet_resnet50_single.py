@@ -7,6 +7,11 @@ split are ours).
   python -m experiments.train --distributed --config experiments/recipes/imagenet_resnet50_single.py \\
       --workdir /mnt/bucket/runs/single_r50 --config.dataset.data_dir=/data/tensorflow_datasets
 
+PRE-FLIGHT (compiled for the target, README "Pre-flight"): a TPU v4-32 slice (16 chips, 4 hosts), each
+member's batch split over the 16 chips:
+  python -m experiments.preflight --config experiments/recipes/imagenet_resnet50_single.py \\
+      --target v4-32 --config.mesh.members=1 --config.mesh.data=16
+
 ESTIMATE (on paper, not measured): 32 x TPU v4, bfloat16, assuming MFU 20%
 (NVIDIA publishes about that for ResNet-50 on an A100):
 8.18 forward GFLOPs per image; 3,118 PFLOPs executed (dense math on masked weights), 3,118 in the papers' sparse
@@ -22,3 +27,6 @@ def get_config():
   c = imagenet_resnet50("single")
   step_schedule(c, epochs=100, milestones=(0.3, 0.6, 0.9), factor=0.1, weight_decay=1e-4)
   return c
+
+
+PREFLIGHT = {"target": "v4-32", "overrides": {'mesh.members': 1, 'mesh.data': 16}}  # the README's pre-flight table
