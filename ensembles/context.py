@@ -276,6 +276,12 @@ def execution_for(config: Any, model: nn.Module, num_members: int, batch_size: i
   mesh_cfg = config.get("mesh") or {"members": 0, "data": 1}
   mesh = members_lib.make_mesh(mesh_cfg["members"], mesh_cfg["data"], devices=target.devices, num_members=num_members)
   members_lib.check_layout(mesh, num_members, batch_size, config.eval_batch_size)
+  hosts = {d.process_index for d in target.devices}
+  if len(hosts) > 1 and {d.process_index for d in mesh.devices.flat} != hosts:
+    raise ValueError(f"On {len(hosts)} hosts every step must run on devices of each: {num_members} member(s) on "
+                     f"mesh.members={mesh.shape[members_lib.MEMBER_AXIS]} x mesh.data={mesh.shape[members_lib.DATA_AXIS]}"
+                     f" use {mesh.size} of the {target.num_devices} devices; set mesh.data (each member's batch split "
+                     f"over more devices) so that the mesh spans all hosts.")
   has_conv = members_lib.has_convolutions(model, input_shape)
   mode = members_lib.resolve_execution(
       config.member_execution, has_conv, backend=target.platform, num_members=num_members,

@@ -12,7 +12,7 @@ trainer lays them out (`members.place`: state over ``members``, batches over ``m
   memory. A TPU program over its HBM does not compile (RESOURCE_EXHAUSTED): the bytes it asked for
   are read from the message.
 * FLOPs per device (`Compiled.cost_analysis`; for GPU targets, whose plugin has none, XLA's
-  HloCostAnalysis of the optimised module) against our counter (`flops.layer_costs`: 3 x the dense
+  HloCostAnalysis of the lowered program: `xla_flops`) against our counter (`flops.layer_costs`: 3 x the dense
   forward FLOPs of every trained row, 1 x for prediction), divided over the devices. A train chunk's
   loop body is counted once, i.e. per step.
 * collectives (all-reduce, all-gather, reduce-scatter, collective-permute, all-to-all ops in the
@@ -25,6 +25,9 @@ collected members' evaluation, SWA's BatchNorm pass) from the same factories the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.metadata
+import json
 import os
 import pickle
 import re
@@ -222,6 +225,7 @@ class Result:
   compile_s: float = 0.0
   error: str = ""
   saved: str = ""
+  cached: bool = False  # read from the cache (`compile_program`), not compiled by this call
 
   @property
   def flops_ratio(self) -> float | None:
@@ -237,19 +241,19 @@ def _bytes(number: str, unit: str) -> float:
   return float(number) * 1024 ** "BKMGT".index(unit or "B")
 
 
-def xla_flops(compiled: Any, platform: str) -> float | None:
-  """FLOPs per device of a compiled program: its cost analysis; for GPU targets (the CUDA plugin
-  has none) XLA's HloCostAnalysis of the optimised module, run by the host's CPU client."""
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # noqa: BLE001  (a plugin without cost analysis)
-    cost = None
+def xla_flops(compiled: Any, lowered: Any, platform: str, devices: int) -> float | None:
+  """FLOPs per device of a compiled program: its cost analysis. The CUDA plugin has none, and in the
+  GPU-optimised module matmuls and convolutions are library calls that XLA's HloCostAnalysis does
+  not count; for GPU targets it is XLA's HloCostAnalysis of the lowered program (before partitioning
+  and fusion; run by the host's CPU client), divided by the devices."""
+  if platform == "gpu":
+    from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+    module = lowered.compiler_ir("hlo").get_hlo_module()
+    cost = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
+    return None if not cost or "flops" not in cost else float(cost["flops"]) / devices
+  cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
-  if cost is None and platform == "gpu":
-    from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
-    module = compiled.runtime_executable().hlo_modules()[0]
-    cost = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
   return None if not cost or "flops" not in cost else float(cost["flops"])
 
 
@@ -258,15 +262,49 @@ def count_collectives(hlo_text: str) -> int:
   return sum(1 for line in hlo_text.splitlines() if _COLLECTIVE_OP.search(line))
 
 
-def compile_program(program: Program, target: targets_lib.Target, save_dir: str | None = None) -> Result:
+def compiler_versions() -> list[str]:
+  """jax and the installed TPU and GPU compilers' versions (part of a cached result's key)."""
+  versions = [jax.__version__]
+  for package in ("libtpu", "jax-cuda12-plugin"):
+    try:
+      versions.append(importlib.metadata.version(package))
+    except importlib.metadata.PackageNotFoundError:
+      versions.append("-")
+  return versions
+
+
+def compile_program(program: Program, target: targets_lib.Target, save_dir: str | None = None,
+                    cache_dir: str | None = None) -> Result:
   """Lowers and compiles ``program`` for ``target``; its `Result` (``fits`` False with the bytes
-  it asked for when the compiler refuses it for lack of memory)."""
+  it asked for when the compiler refuses it for lack of memory). With ``cache_dir`` the result is
+  kept under a hash of the lowered program (its StableHLO text, shardings included), the target and
+  the compiler versions, and read back instead of compiling the same program again."""
   devices = program.mesh.size
   per_device_flops = None if program.model_flops is None else program.model_flops / devices
   result = Result(program.name, True, device_bytes=target.memory_bytes(), model_flops=per_device_flops)
   start = time.perf_counter()
   lowered = program.jitted.lower(*program.args)
   result.lower_s = time.perf_counter() - start
+  cache_file = None
+  if cache_dir and not save_dir:
+    key = hashlib.sha256(json.dumps([lowered.as_text(), target.name, compiler_versions()]).encode()).hexdigest()
+    cache_file = os.path.join(cache_dir, f"{key[:24]}.json")
+    if os.path.exists(cache_file):
+      with open(cache_file) as f:
+        cached = json.load(f)
+      return dataclasses.replace(Result(**cached), name=program.name, model_flops=per_device_flops, cached=True)
+  result = _compiled(lowered, result, target, save_dir, program.name, devices)
+  if cache_file:
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(cache_file + ".tmp", "w") as f:
+      json.dump(dataclasses.asdict(result), f)
+    os.replace(cache_file + ".tmp", cache_file)
+  return result
+
+
+def _compiled(lowered: Any, result: Result, target: targets_lib.Target, save_dir: str | None, name: str,
+              devices: int) -> Result:
+  """``result`` filled from compiling ``lowered`` (see `compile_program`)."""
   start = time.perf_counter()
   try:
     compiled = lowered.compile()
@@ -291,10 +329,10 @@ def compile_program(program: Program, target: targets_lib.Target, save_dir: str 
                                 + result.temp_bytes + result.code_bytes)
     if result.device_bytes:
       result.fits = result.memory_bytes <= result.device_bytes
-  result.xla_flops = xla_flops(compiled, target.platform)
+  result.xla_flops = xla_flops(compiled, lowered, target.platform, devices)
   result.collectives = count_collectives(compiled.as_text() or "")
   if save_dir:
-    result.saved = save_compiled(compiled, save_dir, program.name)
+    result.saved = save_compiled(compiled, save_dir, name)
   return result
 
 
@@ -381,20 +419,18 @@ def run_for(config: Any, target: targets_lib.Target, model: Any = None) -> tuple
 
 
 def preflight(config: Any, target: targets_lib.Target, *, model: Any = None, save_dir: str | None = None,
-              only: Sequence[str] = (), on_result: Callable[[Result], None] | None = None) -> tuple[Run, list[Result]]:
-  """Compiles every program of ``config``'s run for ``target``; returns the run and one `Result` per
-  program (``only``: names to compile, the rest skipped; ``on_result`` is called after each)."""
+              cache_dir: str | None = None, on_result: Callable[[Run, Result], None] | None = None
+              ) -> tuple[Run, list[Result]]:
+  """Compiles every program of ``config``'s run for ``target`` (`compile_program`); returns the run
+  and one `Result` per program; ``on_result(run, result)`` is called after each."""
   run, method, options = run_for(config, target, model)
   check_mesh(run, target)
-  plan = plan_for(method, run, options)
   results = []
-  for program in plan.programs:
-    if only and program.name not in only:
-      continue
-    result = compile_program(program, target, save_dir)
+  for program in plan_for(method, run, options).programs:
+    result = compile_program(program, target, save_dir, cache_dir)
     results.append(result)
     if on_result is not None:
-      on_result(result)
+      on_result(run, result)
   return run, results
 
 
@@ -412,4 +448,5 @@ def describe(result: Result) -> str:
           f"argument {gib(result.argument_bytes)}, output {gib(result.output_bytes)}, aliased "
           f"{gib(result.alias_bytes)}, temporary {gib(result.temp_bytes)}, code {gib(result.code_bytes)}); "
           f"XLA FLOPs/device {flops} vs ours {ours}" + ("" if ratio is None else f" ({ratio:.3f}x)") +
-          f"; {result.collectives} collectives; compiled in {result.lower_s + result.compile_s:.1f} s")
+          f"; {result.collectives} collectives; compiled in {result.lower_s + result.compile_s:.1f} s" +
+          (" (cached)" if result.cached else ""))

@@ -12,7 +12,7 @@ the collectives and the compile time. Exit status 1 when a program does not fit,
 that would make it fit; 2 for a usage mistake (one line). ``--save DIR`` writes each compiled
 program (`preflight.save_compiled`) for `preflight.load_compiled` on the target.
 
-  python -m experiments.preflight --recipes [--cache runs/preflight] [--recipe NAME ...]
+  python -m experiments.preflight --recipes [--recipe NAME ...]
 
 compiles every recipe of experiments/recipes/ on the target its ``PREFLIGHT`` names (results cached
 per recipe and program in the cache folder: the table can be built in parts) and prints the
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import hashlib
 import importlib.util
 import json
 import os
@@ -78,9 +77,8 @@ def load_config(path: str, overrides):
 
 
 def check_one(config_path: str, target_name: str, overrides, save_dir: str | None = None,
-              json_path: str | None = None, cache: dict | None = None, cached: dict | None = None) -> tuple[dict, int]:
-  """Pre-flight of one config on one target, printed; returns (the report, exit status).
-  ``cached``: {program: result dict} compiled before (skipped); ``cache``: filled with this run's."""
+              json_path: str | None = None, cache_dir: str | None = None) -> tuple[dict, int]:
+  """Pre-flight of one config on one target, printed; returns (the report, exit status)."""
   from ensembles import preflight  # pylint: disable=g-import-not-at-top
   from ensembles import targets  # pylint: disable=g-import-not-at-top
   from ensembles import trainer  # pylint: disable=g-import-not-at-top
@@ -90,21 +88,18 @@ def check_one(config_path: str, target_name: str, overrides, save_dir: str | Non
   try:
     run, method, options = preflight.run_for(config, target)
     preflight.check_mesh(run, target)
+    programs = preflight.plan_for(method, run, options).programs
   except (targets.TargetError, ValueError) as err:
     _fail(str(err).splitlines()[0])
   print(f"mesh {dict(run.mesh.shape)}, member execution {run.execution.mode}, {run.compute_dtype}, "
-        f"batch {config.training.batch_size} per member, train program: {trainer.train_program(run)}")
+        f"batch {config.training.batch_size} per member, train program: {trainer.train_program(run)}", flush=True)
   results = []
-  for program in preflight.plan_for(method, run, options).programs:
-    if cached and program.name in cached:
-      result = preflight.Result(**{k: v for k, v in cached[program.name].items() if k != "flops_ratio"})
-    else:
-      result = preflight.compile_program(program, target, save_dir)
-      if cache is not None:
-        cache[program.name] = result.as_dict()
+  for program in programs:
+    result = preflight.compile_program(program, target, save_dir, cache_dir)
     results.append(result)
     peak = preflight.step_time_at_peak(result, target, run.compute_dtype)
-    print("  " + preflight.describe(result) + ("" if peak is None else f"; {1e3 * peak:.3g} ms at peak (estimate)"))
+    print("  " + preflight.describe(result) + ("" if peak is None else f"; {1e3 * peak:.3g} ms at peak (ESTIMATE)"),
+          flush=True)
   advice = preflight.fit_advice(run, results)
   if advice:
     print("Does not fit. Fields that would reduce the memory per device (check each with this command):")
@@ -131,56 +126,33 @@ def recipe_preflight(path: str) -> dict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "PREFLIGHT"):
-    raise SystemExit(f"error: {path} names no PREFLIGHT target.")
+    _fail(f"{path} names no PREFLIGHT target.")
   return module.PREFLIGHT
 
 
-def cache_key(path: str, target: str, overrides) -> str:
-  """What a cached result depends on: the recipe file, the library's code, the target, overrides
-  and compiler versions (any change compiles the recipe again)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  versions = [jax.__version__]
-  for package in ("libtpu", "jax_cuda12_plugin"):
-    try:
-      versions.append(__import__("importlib.metadata").metadata.version(package.replace("_", "-")))
-    except Exception:  # noqa: BLE001
-      versions.append("-")
-  library = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ensembles")
-  code = [open(p).read() for p in sorted(glob.glob(os.path.join(library, "**", "*.py"), recursive=True))]
-  text = json.dumps([open(path).read(), open(os.path.join(RECIPES, "_common.py")).read(), code, target, overrides,
-                     versions])
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def run_recipes(cache_dir: str, names) -> int:
-  """Pre-flight of every recipe (or ``names``) on its target, cached per recipe; prints the table."""
+  """Pre-flight of every recipe (or ``names``) on its target; prints the README table. Programs
+  compiled before (the same lowered program, target and compilers: `preflight.compile_program`)
+  are read from ``cache_dir``."""
   paths = sorted(p for p in glob.glob(os.path.join(RECIPES, "*.py")) if not os.path.basename(p).startswith("_"))
   if names:
+    unknown = set(names) - {os.path.basename(p)[:-3] for p in paths}
+    if unknown:
+      _fail(f"no recipe {sorted(unknown)} in experiments/recipes.")
     paths = [p for p in paths if os.path.basename(p)[:-3] in names]
-  os.makedirs(cache_dir, exist_ok=True)
-  rows, status, total_compile = [], 0, 0.0
+  rows, status = [], 0
   for path in paths:
     spec = recipe_preflight(path)
     overrides = [(k, repr(v) if not isinstance(v, str) else v) for k, v in spec.get("overrides", {}).items()]
-    key = cache_key(path, spec["target"], overrides)
-    file = os.path.join(cache_dir, os.path.basename(path)[:-3] + ".json")
-    cached = {}
-    if os.path.exists(file):
-      stored = json.load(open(file))
-      if stored.get("key") == key:
-        cached = {p["name"]: p for p in stored["report"]["programs"]}
-    fresh: dict = {}
     start = time.perf_counter()
-    relative = os.path.relpath(path)
-    report, code = check_one(relative, spec["target"], overrides, cache=fresh, cached=cached)
-    print(f"  ({time.perf_counter() - start:.0f} s)\n")
-    with open(file, "w") as f:
-      json.dump({"key": key, "report": report}, f, indent=2)
+    report, code = check_one(os.path.relpath(path), spec["target"], overrides, cache_dir=cache_dir)
+    print(f"  ({time.perf_counter() - start:.0f} s)\n", flush=True)
     status = max(status, code)
-    total_compile += sum(p["lower_s"] + p["compile_s"] for p in report["programs"])
     rows.append(report)
   print(table(rows))
-  print(f"\nCompile time of all programs on this machine: {total_compile / 60:.1f} min.")
+  total = sum(p["lower_s"] + p["compile_s"] for r in rows for p in r["programs"])
+  print(f"\nCompile time of all {sum(len(r['programs']) for r in rows)} programs on this machine: {total / 60:.1f} min "
+        "(as measured when each was compiled; cached ones are not compiled again).")
   return status
 
 
@@ -223,13 +195,14 @@ def main(argv=None) -> None:
   parser.add_argument("--json", default=None, help="write the report as JSON")
   parser.add_argument("--recipes", action="store_true", help="every recipe on its PREFLIGHT target: the README table")
   parser.add_argument("--recipe", nargs="*", default=(), help="with --recipes: only these (file names without .py)")
-  parser.add_argument("--cache", default="runs/preflight", help="with --recipes: folder of cached results")
+  parser.add_argument("--cache", default="runs/preflight_cache",
+                      help="folder of results kept per compiled program ('' = none); see preflight.compile_program")
   args = parser.parse_args(rest)
   if args.recipes:
-    sys.exit(run_recipes(args.cache, args.recipe))
+    sys.exit(run_recipes(args.cache or None, args.recipe))
   if not args.config or not args.target:
     _fail("give --config FILE and --target NAME (or --recipes).")
-  _, status = check_one(args.config, args.target, overrides, args.save, args.json)
+  _, status = check_one(args.config, args.target, overrides, args.save, args.json, args.cache or None)
   sys.exit(status)
 
 

@@ -14,6 +14,7 @@ from absl import app, flags, logging
 
 from ensembles import compilation_cache
 from ensembles import config as config_lib
+from ensembles import distributed
 from ensembles import files
 from ensembles import trainer
 from experiments import cli
@@ -24,8 +25,12 @@ _CONFIG = flags.DEFINE_string("config", "experiments/configs/default.py",
                               "Config file; override fields with --config.BLOCK.FIELD=VALUE (experiments/cli.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results.")
 _DISTRIBUTED = flags.DEFINE_boolean(
-    "distributed", False, "Multi-host: call jax.distributed.initialize() first (TPU pods and SLURM are "
-    "detected automatically; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
+    "distributed", False, "Multi-host: join the JAX runtime's coordinator first (ensembles/distributed.py). Cloud TPU "
+    "pods and SLURM are detected; elsewhere give the three flags below (or JAX_COORDINATOR_ADDRESS, "
+    "JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: the number of processes (hosts).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index, 0 .. num_processes-1.")
 
 
 _OVERRIDES: list[tuple[str, str]] = []
@@ -61,8 +66,12 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
   compilation_cache.enable(config.get("compilation_cache_dir", ""))  # a rerun compiles nothing
   if _DISTRIBUTED.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+    try:
+      distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except distributed.DistributedError as err:
+      _fail(str(err))
+  elif any(flag.value is not None for flag in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
+    _fail("--coordinator_address, --num_processes and --process_id need --distributed.")
   try:
     results = run(config, _WORKDIR.value)
   except trainer.Preempted as err:
