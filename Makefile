@@ -12,7 +12,7 @@ export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export MALLOC_TOP_PAD_ ?= 268435456
 
-.PHONY: install data demo cnn-study test test-slow mutation-test mutmut benchmark clean
+.PHONY: install data compilers demo cnn-study test test-slow mutation-test mutmut benchmark clean
 
 install: $(VENV)/.installed
 
@@ -41,10 +41,19 @@ cnn-study: data
 	  echo "cnn-study: $$family took $$(( $$(date +%s) - start )) s" | tee -a $(CNN_STUDY_DIR)/times.txt; \
 	done
 
-test: data
+# TPU and GPU compilers for the pre-flight tests, pinned to the installed jax, in a folder of their
+# own (scripts/install_compilers.py says why not in the environment)
+COMPILERS := $(VENV)/compilers
+compilers: $(COMPILERS)/.installed
+
+$(COMPILERS)/.installed: $(VENV)/.installed scripts/install_compilers.py
+	$(PY) scripts/install_compilers.py $(COMPILERS)
+	touch $@
+
+test: data compilers
 	$(PY) -m pytest -n 2 -q
 
-test-slow: data
+test-slow: data compilers
 	$(PY) -m pytest -q -m slow
 
 # Applies each curated plausible bug (scripts/mutations.py) to a scratch copy and runs the tests

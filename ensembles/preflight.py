@@ -372,26 +372,39 @@ def check_mesh(run: Run, target: targets_lib.Target) -> None:
       f"and data the batch of {batch} ({fix}).")
 
 
-def fit_advice(run: Run, results: Sequence[Result]) -> list[str]:
-  """Fields that would make the programs that do not fit fit, with what each changes."""
+def per_device_bytes(tree: PyTree) -> float:
+  """Bytes one device holds of an abstract tree laid out by its shardings."""
+  total = 0.0
+  for x in jax.tree.leaves(tree):
+    shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+    total += float(np.prod(shape)) * np.dtype(x.dtype).itemsize
+  return total
+
+
+def fit_advice(run: Run, results: Sequence[Result], state: PyTree | None = None) -> list[str]:
+  """Fields that would make the programs that do not fit fit, with what each changes (``state``:
+  the train state, abstract, whose per-device size is given)."""
   if all(r.fits for r in results):
     return []
   c, t = run.config, run.config.training
   advice = []
+  if state is not None:
+    advice.append(f"a smaller model: the members' parameters and optimizer state alone take "
+                  f"{per_device_bytes(state) / 2**30:.2f} GiB per device")
   shape = dict(run.mesh.shape)
   if t.batch_size % 2 == 0:
-    advice.append(f"training.batch_size={t.batch_size // 2} (per member; activations scale with it)")
+    advice.append(f"--config.training.batch_size={t.batch_size // 2} (per member; activations scale with it)")
   if t.batch_size % (2 * shape[DATA]) == 0 and shape[MEMBERS] > 1:
-    advice.append(f"mesh.members={shape[MEMBERS] // 2} mesh.data={shape[DATA] * 2} (each member's batch over more "
+    advice.append(f"--config.mesh.members={shape[MEMBERS] // 2} --config.mesh.data={shape[DATA] * 2} (each member's batch over more "
                   "devices: fewer members' activations per device, the members' states on more devices)")
   if t.get("compute_dtype", "float32") == "float32":
-    advice.append("training.compute_dtype=bfloat16 (activations in half the bytes)")
+    advice.append("--config.training.compute_dtype=bfloat16 (activations in half the bytes)")
   if "remat" in c.model and not c.model.remat:
-    advice.append("model.remat=True (each block's activations recomputed in the backward pass: about 1/3 more "
+    advice.append("--config.model.remat=True (each block's activations recomputed in the backward pass: about 1/3 more "
                   "forward FLOPs)")
   if not streaming.is_streamed(run.data.x_train):
     size = getattr(run.data.x_train, "nbytes", 0)
-    advice.append(f"dataset.input=stream (the in-memory training set, {size / 2**30:.2f} GiB, is replicated on "
+    advice.append(f"--config.dataset.input=stream (the in-memory training set, {size / 2**30:.2f} GiB, is replicated on "
                   "every device)")
   return advice
 
@@ -440,6 +453,9 @@ def gib(x: float | None) -> str:
 
 def describe(result: Result) -> str:
   """One line of a program's result."""
+  if result.error:
+    return (f"{result.name}: needs {gib(result.memory_bytes)} of {gib(result.device_bytes)} GiB per device: DOES NOT "
+            f"FIT (the compiler refused it); {result.lower_s + result.compile_s:.1f} s")
   ratio = result.flops_ratio
   flops = "-" if result.xla_flops is None else f"{result.xla_flops:.3g}"
   ours = "-" if result.model_flops is None else f"{result.model_flops:.3g}"

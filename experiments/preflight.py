@@ -100,11 +100,12 @@ def check_one(config_path: str, target_name: str, overrides, save_dir: str | Non
     peak = preflight.step_time_at_peak(result, target, run.compute_dtype)
     print("  " + preflight.describe(result) + ("" if peak is None else f"; {1e3 * peak:.3g} ms at peak (ESTIMATE)"),
           flush=True)
-  advice = preflight.fit_advice(run, results)
+  trains = [p for p in programs if "train" in p.name]
+  advice = preflight.fit_advice(run, results, trains[-1].args[0] if trains else None)
   if advice:
-    print("Does not fit. Fields that would reduce the memory per device (check each with this command):")
+    print("Does not fit. What would reduce the memory per device (check each with this command):")
     for line in advice:
-      print(f"  --config.{line}")
+      print(f"  {line}")
   report = {"config": config_path, "target": target.name, "device_kind": target.device_kind,
             "devices": target.num_devices, "hosts": target.num_hosts, "mesh": dict(run.mesh.shape),
             "member_execution": run.execution.mode, "compute_dtype": run.compute_dtype,

@@ -55,3 +55,17 @@ def test_input_pipeline_runs(tmp_path):
   assert all(r["reader_images_per_s"] > 0 and r["step_images_per_s"] > 0 for r in result["throughput"])
   assert {(m["input"], m["images"]) for m in result["memory"]} == {("stream", 100), ("stream", 300),
                                                                   ("memory", 100), ("memory", 300)}
+
+
+@pytest.mark.slow  # about 5 minutes on this CPU: ResNet-18 and -50 (reduced) compiled several times
+def test_accelerator_benchmark_runs(tmp_path):
+  """benchmarks/accelerator.py, --quick on the CPU: every part runs and the JSON holds its numbers."""
+  out = tmp_path / "acc.json"
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.accelerator", "--quick", "--no-tests", "--min-time", "0.05",
+                         "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.load(open(out))
+  assert {r["model"] for r in result["members_rows"]} == {"mlp", "resnet18_cifar", "resnet50_224"}
+  assert all(r["step_ms"] > 0 and r["x_separate"] > 0 for r in result["members_rows"])
+  assert result["resnet50_bf16"]["images_per_s"] > 0 and result["seeds_as_members"]["speedup"] > 0
+  assert "| resnet50_224 | 4 | vmap |" in proc.stdout

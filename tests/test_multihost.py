@@ -137,6 +137,7 @@ def test_method_family_on_two_hosts_equals_one_host(name, tmp_path):
 
 
 @requires_fashion_mnist
+@pytest.mark.slow
 def test_a_host_killed_mid_run_then_both_restarted_resumes_to_the_uninterrupted_result(tmp_path):
   """Process 1 gets SIGKILL after the checkpoint at step 8 (of 16); process 0 then fails (its peer
   is gone) or is stopped; both are started again with the same workdir and finish."""
