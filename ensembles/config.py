@@ -146,6 +146,8 @@ def validate_model(m: Any) -> None:
       _require(is_number(value) and 0 < value < 1, "model.bn_momentum", "in (0, 1)", value)
     elif field == "conv_impl":
       _require(value in layers.CONV_IMPLS, "model.conv_impl", f"one of {layers.CONV_IMPLS}", value)
+    elif field == "remat":
+      _require(value in layers.REMAT, "model.remat", f"one of {layers.REMAT}", value)
     elif field == "padding":
       _require(value in layers.PADDINGS, "model.padding", f"one of {layers.PADDINGS}", value)
     elif field in ("hidden", "features"):

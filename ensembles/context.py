@@ -114,6 +114,16 @@ class Run:
                         target=self.target, **self.phase_args))
     return runs
 
+  def require_devices(self, what: str, allow_abstract: bool = False) -> None:
+    """A clear error when ``what`` would place arrays on a compile-only target's devices (outside a
+    `jax.eval_shape` trace where ``allow_abstract``)."""
+    if self.target is None or not self.target.compile_only:
+      return
+    if allow_abstract and isinstance(jnp.zeros(()), jax.core.Tracer):
+      return
+    raise ValueError(f"cannot {what} on {self.target.name}: its devices are compile-only (ensembles.preflight "
+                     "compiles a run's programs for them; train on the hardware itself).")
+
   @property
   def mesh(self) -> jax.sharding.Mesh:
     return self.execution.mesh
@@ -158,7 +168,9 @@ class Run:
     return train_lib.predict_probs(self.predict, state, x, self.config.eval_batch_size, self.mesh)
 
   def init_members(self) -> train_lib.TrainState:
-    """S·M freshly initialised members (`member_keys`), laid out on the run's mesh."""
+    """S·M freshly initialised members (`member_keys`), laid out on the run's mesh (abstractly, by
+    `jax.eval_shape`, on a compile-only target)."""
+    self.require_devices("initialise members", allow_abstract=True)
     return train_lib.init_member_states(self.model, self.tx, self.member_keys(), self.data.image_shape, self.mesh)
 
   def collection(self, name: str, ends: dict[int, int], **extra) -> collected.Collection:

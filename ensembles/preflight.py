@@ -399,9 +399,10 @@ def fit_advice(run: Run, results: Sequence[Result], state: PyTree | None = None)
                   "devices: fewer members' activations per device, the members' states on more devices)")
   if t.get("compute_dtype", "float32") == "float32":
     advice.append("--config.training.compute_dtype=bfloat16 (activations in half the bytes)")
-  if "remat" in c.model and not c.model.remat:
-    advice.append("--config.model.remat=True (each block's activations recomputed in the backward pass: about 1/3 more "
-                  "forward FLOPs)")
+  if c.model.get("remat") == "none":
+    advice.append("--config.model.remat=dots (each block's normalisations and activations recomputed in the "
+                  "backward pass: elementwise work only)")
+    advice.append("--config.model.remat=blocks (each block's forward pass recomputed: about 1/3 more FLOPs)")
   if not streaming.is_streamed(run.data.x_train):
     size = getattr(run.data.x_train, "nbytes", 0)
     advice.append(f"--config.dataset.input=stream (the in-memory training set, {size / 2**30:.2f} GiB, is replicated on "

@@ -25,6 +25,7 @@ import contextlib
 import contextvars
 import dataclasses
 import importlib.util
+import os
 from typing import Any, Sequence
 
 import jax
@@ -167,6 +168,9 @@ def _tpu_devices(spec: TopologySpec) -> Sequence[Any]:
   if not _importable("libtpu"):
     raise TargetError(f"compiling for a TPU target needs libtpu, which is not installed: {INSTALL['tpu']}.")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  # libtpu takes a machine-wide lock file unless told otherwise; compile-only devices use no TPU, so
+  # several pre-flights (and tests) may run at once
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   return topologies.get_topology_desc(platform="tpu", topology_name=spec.topology, chip_config_name=spec.chip_config,
                                       chips_per_host_bounds=spec.chips_per_host, num_slices=1, wrap=spec.wrap).devices
 

@@ -107,6 +107,7 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
   config.checkpoint_every_steps steps and at the end (none without a workdir); none is written
   unless every parameter is finite.
   """
+  run.require_devices("train")
   chex.assert_tree_shape_prefix((state.params, state.rng), (run.total_members,))  # [S·M, ...]
   streamed = streaming.is_streamed(run.data.x_train)
   if streamed and run.num_seeds > 1:

@@ -143,3 +143,29 @@ def test_imagenet_resnet_runs_and_checks_its_fields():
   assert logits.shape == (2, 10) and "batch_stats" in state
   with pytest.raises(ValueError, match="model.depth for imagenet_resnet must be one of"):
     build_model("imagenet_resnet", 10, {"depth": 20}).init(jax.random.PRNGKey(0), x)
+
+
+@pytest.mark.parametrize("name, fields, shape", [
+    ("resnet", {"depth": 8}, (16, 16, 3)), ("wide_resnet", {"depth": 10, "width": 1}, (16, 16, 3)),
+    pytest.param("imagenet_resnet", {"depth": 50, "width": 4}, (32, 32, 3), marks=pytest.mark.slow),  # same block_maker
+    pytest.param("efficientnet_b0", {"width": 0.25}, (16, 16, 3), marks=pytest.mark.slow)])
+def test_remat_keeps_parameters_and_gradients(name, fields, shape):
+  """model.remat (layers.block_maker) changes what the backward pass keeps, nothing else: the same
+  parameter paths (checkpoints and masks carry over) and the same gradient."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, *shape))
+  grads = {}
+  for remat in ("none", "blocks", "dots"):
+    model = build_model(name, 10, {**fields, "remat": remat})
+    variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
+
+    def loss(params):
+      out, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.PRNGKey(2)})
+      return jnp.sum(out ** 2)
+
+    grads[remat] = jax.jit(jax.grad(loss))(variables["params"])
+  for remat in ("blocks", "dots"):
+    assert jax.tree_util.tree_structure(grads[remat]) == jax.tree_util.tree_structure(grads["none"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads[remat], grads["none"])
+  with pytest.raises(ValueError, match="model.remat must be one of"):
+    build_model(name, 10, {**fields, "remat": "all"}).init(jax.random.PRNGKey(0), x[:1], train=False)

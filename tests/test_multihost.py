@@ -207,3 +207,20 @@ def test_bad_distributed_flags_are_one_line(flags, message, tmp_path):
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
   assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_settings_come_from_flags_or_the_environment(monkeypatch):
+  from ensembles import distributed  # pylint: disable=g-import-not-at-top
+  for name in distributed.ENV.values():
+    monkeypatch.delenv(name, raising=False)
+  assert distributed.settings() == {}  # none given: JAX detects the cluster (TPU pods, SLURM, ...)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.2:8476")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAX_PROCESS_ID", "3")
+  assert distributed.settings() == {"coordinator_address": "10.0.0.2:8476", "num_processes": 4, "process_id": 3}
+  assert distributed.settings(process_id=1)["process_id"] == 1  # a flag wins over its variable
+  monkeypatch.delenv("JAX_PROCESS_ID")
+  with pytest.raises(distributed.DistributedError, match=r"missing --process_id \(or JAX_PROCESS_ID\)"):
+    distributed.settings()
+  with pytest.raises(distributed.DistributedError, match="integers"):
+    distributed.settings(process_id="first")

@@ -17,7 +17,9 @@ import textwrap
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMPILERS = os.environ.get("ENSEMBLES_COMPILERS", os.path.join(ROOT, ".venv", "compilers"))
+# `make compilers` installs them beside the environment's bin/ (.venv/compilers)
+COMPILERS = os.environ.get("ENSEMBLES_COMPILERS",
+                           os.path.join(os.path.dirname(os.path.dirname(sys.executable)), "compilers"))
 requires_compilers = pytest.mark.skipif(not os.path.exists(os.path.join(COMPILERS, "libtpu")),
                                         reason=f"no TPU/GPU compilers in {COMPILERS}: `make compilers`")
 
@@ -51,6 +53,10 @@ SCRIPT = textwrap.dedent("""
     run, results = preflight.preflight(config("experiments/configs/deep_ensemble.py"), target)
     out["deep"] = {"mesh": dict(run.mesh.shape), "execution": run.execution.mode,
                    "programs": {r.name: r.as_dict() for r in results}}
+    try:  # nothing can be placed on compile-only devices: a clear error, not XLA's
+      run.init_members()
+    except ValueError as err:
+      out["placing"] = str(err)
     # 2. DST, 2 members x 2 data-parallel chips: the train step and the topology update (RigL)
     run, method, options = preflight.run_for(config("experiments/configs/dst_ensemble.py", num_members=2,
                                                     **{"mesh.members": 2, "mesh.data": 2}), target)
@@ -81,6 +87,7 @@ def test_small_programs_compile_for_a_v5e_4_slice():
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.split("RESULT ", 1)[1])
   assert out["device_kind"] == "TPU v5 lite" and out["hosts"] == 1
+  assert out["placing"].startswith("cannot initialise members on v5e-4: its devices are compile-only")
   deep = out["deep"]
   assert deep["mesh"] == {"members": 4, "data": 1} and deep["execution"] == "sharded"
   assert set(deep["programs"]) == {"init", "train chunk (per step)", "validation prediction", "ensemble evaluation"}
@@ -124,6 +131,8 @@ def test_cli_on_a_gpu_host_and_a_program_that_does_not_fit(tmp_path):
     (["--target", "v5e-3"], True, "error: unknown target 'v5e-3'; known: v5e-1, v5e-4"),
     (["--target", "v5e-4", "--config.num_members=3"], True,
      "error: target v5e-4 has 4 devices; the run's mesh (mesh.members=3 x mesh.data=1) uses 3"),
+    (["--target", "v5e-16", "--config.num_members=2", "--config.mesh.data=2"], True,
+     "error: On 4 hosts every step must run on devices of each: 2 member(s) on mesh.members=2 x mesh.data=2 use 4"),
     (["--target", "v5e-4"], False, 'needs libtpu, which is not installed: pip install -e ".[tpu]"'),
     (["--target", "a100x8"], False, 'needs the CUDA plugin, which is not installed: pip install -e ".[cuda12]"'),
 ])

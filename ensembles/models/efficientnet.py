@@ -56,7 +56,7 @@ class EfficientNetB0(nn.Module):
   width: float = 1.0
   dropout_rate: float = 0.2
   bn_momentum: float = 0.99
-  remat: bool = False  # recompute each block's activations in the backward pass (layers.block_maker)
+  remat: str = "none"  # none | blocks | dots: what the backward pass recomputes (layers.block_maker)
 
   has_conv = True
 

@@ -58,7 +58,7 @@ class ImageNetResNet(nn.Module):
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
   conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
-  remat: bool = False  # recompute each block's activations in the backward pass (layers.block_maker)
+  remat: str = "none"  # none | blocks | dots: what the backward pass recomputes (layers.block_maker)
 
   has_conv = True
   choices = {"depth": tuple(STAGES), "stem": STEMS}  # checked by config.validate_model

@@ -47,7 +47,7 @@ class WideResNet(nn.Module):
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
   conv_impl: str = "auto"  # auto | xla | patches (see layers.Conv)
-  remat: bool = False  # recompute each block's activations in the backward pass (layers.block_maker)
+  remat: str = "none"  # none | blocks | dots: what the backward pass recomputes (layers.block_maker)
 
   has_conv = True
   depth_rule = (6, 4)  # depth = 6n + 4, n >= 1 (also checked by config.validate_model)

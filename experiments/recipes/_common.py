@@ -19,7 +19,7 @@ def imagenet_resnet50(method: str) -> ml_collections.ConfigDict:
   c.dataset.read_threads = 32
   c.dataset.prefetch_batches = 8
   c.model = ml_collections.ConfigDict({"name": "imagenet_resnet", "depth": 50, "width": 64, "stem": "imagenet",
-                                        "remat": False})
+                                        "remat": "none"})
   c.augment.random_resized_crop = True
   c.augment.flip = True
   t = c.training
@@ -55,8 +55,8 @@ def cifar100(method: str, model: dict) -> ml_collections.ConfigDict:
   return c
 
 
-WRN28_10 = {"name": "wide_resnet", "depth": 28, "width": 10, "dropout_rate": 0.0, "remat": False}
-RESNET110 = {"name": "resnet", "depth": 110, "remat": False}
+WRN28_10 = {"name": "wide_resnet", "depth": 28, "width": 10, "dropout_rate": 0.0, "remat": "none"}
+RESNET110 = {"name": "resnet", "depth": 110, "remat": "none"}
 
 
 def step_schedule(c: ml_collections.ConfigDict, epochs: int, milestones: tuple, factor: float,

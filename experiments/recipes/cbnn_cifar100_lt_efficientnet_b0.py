@@ -25,7 +25,7 @@ from experiments.recipes._common import cifar100, step_schedule
 
 
 def get_config():
-  c = cifar100("cbnn", {"name": "efficientnet_b0", "width": 1.0, "dropout_rate": 0.2, "remat": False})
+  c = cifar100("cbnn", {"name": "efficientnet_b0", "width": 1.0, "dropout_rate": 0.2, "remat": "none"})
   c.dataset.imbalance_ratio = 100.0
   c.num_members = 3
   step_schedule(c, epochs=200, milestones=(0.5, 0.75), factor=0.1, weight_decay=5e-4)
