@@ -107,3 +107,12 @@ def fake_data(monkeypatch):
   dataset = make_dataset(n_train=128, n_val=16, n_test=32)
   monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
   return dataset
+
+
+@pytest.fixture(scope="module")
+def records_dir(tmp_path_factory):
+  """Fashion-MNIST written as ArrayRecord files (`experiments/prepare_records.py`), for streaming."""
+  from ensembles import records  # pylint: disable=g-import-not-at-top
+  folder = tmp_path_factory.mktemp("records")
+  records.prepare(str(folder))
+  return str(folder)

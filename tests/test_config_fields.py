@@ -159,6 +159,7 @@ FIELDS = {
     "model.bn_momentum": (Other(0.99, 0.5), 1.5),
     "model.conv_impl": (Other("xla", "auto"), "fft"),
     "model.padding": (Other("VALID", "SAME"), "FULL"),
+    "model.remat": (Other("dots", "none"), "all"),
     # 6n+2 (resnet) / 6n+4 (wide_resnet) / one of 18, 34, 50, 101, 152 (imagenet_resnet)
     "model.depth": (lambda c: {"model.depth": 18 if c.model.name == "imagenet_resnet" else c.model.depth + 6}, 5),
     "model.stem": (Other("small", "imagenet"), "tiny"),

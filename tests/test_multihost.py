@@ -165,14 +165,6 @@ def test_a_host_killed_mid_run_then_both_restarted_resumes_to_the_uninterrupted_
   assert len(resumed) == 2 and resumed[0] == resumed[1] and 8 <= resumed[0] < 16, stderr
 
 
-@pytest.fixture(scope="module")
-def records_dir(tmp_path_factory):
-  from ensembles import records  # pylint: disable=g-import-not-at-top
-  folder = tmp_path_factory.mktemp("records")
-  records.prepare(str(folder))
-  return str(folder)
-
-
 @requires_fashion_mnist
 @pytest.mark.slow
 def test_streamed_input_on_two_hosts_each_reading_its_own_rows(records_dir, tmp_path):

@@ -127,14 +127,6 @@ def test_streamed_resume_mid_epoch_equals_uninterrupted(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(full))
 
 
-@pytest.fixture(scope="module")
-def records_dir(tmp_path_factory):
-  from ensembles import records  # pylint: disable=g-import-not-at-top
-  folder = tmp_path_factory.mktemp("records")
-  records.prepare(str(folder))
-  return str(folder)
-
-
 @requires_fashion_mnist
 def test_array_record_fashion_mnist_streams_to_the_in_memory_result(records_dir, tmp_path, monkeypatch):
   """Fashion-MNIST written as ArrayRecord files by experiments/prepare_records.py, streamed from
