@@ -3,12 +3,15 @@ views, `streaming.ImageView.read`): the count goes to the file $READS_FILE.<proc
 Used by tests/test_multihost.py to show each host reads only its own rows."""
 import atexit
 import os
+import sys
 import threading
 
-from absl import app
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's packages first
 
-from ensembles import streaming
-from experiments import train
+from absl import app  # noqa: E402
+
+from ensembles import streaming  # noqa: E402
+from experiments import train  # noqa: E402
 
 _count = [0]
 _lock = threading.Lock()
