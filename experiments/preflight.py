@@ -14,10 +14,11 @@ program (`preflight.save_compiled`) for `preflight.load_compiled` on the target.
 
   python -m experiments.preflight --recipes [--recipe NAME ...]
 
-compiles every recipe of experiments/recipes/ on the target its ``PREFLIGHT`` names (results cached
-per recipe and program in the cache folder: the table can be built in parts) and prints the
-README's table. Needs the target's compiler: ``pip install -e ".[tpu]"`` (libtpu) for TPU targets,
-``pip install -e ".[cuda12]"`` (the CUDA plugin) for GPU targets.
+compiles every recipe of experiments/recipes/ (or those named) on the target its ``PREFLIGHT``
+names and prints the README's table. Results are kept per lowered program in ``--cache``
+(default runs/preflight_cache; `preflight.compile_program`): a rerun compiles only what changed, so
+the table can be built in parts. Needs the target's compiler: ``pip install -e ".[tpu]"`` (libtpu)
+for TPU targets, ``pip install -e ".[cuda12]"`` (the CUDA plugin) for GPU targets.
 """
 from __future__ import annotations
 

@@ -113,12 +113,15 @@ def test_small_programs_compile_for_a_v5e_4_slice():
 def test_cli_on_a_gpu_host_and_a_program_that_does_not_fit(tmp_path):
   report_file = tmp_path / "h100.json"
   proc = cli("--config", "experiments/configs/deep_ensemble.py", "--target", "h100x8", "--config.mesh.members=4",
-             "--config.mesh.data=2", "--json", str(report_file))
+             "--config.mesh.data=2", "--json", str(report_file), "--save", str(tmp_path / "compiled"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(report_file.read_text())
   assert report["device_kind"] == "NVIDIA H100 80GB HBM3" and report["mesh"] == {"members": 4, "data": 2}
   assert report["fits"] and all(p["fits"] for p in report["programs"])
   assert "cudart_stub" not in proc.stderr  # the plugin's warnings about the missing GPU are kept quiet
+  saved = sorted(p.name for p in (tmp_path / "compiled").iterdir())  # serialised for loading on the host
+  assert saved == ["ensemble_evaluation.xla", "init.xla", "train_chunk_per_step_.xla", "validation_prediction.xla"]
+  assert all(p["saved"] for p in report["programs"])
   # 2 x 65,536-unit hidden layers: 32 GiB of parameters and momentum on a 15.75 GiB chip
   proc = cli("--config", "experiments/configs/single.py", "--target", "v5e-1", "--config.model.hidden=(65536,65536)")
   assert proc.returncode == 1, proc.stderr[-3000:]
