@@ -32,8 +32,12 @@ def exact_matmuls():
     yield
 
 
-def setup(model=None, execution="vmap", mesh=None, m=M, compute_dtype="float32"):
+def setup(model=None, execution=None, mesh=None, m=M, compute_dtype="float32"):
+  """ResNet-8 members, their step and one batch; ``execution`` default: what `auto` picks on this
+  backend for one device (vmap on accelerators, a loop of members for convolutions on the CPU)."""
   model = model or ResNet(CLASSES, depth=8)
+  execution = execution or members_lib.resolve_execution("auto", True, backend=jax.default_backend(), num_members=m,
+                                                         num_devices=1)
   tx = optax.sgd(0.05, momentum=0.9)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (4 * B, *SHAPE)), jnp.uint8)
@@ -67,7 +71,7 @@ def test_sharded_over_the_devices_equals_vmap():
   if len(devices) < 2 or M % len(devices) and len(devices) % M:
     pytest.skip(f"needs several devices dividing or divided by M = {M}; this backend has {len(devices)}")
   mesh = members_lib.make_mesh(devices=devices, num_members=M)
-  one = setup()
+  one = setup(execution="vmap")
   sharded = setup(execution="sharded", mesh=mesh)
   a, _ = one[1](*one[0:1], *one[2:])
   b, _ = sharded[1](*sharded[0:1], *sharded[2:])
