@@ -146,7 +146,8 @@ def test_imagenet_resnet_runs_and_checks_its_fields():
 
 
 @pytest.mark.parametrize("name, fields, shape", [
-    ("resnet", {"depth": 8}, (16, 16, 3)), ("wide_resnet", {"depth": 10, "width": 1}, (16, 16, 3)),
+    ("resnet", {"depth": 8}, (16, 16, 3)),
+    pytest.param("wide_resnet", {"depth": 10, "width": 1}, (16, 16, 3), marks=pytest.mark.slow),
     pytest.param("imagenet_resnet", {"depth": 50, "width": 4}, (32, 32, 3), marks=pytest.mark.slow),  # same block_maker
     pytest.param("efficientnet_b0", {"width": 0.25}, (16, 16, 3), marks=pytest.mark.slow)])
 def test_remat_keeps_parameters_and_gradients(name, fields, shape):

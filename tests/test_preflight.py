@@ -57,12 +57,15 @@ SCRIPT = textwrap.dedent("""
       run.init_members()
     except ValueError as err:
       out["placing"] = str(err)
-    # 2. DST, 2 members x 2 data-parallel chips: the train step and the topology update (RigL)
+    # 2. DST, 2 members x 2 data-parallel chips: its programs; compiled (argv "compile"): the train
+    # step and the topology update (RigL)
+    compile_more = sys.argv[1:] == ["compile"]
     run, method, options = preflight.run_for(config("experiments/configs/dst_ensemble.py", num_members=2,
                                                     **{"mesh.members": 2, "mesh.data": 2}), target)
     programs = {p.name: p for p in preflight.plan_for(method, run, options).programs}
     out["dst"] = {"names": sorted(programs), **{name: preflight.compile_program(programs[name], target).as_dict()
-                                               for name in ("train chunk (per step)", "topology update")}}
+                                               for name in ("train chunk (per step)", "topology update")
+                                               if compile_more}}
     # 3. a reduced ResNet: the conv lowering is the target's (XLA convolutions on TPU, im2col patches
     # for the stem and strided layers on CPU), from the same step factory
     resnet = config("experiments/configs/deep_ensemble.py", member_execution="vmap",  # one traced member either way
@@ -73,19 +76,25 @@ SCRIPT = textwrap.dedent("""
       r, m, o = preflight.run_for(resnet, t)
       chunk = next(p for p in preflight.plan_for(m, r, o).programs if p.name.startswith("train"))  # chunk or step
       convolutions[name] = chunk.jitted.lower(*chunk.args).as_text().count("stablehlo.convolution")
-      if name == "tpu":
+      if name == "tpu" and compile_more:
         out["resnet_tpu"] = preflight.compile_program(chunk, t).as_dict()
     out["convolutions"] = convolutions
     print("RESULT " + json.dumps(out))
 """)
 
 
-@requires_compilers
-def test_small_programs_compile_for_a_v5e_4_slice():
-  proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env(), capture_output=True, text=True,
+def v5e_4(*args) -> dict:
+  proc = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=ROOT, env=env(), capture_output=True, text=True,
                         timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+  return json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+
+@requires_compilers
+def test_small_programs_compile_for_a_v5e_4_slice():
+  """An MLP deep ensemble's programs compiled; DST's programs and a ResNet's step lowered (the
+  conv lowering of each platform)."""
+  out = v5e_4()
   assert out["device_kind"] == "TPU v5 lite" and out["hosts"] == 1
   assert out["placing"].startswith("cannot initialise members on v5e-4: its devices are compile-only")
   deep = out["deep"]
@@ -101,11 +110,17 @@ def test_small_programs_compile_for_a_v5e_4_slice():
   assert 0.75 < train["flops_ratio"] < 0.9, train
   assert train["collectives"] == 0  # members never reduce across chips
   assert abs(deep["programs"]["validation prediction"]["flops_ratio"] - 1) < 0.02
-  dst = out["dst"]
-  assert {"mask initialisation", "topology update", "ensemble evaluation"} <= set(dst["names"])
-  assert dst["topology update"]["fits"] and dst["train chunk (per step)"]["collectives"] >= 1  # data-parallel
+  assert {"mask initialisation", "topology update", "ensemble evaluation"} <= set(out["dst"]["names"])
   # ResNet-8 has 9 conv layers; on CPU the stem (3 channels) and the 4 strided ones become patches
   assert out["convolutions"]["tpu"] > out["convolutions"]["cpu"] > 0, out["convolutions"]
+
+
+@requires_compilers
+@pytest.mark.slow  # about a minute more: a DST step and its topology update, and a ResNet step, compiled
+def test_dst_update_and_a_resnet_compile_for_a_v5e_4_slice():
+  out = v5e_4("compile")
+  dst = out["dst"]
+  assert dst["topology update"]["fits"] and dst["train chunk (per step)"]["collectives"] >= 1  # data-parallel
   assert out["resnet_tpu"]["fits"] and 0.7 < out["resnet_tpu"]["flops_ratio"] < 1.1, out["resnet_tpu"]
 
 
