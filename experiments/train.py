@@ -79,8 +79,10 @@ def main(argv):
     sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process
   except (config_lib.ConfigError, ValueError, FileNotFoundError, FloatingPointError) as err:
     _fail(str(err))
-  print(report.run_table(results))
-  print(f"Wrote {os.path.join(_WORKDIR.value, 'results.md')} and results.json.")
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:  # one report across hosts
+    print(report.run_table(results))
+    print(f"Wrote {os.path.join(_WORKDIR.value, 'results.md')} and results.json.")
 
 
 if __name__ == "__main__":

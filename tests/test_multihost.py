@@ -72,6 +72,7 @@ def run_two_processes(config: str, workdir, extra=(), stderr: list | None = None
   outs = finish(start_processes(config, workdir, list(extra), free_port(), **options))
   for i, (code, _, err) in enumerate(outs):
     assert code == 0, (f"process {i}", err[-3000:])
+  assert "results.json" in outs[0][1] and "results.json" not in outs[1][1]  # process 0 reports
   if stderr is not None:
     stderr.extend(err for _, _, err in outs)
   return json.loads((workdir / "results.json").read_text())
