@@ -37,6 +37,7 @@ from ensembles import data as data_lib
 from ensembles import defaults
 from ensembles import evaluation as evaluation_lib
 from ensembles import files
+from ensembles import health as health_lib
 from ensembles import memory
 from ensembles import models as models_lib
 from ensembles import streaming
@@ -51,7 +52,7 @@ CONFIG_FILE = "config.json"  # WORKDIR/config.json: the config the run in the fo
 # Fields that may change between a run and its resumption (they do not change the result).
 RESUMABLE_FIELDS = ("log_every_steps", "steps_per_dispatch", "eval_every_epochs", "eval_batch_size",
                     "checkpoint_every_steps", "keep_checkpoints", "member_execution", "evaluation", "mesh",
-                    "compilation_cache_dir")
+                    "compilation_cache_dir", "health", "training.on_unhealthy")  # a block, or block.field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +186,7 @@ def fit_config(config: ml_collections.ConfigDict, model: nn.Module, data: data_l
     finally:  # a remote metrics log is written out whole, also when training stops with an error
       files.close_all()
   results = summarize(run, trained, evaluate(run, trained.ensemble))
+  results["health"] = health_report(run, config.seed, results, data)
   return Fitted(trained.ensemble, results, run.log.records, config)
 
 
@@ -224,10 +226,22 @@ def fit_config_seeds(config: ml_collections.ConfigDict, model: nn.Module, data: 
       info = {**t.info, "train_time_s": t.info["train_time_s"] / len(seeds)}
       results = summarize(seed_run, dataclasses.replace(t, info=info), evaluate(seed_run, t.ensemble))
       results["seeds_as_members"] = {"seeds": seeds, "train_time_s": t.info["train_time_s"]}
+      results["health"] = health_report(run, c.seed, results, data)
       fitted.append(Fitted(t.ensemble, results, run.log.records, c))
   finally:
     files.close_all()
   return fitted
+
+
+def health_report(run: context.Run, seed: int, results: dict, data: data_lib.Dataset) -> dict:
+  """results.json's ``health`` of ``seed``: the flags its training raised (`health.Monitor`) and
+  those of its members' test predictions (`health.final_check`), each also printed on stderr."""
+  report = health_lib.final_check(run.health.report(int(seed)), int(seed), results.get("test"), data.y_test,
+                                  run.health.options)
+  if jax.process_index() == 0:
+    for flag in report["flags"][len(run.health.report(int(seed))["flags"]):]:
+      print(f"warning: unhealthy run: {flag['message']}.", file=sys.stderr)
+  return report
 
 
 def network_for(config: ml_collections.ConfigDict, model: nn.Module) -> nn.Module:
@@ -261,7 +275,13 @@ def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   files.make_dirs(workdir)
   path = files.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json())
-  same = lambda c: {k: v for k, v in c.items() if k not in RESUMABLE_FIELDS}
+  def same(c):
+    kept = {k: (dict(v) if isinstance(v, dict) else v) for k, v in c.items() if k not in RESUMABLE_FIELDS}
+    for dotted in (f for f in RESUMABLE_FIELDS if "." in f):
+      block, field = dotted.split(".")
+      if isinstance(kept.get(block), dict):
+        kept[block].pop(field, None)
+    return kept
   if files.exists(path) and same(json.loads(files.read_text(path))) != same(current):
     raise ValueError(f"{workdir} holds a run with a different config ({path}); resume with the same "
                      "config or choose a new workdir.")

@@ -11,6 +11,7 @@ from typing import Any
 from ensembles import corruptions as corruptions_lib
 from ensembles import data as data_lib
 from ensembles import evaluation as evaluation_lib
+from ensembles import health as health_lib
 from ensembles import members as members_lib
 from ensembles import methods
 from ensembles import models as models_lib
@@ -112,6 +113,9 @@ def _validate_rest(config: Any) -> None:
     _require(isinstance(t.get(field, False), bool), f"training.{field}", "True or False", t.get(field))
   _require(is_int(t.batch_split) and t.batch_split >= 1 and t.batch_size % t.batch_split == 0,
            "training.batch_split", f"an integer >= 1 dividing training.batch_size={t.batch_size}", t.batch_split)
+  _require(is_number(t.get("clip_grad_norm", 0.0)) and t.get("clip_grad_norm", 0.0) >= 0, "training.clip_grad_norm",
+           "a number >= 0 (0 = no clipping)", t.get("clip_grad_norm"))
+  health_lib.read(config)  # the health block and training.on_unhealthy
 
   _require(isinstance(config.get("compilation_cache_dir", ""), str), "compilation_cache_dir",
            "a folder path (a string; '' = no persistent compilation cache)", config.get("compilation_cache_dir"))

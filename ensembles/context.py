@@ -34,6 +34,7 @@ from ensembles import data as data_lib
 from ensembles import ensemble as ensemble_lib
 from ensembles import files
 from ensembles import flops as flops_lib
+from ensembles import health as health_lib
 from ensembles import members as members_lib
 from ensembles import sparse
 from ensembles import targets
@@ -66,6 +67,7 @@ class Run:
   seeds: tuple[int, ...] = ()  # S seeds trained as members (`build`: the config's seed)
   phase_args: dict = dataclasses.field(default_factory=dict)  # `build`'s phase arguments (for `seed_runs`)
   target: targets.Target | None = None  # the devices the run is built for (`build`: `targets.local()`)
+  health: health_lib.Monitor | None = None  # the health flags of the run and its phases (`build`: from the config)
 
   @property
   def num_seeds(self) -> int:
@@ -160,7 +162,7 @@ class Run:
                  sparse_training=sparse_training, schedule=schedule, epochs=epochs or self.epochs,
                  key_salt=self.key_salt if key_salt is None else key_salt, name=name or self.name,
                  log=None if self.workdir is not None else self.log.tagged(name) if name else self.log,
-                 seeds=self.seeds, target=self.target)
+                 seeds=self.seeds, target=self.target, health=self.health)
 
   def member_probs(self, state: train_lib.TrainState, x) -> Any:
     """Member probabilities [S·M, N, K] of ``state``'s members on inputs x [N, ...] (in batches of
@@ -232,10 +234,11 @@ def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | 
           num_members: int | None = None, sparse_training: bool = False, schedule: optax.Schedule | None = None,
           epochs: int | None = None, key_salt: int = 0, name: str | None = None,
           log: MetricsLog | None = None, seeds: tuple[int, ...] | None = None,
-          target: targets.Target | None = None) -> Run:
+          target: targets.Target | None = None, health: health_lib.Monitor | None = None) -> Run:
   """The `Run` of ``model`` on ``data`` under a validated ``config`` (arguments: see `Run.phase`);
   ``seeds``: train these S seeds as members (default: the config's seed); ``target``: the devices
-  it is built for (default: this process's, `targets.local`; a compile-only target for pre-flight)."""
+  it is built for (default: this process's, `targets.local`; a compile-only target for pre-flight);
+  ``health``: the monitor the run's checks report to (default: a new one from the config)."""
   target = target or targets.local()
   m = num_members or config.num_members
   seeds = tuple(int(s) for s in seeds) if seeds else (int(config.seed),)
@@ -274,7 +277,7 @@ def build(config: Any, model: nn.Module, data: data_lib.Dataset, workdir: str | 
                     name=name)
   return Run(config, model, data, workdir, m, epochs, tx, execution, jnp.stack(init_keys), jnp.concatenate(data_keys),
              train_step, train_chunk, batch_step, predict, log or MetricsLog(None), name or config.method, key_salt,
-             seeds, phase_args, target)
+             seeds, phase_args, target, health or health_lib.Monitor.from_config(config))
 
 
 def execution_for(config: Any, model: nn.Module, num_members: int, batch_size: int | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from ensembles import health as health_lib
 from ensembles import options as options_lib
 from ensembles.methods import get_method
 
@@ -107,6 +108,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.training.shared_data_order = False       # True: all members see the same batches
   c.training.batch_split = 1      # k > 1: gradient as the mean over k batch parts computed concurrently
                                   # (faster single-member CNN steps on multi-core CPUs; no BatchNorm)
+  c.training.clip_grad_norm = 0.0  # > 0: each member's gradient rescaled to at most this global L2 norm
+  c.training.on_unhealthy = "warn"  # warn | stop: what a health flag does (ensembles/health.py; README "Health")
+
+  c.health = options_lib.as_block(health_lib.HealthOptions)  # thresholds of the health checks (ensembles/health.py)
 
   c.evaluation = ml_collections.ConfigDict()  # what the final evaluation adds (ensembles/evaluation.py)
   c.evaluation.ood_datasets = ("digits",)  # OoD test sets: digits (scikit-learn, offline) | a dataset.name

@@ -22,6 +22,11 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN/inf loss; the last good checkpoint is left untouched."""
 
 
+class UnhealthyRunError(FloatingPointError):
+  """A health check (`ensembles.health`) flagged the run under training.on_unhealthy='stop'; the
+  last good checkpoint is left untouched."""
+
+
 class Preempted(RuntimeError):
   """SIGTERM arrived during training; the state of the last finished step was checkpointed."""
 

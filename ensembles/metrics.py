@@ -114,7 +114,8 @@ def evaluate_ensemble(member_probs: np.ndarray, labels: np.ndarray,
 
   ``combine``: ``mean`` of (weighted) probabilities, or weighted ``vote`` of the members' argmax
   (its NLL uses the vote fractions as probabilities, floored at 1e-12).
-  Returns {"ensemble": {..., "per_class_accuracy", "reliability"}, "members": [{...}] * M,
+  Returns {"ensemble": {..., "per_class_accuracy", "reliability"}, "members": [{..., "top_class",
+  "top_class_share"}] * M,
   "diversity": {"disagreement", "kl"}}.
   """
   member_probs = np.asarray(member_probs, np.float64)
@@ -125,11 +126,18 @@ def evaluate_ensemble(member_probs: np.ndarray, labels: np.ndarray,
   out = {
       "ensemble": {**predictive_metrics(ens, labels), "per_class_accuracy": per_class_accuracy(ens, labels),
                    "reliability": reliability_bins(ens, labels)},
-      "members": [predictive_metrics(p, labels) for p in member_probs],
+      "members": [{**predictive_metrics(p, labels), **top_class(p)} for p in member_probs],
   }
   if len(member_probs) >= 2:
     out["diversity"] = {"disagreement": disagreement(member_probs), "kl": pairwise_kl(member_probs)}
   return out
+
+
+def top_class(probs: np.ndarray) -> dict:
+  """The class most of probs [N, K]'s argmax predictions fall in, and their share of N (1.0: one
+  class predicted for every example; `health` flags such collapse)."""
+  share = np.bincount(np.asarray(probs).argmax(-1), minlength=probs.shape[-1]) / probs.shape[0]
+  return {"top_class": int(share.argmax()), "top_class_share": float(share.max())}
 
 
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, num_bins: int = ECE_BINS) -> dict[str, list]:

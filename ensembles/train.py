@@ -85,6 +85,8 @@ def make_optimizer(cfg: Any, total_steps: int, steps_per_epoch: int,
   adam: L2 decay added to the gradient; adamw: decoupled decay. ``weight_decay_on``: ``all``
   parameters, or ``kernels`` only (`decayed_kernels`: parameters of 2 or more dimensions, no decay
   on biases and BatchNorm scales and offsets, as the FreeTickets ImageNet recipe).
+  ``clip_grad_norm`` c > 0: first g ← g · min(1, c / ||g||₂), the norm over all of a member's
+  parameters (before weight decay).
   """
   if cfg.optimizer not in OPTIMIZERS:
     raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}.")
@@ -95,10 +97,13 @@ def make_optimizer(cfg: Any, total_steps: int, steps_per_epoch: int,
     raise ValueError(f"training.weight_decay_on must be one of {WEIGHT_DECAY_ON}, got {on!r}.")
   mask = None if on == "all" else decayed_kernels
   if cfg.optimizer == "adamw":
-    return optax.adamw(lr, weight_decay=wd, mask=mask)
-  base = (optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
-          if cfg.optimizer == "sgd" else optax.adam(lr))
-  return optax.chain(optax.add_decayed_weights(wd, mask), base) if wd > 0 else base
+    tx = optax.adamw(lr, weight_decay=wd, mask=mask)
+  else:
+    base = (optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+            if cfg.optimizer == "sgd" else optax.adam(lr))
+    tx = optax.chain(optax.add_decayed_weights(wd, mask), base) if wd > 0 else base
+  clip = float(cfg.get("clip_grad_norm", 0.0))
+  return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
 
 
 # per-member vectors that networks of several members stack to [M, C]: not kernels, whatever their rank
@@ -350,7 +355,9 @@ def _all_members_step(model: nn.Module, tx: optax.GradientTransformation, execut
     grads, aux = gradients(state, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": aux["loss"], "accuracy": jnp.mean(jnp.argmax(aux["logits"], -1) == aux["labels"])}
+    metrics = {"loss": aux["loss"], "accuracy": jnp.mean(jnp.argmax(aux["logits"], -1) == aux["labels"]),
+               # the unweighted cross-entropy, what the health check's spike test reads (`health.loss_spikes`)
+               "ce": jnp.mean(optax.softmax_cross_entropy_with_integer_labels(aux["logits"], aux["labels"]))}
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               model_state=aux["model_state"])
     return new_state, metrics

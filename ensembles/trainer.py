@@ -26,13 +26,14 @@ from ensembles import checkpoints
 from ensembles import files
 from ensembles import flops as flops_lib
 from ensembles import hardware
+from ensembles import health as health_lib
 from ensembles import members as members_lib
 from ensembles import metrics as metrics_lib
 from ensembles import streaming
 from ensembles import train as train_lib
 from ensembles.context import Run
 from ensembles.models import multi_member
-from ensembles.errors import NonFiniteLossError, Preempted  # noqa: F401  (re-exported)
+from ensembles.errors import NonFiniteLossError, Preempted, UnhealthyRunError  # noqa: F401  (re-exported)
 
 
 def _preemption_flag() -> tuple[dict, Callable[[], None]]:
@@ -102,6 +103,12 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
   SIGTERM (a preemption notice) makes the loop finish its chunk, save a checkpoint and raise
   `Preempted`; rerunning resumes from it.
 
+  Health (`ensembles.health`, ``run.health``): every step's loss is checked for spikes (at log
+  steps and before every checkpoint), the members' validation predictions for chance accuracy and
+  collapse onto one class; a flag is recorded (warn) or raises `UnhealthyRunError` (stop) before
+  the step's checkpoint is written. The flags and the spike test's window are saved with each
+  checkpoint, so a resumed run reports what the uninterrupted one would.
+
   info: {"train_time_s": wall time summed over resumed runs, "steps": total steps,
   "resumed_from": step restored from or 0}. Checkpoints go to ``run.workdir/checkpoints`` every
   config.checkpoint_every_steps steps and at the end (none without a workdir); none is written
@@ -120,7 +127,7 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
     batches = streaming.TrainBatches(run, start, store.input_state)
   else:
     images, labels = members_lib.place((run.data.x_train, run.data.y_train), run.mesh)
-  progress = _Progress(run, start)
+  progress = _Progress(run, start, store.health_state)
   synchronous = members_lib.synchronous_steps(run.mesh)
   limit = steps_per_dispatch(run)
   ends = _chunk_ends(run, hooks, limit)
@@ -140,6 +147,7 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
         state, step_metrics = run.train_chunk(state, images, labels, epoch.device, position, done - first)
         progress.add(step_metrics, slice(position, position + done - first))
       if _is_validation_step(run, done):  # the state the steps produced, before hooks change it
+        progress.check_health()  # the steps' own signals first (a spike precedes the collapse it causes)
         progress.show(_validate(run, state, done))
       for hook in hooks:
         if done in hook.steps:
@@ -151,12 +159,15 @@ def fit(run: Run, state: train_lib.TrainState, hooks: Sequence[Hook] = ()) -> tu
       progress.step(done, done - first, store)
       stop = _should_stop(flag, done)
       if done % run.config.checkpoint_every_steps == 0 or done == run.total_steps or stop:
-        store.save(state, done, batches.state() if streamed else None)
+        progress.check_health()  # no checkpoint after an unchecked step: a stopped run keeps the last good one
+        store.save(state, done, batches.state() if streamed else None, progress.health_state())
       if stop and done < run.total_steps:
         store.close()
         raise Preempted(f"SIGTERM received at step {done}/{run.total_steps}: " + (
             f"saved its checkpoint in {run.workdir}/checkpoints; rerun with the same workdir to resume."
             if run.workdir else "no workdir, so nothing was saved."))
+  except UnhealthyRunError as err:
+    raise UnhealthyRunError(f"{err} {store.kept()}") from None
   finally:
     restore_handler()
     progress.close()
@@ -264,7 +275,8 @@ def _validate(run: Run, state: train_lib.TrainState, done: int) -> dict:
   seeds: each seed's members' mean, ``val_accuracy`` the mean over seeds and the seeds' values in
   ``val_accuracy_seeds``)."""
   y = run.data.y_val
-  per_seed = [metrics_lib.ensemble_probs(p) for p in run.split_seeds(run.member_probs(state, run.data.x_val))]
+  member_probs = run.member_probs(state, run.data.x_val)  # [S·M, N, K]
+  per_seed = [metrics_lib.ensemble_probs(p) for p in run.split_seeds(member_probs)]
   accuracy = [metrics_lib.accuracy(p, y) for p in per_seed]
   nll = [metrics_lib.nll(p, y) for p in per_seed]
   record = {"step": done, "epoch": done // run.steps_per_epoch,
@@ -272,7 +284,13 @@ def _validate(run: Run, state: train_lib.TrainState, done: int) -> dict:
   if run.num_seeds > 1:
     record.update(val_accuracy_seeds=accuracy, val_nll_seeds=nll)
   run.log.write(record)
-  return {"val_acc": f"{record['val_accuracy']:.3f}"}
+  new = run.health.validation(run, done, np.asarray(member_probs), y)
+  return {"val_acc": f"{record['val_accuracy']:.3f}", **_health_postfix(run, new)}
+
+
+def _health_postfix(run: Run, new: list) -> dict:
+  """The progress bar's count of health flags, once there are any."""
+  return {"unhealthy": str(len(run.health.flags))} if new else {}
 
 
 class _Checkpoints:
@@ -284,6 +302,7 @@ class _Checkpoints:
         os.path.join(run.workdir, "checkpoints"), run.config.keep_checkpoints)
     self.last_saved: int | None = None
     self.input_state: dict | None = None  # the streamed input's iterator state of the restored checkpoint
+    self.health_state: dict | None = None  # the restored checkpoint's health flags and spike window
     self.time_before = 0.0  # training time of earlier (resumed) runs
     self.tick = time.perf_counter()
 
@@ -301,15 +320,17 @@ class _Checkpoints:
     print(f"Resuming from step {start}/{self.run.total_steps} ({self.run.workdir}).", file=sys.stderr)
     self.last_saved, self.time_before = start, float(meta["train_time_s"])
     self.input_state = meta.get("input_state")
+    self.health_state = meta.get("health")
     self.tick = time.perf_counter()
     return state, start
 
   def train_time(self) -> float:
     return self.time_before + time.perf_counter() - self.tick
 
-  def save(self, state: train_lib.TrainState, step: int, input_state: dict | None = None) -> None:
-    """Checkpoints ``state`` after ``step`` steps (with the streamed input's iterator state),
-    unless a parameter is not finite."""
+  def save(self, state: train_lib.TrainState, step: int, input_state: dict | None = None,
+           health_state: dict | None = None) -> None:
+    """Checkpoints ``state`` after ``step`` steps (with the streamed input's iterator state and the
+    health monitor's state), unless a parameter is not finite."""
     jax.block_until_ready(state)
     if not bool(train_lib.all_finite(state.params)):
       raise NonFiniteLossError(f"Non-finite parameters at step {step}; not saving. " + self.kept())
@@ -319,6 +340,8 @@ class _Checkpoints:
     meta = {"step": step, "train_time_s": elapsed, "total_steps": self.run.total_steps}
     if input_state is not None:
       meta["input_state"] = input_state
+    if health_state is not None:
+      meta["health"] = health_state
     checkpoints.save(self.manager, step, state, meta)
     files.flush_all()  # a remote metrics log holds the records up to this checkpoint
     self.time_before, self.tick = elapsed, time.perf_counter()
@@ -348,9 +371,15 @@ class _Progress:
   (`hardware.peak_flops`; f_dense: the dense forward FLOPs of one example, `flops.layer_costs`;
   R: the rows one example costs a network of several members, `multi_member.rows_per_example`)."""
 
-  def __init__(self, run: Run, start: int):
+  def __init__(self, run: Run, start: int, health_state: dict | None = None):
     self.run = run
     self.history: list[dict] = []
+    self.unchecked: list[tuple[dict, slice | None]] = []  # steps the health check has not seen yet
+    self.checked = start  # steps done up to the last health check
+    self.window = np.zeros((0, run.total_members))  # `health.loss_spikes`'s previous step losses
+    if health_state is not None:  # a resumed run: its flags and window as they were at the checkpoint
+      run.health.restore(health_state["monitor"])
+      self.window = np.asarray(health_state["loss_window"], np.float64).reshape(-1, run.total_members)
     self.postfix: dict[str, str] = {}
     self.devices = run.mesh.size if run.mesh is not None else 1
     device = run.mesh.devices.flat[0] if run.mesh is not None else jax.devices()[0]
@@ -366,6 +395,34 @@ class _Progress:
   def add(self, metrics: dict, rows: slice | None = None) -> None:
     """One step's metrics [M], or a chunk's [S, M] with its ``rows``."""
     self.history.append((metrics, rows))
+    self.unchecked.append((metrics, rows))
+
+  def check_health(self) -> None:
+    """The spike test (`health.loss_spikes`) on the step losses since the last check; a spike is
+    recorded at its own step (raises under on_unhealthy="stop")."""
+    if not self.unchecked:
+      return
+    rows = []
+    for metrics, chunk_rows in self.unchecked:
+      ce = members_lib.to_host(metrics.get("ce", metrics["loss"]))
+      rows.append(ce[None] if chunk_rows is None else ce[chunk_rows])
+    self.unchecked = []
+    losses = np.concatenate(rows)  # [T, S·M]
+    spikes, self.window = health_lib.loss_spikes(self.window, losses, self.run.health.options,
+                                                 self.run.data.num_classes)
+    first = self.checked
+    self.checked += len(losses)
+    new = []
+    for t, member, value, median in spikes:
+      new += self.run.health.record(self.run, "loss_spike", first + t + 1, [
+          {"member": member, "value": value, "limit": self.run.health.options.spike_factor * median,
+           "median": median}])
+    if new:
+      self.show(_health_postfix(self.run, new))
+
+  def health_state(self) -> dict:
+    """What a checkpoint keeps of the health check: the flags and the spike test's window."""
+    return {"monitor": self.run.health.state(), "loss_window": self.window.tolist()}
 
   def show(self, postfix: dict) -> None:
     self.postfix.update(postfix)
@@ -377,6 +434,7 @@ class _Progress:
     self.steps_since += steps
     if done % self.run.config.log_every_steps and done != self.run.total_steps:
       return
+    self.check_health()
     averaged = _mean_metrics(self.history)
     self.history = []
     if not np.all(np.isfinite(averaged["loss"])):

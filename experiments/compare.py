@@ -157,21 +157,36 @@ CORRUPTION_FIELDS = [
 ]
 
 
-def _cell(values: np.ndarray, fmt: str) -> str:
+UNHEALTHY_MARK = "†"
+
+
+def is_unhealthy(results: dict) -> bool:
+  """A run its health checks flagged (results.json ``health``, `ensembles.health`)."""
+  return results.get("health", {}).get("status") == "unhealthy"
+
+
+def _cell(values: np.ndarray, fmt: str, unhealthy: list[bool] | None = None) -> str:
+  """mean ± sample std of the seeds' values; where a seed is ``unhealthy``, no mean: every seed's
+  value, the unhealthy ones marked."""
   if np.all(np.isnan(values)):
     return "-"
+  if unhealthy and any(unhealthy):
+    return " / ".join(fmt.format(v) + (UNHEALTHY_MARK if bad else "") for v, bad in zip(values, unhealthy))
   if len(values) > 1:
     return f"{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1))}"
   return fmt.format(values[0])
 
 
 def mean_std_table(all_results: list[dict], fields: list[tuple], params_column: bool = False) -> str:
-  """Markdown: one row per label, each field's mean ± sample std over the label's seeds."""
+  """Markdown: one row per label, each field's mean ± sample std over the label's seeds. A label
+  with an unhealthy seed (`is_unhealthy`) is never averaged: its row is marked † and shows each
+  seed's value (the unhealthy ones marked †)."""
   labels = list(dict.fromkeys(r["label"] for r in all_results))
   header = "| method | M | seeds | " + " | ".join(name for name, _, _ in fields) + (" | params |" if params_column else " |")
   lines = [header, "|" + "---|" * (len(fields) + 3 + params_column)]
   for label in labels:
     rs = [r for r in all_results if r["label"] == label]
+    unhealthy = [is_unhealthy(r) for r in rs]
     cells = []
     for _, get, fmt in fields:
       values = []
@@ -180,8 +195,9 @@ def mean_std_table(all_results: list[dict], fields: list[tuple], params_column: 
           values.append(get(r))
         except (KeyError, IndexError, TypeError):
           values.append(_NAN)
-      cells.append(_cell(np.array(values, dtype=float), fmt))
-    row = f"| {label} | {rs[0]['num_members']} | {len(rs)} | " + " | ".join(cells) + " |"
+      cells.append(_cell(np.array(values, dtype=float), fmt, unhealthy))
+    name = f"{label} {UNHEALTHY_MARK}" if any(unhealthy) else label
+    row = f"| {name} | {rs[0]['num_members']} | {len(rs)} | " + " | ".join(cells) + " |"
     if params_column:
       row += f" {rs[0].get('nonzero_params_total', rs[0]['params_total']):,} |"
     lines.append(row)
@@ -231,9 +247,23 @@ def report_text(comparison: dict, all_results: list[dict], command: str) -> str:
     text += (f"\n## Corruption robustness\n\n{len(c['types'])} corruption types x severities {c['severities']}, "
              f"{c['num_examples']} test images per set; means over all sets; clean = the same images "
              "uncorrupted.\n\n" + mean_std_table(all_results, CORRUPTION_FIELDS))
+  text += unhealthy_section(all_results)
   text += ("\nPlots: `reliability.png` (bins pooled over seeds), `metrics_vs_flops.png`"
            + (", `corruption.png`" if any("corruption" in r for r in all_results) else "") + ".\n")
   return text
+
+
+def unhealthy_section(all_results: list[dict]) -> str:
+  """Markdown naming every unhealthy (run, seed) and its health flags ('' when all are healthy)."""
+  bad = [r for r in all_results if is_unhealthy(r)]
+  if not bad:
+    return ""
+  lines = [f"\n## Unhealthy runs {UNHEALTHY_MARK}\n", "Rows marked " + UNHEALTHY_MARK + " hold a seed whose health "
+           "checks fired (ensembles/health.py); they show each seed's value instead of a mean.\n"]
+  for r in bad:
+    for flag in r["health"]["flags"]:
+      lines.append(f"- {r['label']}, {flag['message']}")
+  return "\n".join(lines) + "\n"
 
 
 def write_report(comparison: dict, all_results: list[dict], workdir: str, command: str) -> str:

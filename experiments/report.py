@@ -53,8 +53,19 @@ def run_table(results: dict, split: str = "test") -> str:
     f = results["flops"]
     lines.append(f"FLOPs: training {f['train_x_dense']:.2f}x one dense model ({f['flops_rule']}), inference "
                  f"{f['inference_x_dense']:.2f}x one dense model ({f['inference_flops']:.3g} per example).")
-  lines += ood_lines(results) + corruption_lines(results) + shift_lines(results)
+  lines += ood_lines(results) + corruption_lines(results) + shift_lines(results) + health_lines(results)
   return "\n".join(lines) + "\n"
+
+
+def health_lines(results: dict) -> list[str]:
+  """The run's health (`ensembles.health`): one line when healthy, else each flag."""
+  health = results.get("health")
+  if health is None:
+    return []
+  if health["status"] == "healthy":
+    return ["Health: no check fired (loss spikes, chance accuracy, one-class predictions, boosting weights)."]
+  return ["", f"**Unhealthy run** ({len(health['flags'])} flag(s); do not average it in silently):"] + [
+      f"- {flag['message']}" for flag in health["flags"]]
 
 
 def shift_lines(results: dict) -> list[str]:

@@ -31,7 +31,7 @@ MUTATIONS = [
              ("tests/test_config_fields.py", "tests/test_hostile.py::test_any_config_trains_or_fails_with_a_named_field")),
     # --- members: independence of the members' random streams, and the member map ---------------
     Mutation("members share one data-order key", "ensembles/context.py",
-             "jax.random.split(data_key, m),", "jax.numpy.stack([data_key] * m),",
+             "data_keys.append(jax.random.split(data_key, m))", "data_keys.append(jax.numpy.stack([data_key] * m))",
              (f"{INDEPENDENCE}::test_members_train_on_different_batches_each_epoch",)),
     Mutation("members share one dropout/augmentation key per step", "ensembles/train.py",
              "jax.random.fold_in(state.rng, state.step)", "jax.random.fold_in(jax.random.PRNGKey(0), state.step)",
@@ -49,7 +49,7 @@ MUTATIONS = [
              ("tests/test_members.py::test_member_map_modes_agree",)),
     # --- train ------------------------------------------------------------------------------------
     Mutation("sample weights ignored by the loss", "ensembles/train.py",
-             'weights = state.extra["sample_weights"][idx] if "sample_weights" in state.extra else jnp.ones(y.shape)',
+             'weights = state.extra["sample_weights"][batch.ids] if "sample_weights" in state.extra else jnp.ones(y.shape)',
              "weights = jnp.ones(y.shape)",
              ("tests/test_train.py::test_sample_weights_scale_the_loss",)),
     # --- trainer and checkpoints: resume ---------------------------------------------------------
@@ -136,16 +136,15 @@ MUTATIONS = [
              ("tests/test_cbnn_snapshot.py::test_segment_ends",
               f"{E2E}::test_checkpoints_are_taken_exactly_at_segment_ends")),
     Mutation("CBNN ignores cbnn.combine", "ensembles/methods/cbnn.py",
-             "run.ensemble(members, alphas, c.combine)", "run.ensemble(members, alphas)",
+             "r.ensemble(members, alphas, c.combine)", "r.ensemble(members, alphas)",
              ("tests/test_cbnn_snapshot.py::test_cbnn_weighted_vote_end_to_end",)),
     Mutation("CBNN averages without the alphas", "ensembles/methods/cbnn.py",
-             "run.ensemble(members, alphas, c.combine)", "run.ensemble(members, None, c.combine)",
+             "r.ensemble(members, alphas, c.combine)", "r.ensemble(members, None, c.combine)",
              ("tests/test_cbnn_snapshot.py::test_cbnn_prediction_is_alpha_weighted_mean",)),
     Mutation("EDST ticket saved after the global exploration", "ensembles/methods/edst_ensemble.py",
-             "    if e.ticket == \"final\":\n      save_ticket(state, ends[done], done)\n",
-             "    if e.ticket == \"final\":\n"
-             "      save_ticket(global_update(state, images, labels, idx, jnp.float32(e.global_drop_fraction))"
-             " if done in starts else state, ends[done], done)\n",
+             "      tickets.save(state, ends[done], ticket_meta(ends[done], done))\n",
+             "      tickets.save(update(state, batch, e.global_drop_fraction, e.exploration_growth == \"gradient\")"
+             " if done in starts else state, ends[done], ticket_meta(ends[done], done))\n",
              (f"{E2E}::test_edst_tickets_are_the_states_at_phase_ends_before_exploring",)),
     Mutation("MC dropout passes share one dropout key", "ensembles/train.py",
              "pass_keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(num_passes))",

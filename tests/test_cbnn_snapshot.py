@@ -40,7 +40,7 @@ def test_cbnn_checkpoints_alphas_and_weights(tmp_path, fake_data):
   np.testing.assert_allclose(w[0], 1.0)  # the first segment trains with uniform weights
   np.testing.assert_allclose(w.mean(1), 1.0, rtol=1e-5)
   assert w[1].max() > 1.0 > w[1].min()  # reweighted before the second segment
-  events = [json.loads(l) for l in open(tmp_path / "metrics.jsonl") if "event" in l]
+  events = [json.loads(l) for l in open(tmp_path / "metrics.jsonl") if json.loads(l).get("event", "").startswith("checkpoint")]
   assert [e["step"] for e in events] == [4, 8, 12]
   assert len(results["test"]["ensemble"]["per_class_accuracy"]) == 4
 

@@ -11,7 +11,8 @@ from ensembles.methods import METHODS
 from experiments import compare
 from conftest import make_dataset
 
-TINY = {"dataset.train_subset": 0, "training.epochs": 1, "training.batch_size": 32, "model.hidden": (16,),
+TINY = {"dataset.train_subset": 0, "training.epochs": 2,  # 2: members above chance (health)
+        "training.batch_size": 32, "model.hidden": (16,),
         "log_every_steps": 2, "checkpoint_every_steps": 100, "eval_batch_size": 16,
         "evaluation.ood_datasets": ("digits",), "evaluation.ood_examples": 50,
         "evaluation.corruptions": ("contrast", "pixelate"), "evaluation.corruption_severities": (1, 5),

@@ -202,6 +202,14 @@ FIELDS = {
     "training.weight_decay_on": (Other("kernels", "all"), "biases"),
     "training.label_smoothing": (Other(0.1, 0.2), 1.0),
     "training.compute_dtype": (Other("bfloat16", "float32"), "float16"),
+    "training.clip_grad_norm": (Other(1.0, 5.0), -1.0),
+    "training.on_unhealthy": (Other("stop", "warn"), "ignore"),
+    "health.spike_factor": (Other(10.0, 3.0), 1.0),
+    "health.spike_window": (Other(20, 30), 1),
+    "health.chance_margin": (Other(0.05, 0.1), 1.0),
+    "health.max_class_share": (Other(0.95, 0.8), 0.0),
+    "health.min_weight_ess": (Other(0.05, 0.1), 1.0),
+    "health.validation_patience": (Other(1, 3), 0),
 }
 
 

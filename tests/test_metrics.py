@@ -59,7 +59,7 @@ def test_evaluate_ensemble_structure_and_errors():
   members = np.stack([PROBS, PROBS[::-1], PROBS])
   out = metrics.evaluate_ensemble(members, LABELS)
   assert len(out["members"]) == 3 and set(out["diversity"]) == {"disagreement", "kl"}
-  assert out["members"][0] == metrics.predictive_metrics(PROBS, LABELS)
+  assert out["members"][0] == {**metrics.predictive_metrics(PROBS, LABELS), **metrics.top_class(PROBS)}
   assert "diversity" not in metrics.evaluate_ensemble(members[:1], LABELS)
   with pytest.raises(ValueError, match="disagreement needs at least 2"):
     metrics.disagreement(members[:1])

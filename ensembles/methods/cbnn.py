@@ -58,6 +58,7 @@ def make_boost(run: Run, c: CBNNOptions):
   def boost(state, done: int, event: str, save):
     probs = run.member_probs(state, run.data.x_train)  # [S, N, K]
     weights, alpha, error = reweight(state.extra["sample_weights"], jnp.asarray(probs), labels)
+    run.health.boosting(run, done, np.asarray(error), np.asarray(weights))  # a chance-level checkpoint, degenerate weights
     alpha, error = [float(a) for a in alpha], [float(e) for e in error]
     save([{"alpha": a, "train_error": e} for a, e in zip(alpha, error)])
     run.log.write({"step": done, "event": event, "alpha": per_seed(alpha), "weighted_train_error": per_seed(error),
