@@ -5,9 +5,11 @@ of Zhu et al. (2009), our documented choice. Per-example weights w [N] have mean
 predictions on the training set update them and give the checkpoint's weight α:
 
   samme:   err = Σ w·[wrong] / Σ w,  err clipped into [ε, 1 − 1/K − ε],
-           α = log((1 − err) / err) + log(K − 1),  w ← w · exp(α · [wrong]);
-  samme_r: w ← w · exp(−(K − 1)/K · Σ_k y_k log p_k),  y_k = 1 for the label, −1/(K − 1) otherwise,
+           α = log((1 − err) / err) + log(K − 1),  w ← w · exp(ν · α · [wrong]);
+  samme_r: w ← w · exp(−ν · (K − 1)/K · Σ_k y_k log p_k),  y_k = 1 for the label, −1/(K − 1) otherwise,
            α = 1 (the probabilities already carry the confidence).
+ν in (0, 1] is the shrinkage of the update (AdaBoost's learning rate; 1 = the plain rule); the
+checkpoint's own weight α is not shrunk.
 Then w is renormalised to mean 1, and optionally capped so that max(w) / mean(w) <= max_ratio.
 All functions are pure jnp and vmappable (e.g. over several boosted runs).
 """
@@ -54,7 +56,7 @@ def samme_alpha(error: jax.Array, num_classes: int, eps: float = 1e-6) -> jax.Ar
 
 
 def reweight(weights: jax.Array, probs: jax.Array, labels: jax.Array, rule: str = "samme", eps: float = 1e-6,
-             max_ratio: float | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+             max_ratio: float | None = None, shrinkage: float = 1.0) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One boosting update from a checkpoint's training-set predictions.
 
   weights [N] (any positive scale), probs [N, K], labels [N] int -> (new weights [N] with mean 1,
@@ -68,11 +70,11 @@ def reweight(weights: jax.Array, probs: jax.Array, labels: jax.Array, rule: str 
   error = jnp.sum(w * wrong) / jnp.sum(w)
   if rule == "samme":
     alpha = samme_alpha(error, k, eps)
-    new = w * jnp.exp(alpha * wrong)
+    new = w * jnp.exp(shrinkage * alpha * wrong)
   else:
     logp = jnp.log(jnp.clip(probs, eps, 1.0))
     y = jnp.where(jax.nn.one_hot(labels, k) > 0, 1.0, -1.0 / (k - 1))
-    new = w * jnp.exp(-(k - 1.0) / k * jnp.sum(y * logp, axis=-1))
+    new = w * jnp.exp(-shrinkage * (k - 1.0) / k * jnp.sum(y * logp, axis=-1))
     alpha = jnp.ones((), w.dtype)
   new = normalize(new)
   if max_ratio is not None:

@@ -113,6 +113,8 @@ def _validate_rest(config: Any) -> None:
     _require(isinstance(t.get(field, False), bool), f"training.{field}", "True or False", t.get(field))
   _require(is_int(t.batch_split) and t.batch_split >= 1 and t.batch_size % t.batch_split == 0,
            "training.batch_split", f"an integer >= 1 dividing training.batch_size={t.batch_size}", t.batch_split)
+  _require(t.get("weighted_loss", "mean") in train_lib.WEIGHTED_LOSSES, "training.weighted_loss",
+           f"one of {train_lib.WEIGHTED_LOSSES}", t.get("weighted_loss"))
   _require(is_number(t.get("clip_grad_norm", 0.0)) and t.get("clip_grad_norm", 0.0) >= 0, "training.clip_grad_norm",
            "a number >= 0 (0 = no clipping)", t.get("clip_grad_norm"))
   health_lib.read(config)  # the health block and training.on_unhealthy

@@ -108,6 +108,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.training.shared_data_order = False       # True: all members see the same batches
   c.training.batch_split = 1      # k > 1: gradient as the mean over k batch parts computed concurrently
                                   # (faster single-member CNN steps on multi-core CPUs; no BatchNorm)
+  c.training.weighted_loss = "mean"  # sample-weighted loss (boosting): mean Σw·CE/B | normalized Σw·CE/Σw
   c.training.clip_grad_norm = 0.0  # > 0: each member's gradient rescaled to at most this global L2 norm
   c.training.on_unhealthy = "warn"  # warn | stop: what a health flag does (ensembles/health.py; README "Health")
 

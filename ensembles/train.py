@@ -167,6 +167,7 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Ar
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+WEIGHTED_LOSSES = ("mean", "normalized")
 WEIGHT_DECAY_ON = ("all", "kernels")
 
 
@@ -174,7 +175,8 @@ def gradient_options(config: Any) -> dict:
   """The config's fields that shape the training loss and its gradient (`make_member_gradients`)."""
   t, a = config.training, config.augment
   return {"crop_padding": a.crop_padding, "flip": a.flip, "batch_split": t.batch_split,
-          "label_smoothing": float(t.get("label_smoothing", 0.0)), "compute_dtype": t.get("compute_dtype", "float32")}
+          "label_smoothing": float(t.get("label_smoothing", 0.0)), "compute_dtype": t.get("compute_dtype", "float32"),
+          "weighted_loss": t.get("weighted_loss", "mean")}
 
 
 def in_compute_dtype(params: PyTree, x: jax.Array, compute_dtype: str) -> tuple[PyTree, jax.Array]:
@@ -206,7 +208,7 @@ def gather_batch(images: jax.Array, labels: jax.Array, idx: jax.Array) -> Batch:
 
 def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray, crop_padding: int = 0,
                           flip: bool = False, batch_split: int = 1, label_smoothing: float = 0.0,
-                          compute_dtype: str = "float32") -> Callable:
+                          compute_dtype: str = "float32", weighted_loss: str = "mean") -> Callable:
   """Returns ``gradients(state, batch) -> (grads, aux)`` for ONE member and its `Batch` [B, ...].
 
   The loss is the sample-weighted cross-entropy of the batch after the member's augmentation (keys
@@ -219,7 +221,9 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
   parts of the batch (the same value: the loss is a mean), which XLA:CPU runs concurrently on
   several cores. Models with BatchNorm are refused (their statistics would be per part).
   ``label_smoothing`` ε: see `weighted_cross_entropy`; ``compute_dtype``: `in_compute_dtype`
-  (logits are cast back to float32 for the loss). A network of several members
+  (logits are cast back to float32 for the loss). ``weighted_loss``: ``mean`` Σ_b w_b·CE_b / B
+  (with globally mean-1 weights a step's size follows how many heavy examples its batch drew), or
+  ``normalized`` Σ_b w_b·CE_b / Σ_b w_b (the batch's weights rescaled to mean 1 first: w_b·B/Σw). A network of several members
   (`multi_member.is_member_network`) first turns the augmented batch into its own training input,
   labels and weights [B', M'] (`model.training_batch`); its logits are [B', M', K], and the loss is
   scaled by `multi_member.loss_scale` (M' for summed member losses; aux["loss"] stays the mean).
@@ -233,6 +237,8 @@ def make_member_gradients(model: nn.Module, *, mean: np.ndarray, std: np.ndarray
     x = augment_lib.normalize(augment_lib.augment(aug_key, x, crop_padding, flip), mean, std)
     if multi_member.is_member_network(model):  # rows [B', M'] of member inputs, labels and weights
       x, y, weights = model.training_batch(jax.random.fold_in(aug_key, 1), x, y, weights)
+    if weighted_loss == "normalized":  # Σ w·CE / Σ w: the batch's weights with mean 1
+      weights = weights * (weights.size / jnp.sum(weights))
     mutable = list(state.model_state)
     if batch_split > 1 and mutable:
       raise ValueError(f"training.batch_split > 1 needs a model without BatchNorm statistics; this model has "

@@ -20,6 +20,7 @@ class Mutation:
 
 E2E = "tests/test_methods_end_to_end.py"
 INDEPENDENCE = "tests/test_independence.py"
+HEALTH = "tests/test_health.py"
 
 MUTATIONS = [
     # --- config validation ---------------------------------------------------------------------
@@ -93,7 +94,7 @@ MUTATIONS = [
              ("tests/test_evaluation.py::test_evaluate_all_with_ood_and_corruptions",)),
     # --- boosting ---------------------------------------------------------------------------------
     Mutation("SAMME down-weights the misclassified", "ensembles/boosting.py",
-             "new = w * jnp.exp(alpha * wrong)", "new = w * jnp.exp(-alpha * wrong)",
+             "new = w * jnp.exp(shrinkage * alpha * wrong)", "new = w * jnp.exp(-shrinkage * alpha * wrong)",
              ("tests/test_boosting.py",)),
     Mutation("boosting error unweighted", "ensembles/boosting.py",
              "error = jnp.sum(w * wrong) / jnp.sum(w)", "error = jnp.mean(wrong)",
@@ -173,4 +174,40 @@ MUTATIONS = [
     Mutation("ensembles.fit drops a field given by its own name", "ensembles/api.py",
              "      config[owners[0]][key] = value\n", "      pass\n",
              ("tests/test_api.py::test_fields_are_checked_by_name",)),
+    # --- health checks ---------------------------------------------------------------------------
+    Mutation("the loss-spike test is disabled", "ensembles/health.py",
+             "    if len(window) >= options.spike_window // 2:", "    if False:",
+             (f"{HEALTH}::test_loss_spike_is_a_jump_above_the_running_median_and_above_chance_loss",
+              f"{HEALTH}::test_collapsed_run_is_flagged_and_goes_on_under_warn")),
+    Mutation("chance-level accuracy accepted", "ensembles/health.py",
+             "  if accuracy <= limit:", "  if accuracy < 0:",
+             (f"{HEALTH}::test_chance_accuracy_and_one_class_per_member",
+              f"{HEALTH}::test_collapsed_run_is_flagged_and_goes_on_under_warn")),
+    Mutation("chance ignores the majority-class rate", "ensembles/health.py",
+             "  return max(1.0 / num_classes, float(counts.max()) / max(len(labels), 1))",
+             "  return 1.0 / num_classes",
+             (f"{HEALTH}::test_chance_is_the_majority_rate_on_long_tailed_labels",)),
+    Mutation("a resumed run forgets the spike test's window", "ensembles/trainer.py",
+             '      self.window = np.asarray(health_state["loss_window"], np.float64).reshape(-1, run.total_members)\n',
+             "      pass\n",
+             (f"{HEALTH}::test_stop_ends_the_cli_run_with_one_line_and_keeps_the_last_good_checkpoint",)),
+    Mutation("compare averages an unhealthy seed in", "experiments/compare.py",
+             "  if unhealthy and any(unhealthy):", "  if False:",
+             (f"{HEALTH}::test_compare_marks_an_unhealthy_seed_and_shows_each_seed_instead_of_a_mean",)),
+    # --- recipe options (issue 35) -----------------------------------------------------------------
+    Mutation("EDST's exploration lr 0 does not follow training.lr", "ensembles/methods/edst_ensemble.py",
+             "  exploration_lr = e.exploration_lr or base_lr\n", "  exploration_lr = e.exploration_lr or 0.1\n",
+             ("tests/test_edst.py::test_exploration_lr_zero_follows_training_lr",)),
+    Mutation("boosting shrinkage ignored", "ensembles/boosting.py",
+             "    new = w * jnp.exp(shrinkage * alpha * wrong)", "    new = w * jnp.exp(alpha * wrong)",
+             ("tests/test_boosting.py::test_shrinkage_scales_the_exponent_not_alpha",)),
+    Mutation("CBNN's segment decay never lowers the lr", "ensembles/methods/cbnn.py",
+             "jnp.where(in_segment >= start_decay, c.segment_decay, 1.0)", "1.0",
+             ("tests/test_cbnn_snapshot.py::test_segment_decay_lowers_the_lr_before_each_checkpoint",)),
+    Mutation("normalized weighted loss divides by B", "ensembles/train.py",
+             "      weights = weights * (weights.size / jnp.sum(weights))\n", "      weights = weights\n",
+             ("tests/test_train.py::test_normalized_weighted_loss_divides_by_the_batch_weights",)),
+    Mutation("training.clip_grad_norm ignored", "ensembles/train.py",
+             "  return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx", "  return tx",
+             (f"{HEALTH}::test_clip_grad_norm_bounds_each_update",)),
 ]

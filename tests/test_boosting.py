@@ -27,6 +27,18 @@ def test_samme_textbook_case():
   assert bool((w[wrong] > 1).all()) and bool((w[~wrong] < 1).all())
 
 
+@pytest.mark.parametrize("rule", boosting.RULES)
+def test_shrinkage_scales_the_exponent_not_alpha(rule):
+  """ν: w <- w·exp(ν·α·[wrong]) (samme_r: the exponent times ν); the checkpoint's α is unchanged."""
+  probs, labels = _case()
+  full, alpha, err = boosting.reweight(jnp.ones(8), probs, labels, rule)
+  half, alpha_half, err_half = boosting.reweight(jnp.ones(8), probs, labels, rule, shrinkage=0.5)
+  assert float(alpha_half) == float(alpha) and float(err_half) == float(err)
+  raw = np.asarray(full)  # mean-1 exp(exponent): its square root is exp(exponent / 2), up to the mean
+  np.testing.assert_allclose(half, np.sqrt(raw) / np.sqrt(raw).mean(), rtol=1e-5)
+  assert not np.allclose(half, full)
+
+
 def test_samme_with_unequal_weights_by_hand():
   """The error is weighted by the current sample weights: the same two mistakes cost more when they
   fall on heavy examples (weights 3 on the misclassified 5 and 6, 1 elsewhere: err = 6 / 12)."""

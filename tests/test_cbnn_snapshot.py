@@ -20,6 +20,25 @@ def _cfg(module, **overrides):
   return method_config(module, **{"training.epochs": 3, **overrides})
 
 
+def test_segment_decay_lowers_the_lr_before_each_checkpoint(fake_data):
+  """cbnn.segment_decay_fraction f: lr x segment_decay over the last f of each segment, no restart
+  above the configured schedule (constant here: 0.05 then 0.005 in the last quarter)."""
+  from ensembles import context  # pylint: disable=g-import-not-at-top
+  from ensembles.methods import cbnn  # pylint: disable=g-import-not-at-top
+  cfg = _cfg(cbnn_config, **{"training.lr_schedule": "constant", "training.lr": 0.05, "training.epochs": 4,
+                             "num_members": 2})
+  cfg.cbnn.segment_decay_fraction, cfg.cbnn.segment_decay = 0.25, 0.1
+  config_lib.validate(cfg)
+  run = context.build(cfg, MLP(num_classes=4, hidden=(8,)), fake_data, None)
+  options = api.get_method("cbnn").read_options(cfg)
+  schedule = cbnn.checkpoint_schedule(run, options.cbnn)
+  total = run.total_steps  # 4 epochs x 4 steps: segments [0, 8), [8, 16), decay from 6 and 14
+  got = [float(schedule(t)) for t in range(total)]
+  assert got == pytest.approx([0.05] * 6 + [0.005] * 2 + [0.05] * 6 + [0.005] * 2)
+  cfg.cbnn.segment_decay_fraction = 0.0
+  assert cbnn.checkpoint_schedule(run, api.get_method("cbnn").read_options(cfg).cbnn) is None
+
+
 def test_segment_ends():
   assert collected.segment_ends(12, 3) == [4, 8, 12] and collected.segment_ends(10, 3) == [3, 7, 10]
 

@@ -81,6 +81,12 @@ FIELDS = {
     "cbnn.eps": (Other(0.01, 0.02), 0.5),
     "cbnn.max_weight_ratio": (Other(0.0, 5.0), 0.5),
     "cbnn.rule": (Other("samme_r", "samme"), "adaboost"),
+    "cbnn.shrinkage": (Other(0.5, 0.25), 0.0),
+    "cbnn.segment_decay_fraction": (Other(0.25, 0.5), 1.0),
+    "cbnn.segment_decay": (Other(0.5, 0.2), 0.0),
+    "boosting.shrinkage": (Other(0.5, 0.25), 0.0),
+    "snapshot_boosting.shrinkage": (Other(0.5, 0.25), 0.0),
+    "training.weighted_loss": (Other("normalized", "mean"), "sum"),
     "checkpoint_every_steps": (Other(5, 6), 0),
     "compilation_cache_dir": (Other("/tmp/jax_cache", ""), None),  # no invalid string
     "dataset.data_dir": (Other("/tmp", ""), None),  # no invalid string
@@ -102,7 +108,7 @@ FIELDS = {
     "edst.drop_schedule": (Other("global", "per_phase"), "linear"),
     "edst.exploration_epochs": (lambda c: _edst_epochs(c, exploration=2), 0),
     "edst.exploration_growth": (Other("gradient", "random"), "hebbian"),
-    "edst.exploration_lr": (Other(0.05, 0.06), -0.1),
+    "edst.exploration_lr": (Other(0.0, 0.05), -0.1),  # 0: training.lr
     "edst.exploration_milestones": (lambda c: {"edst.exploration_milestones": (1,)}, (3, 2)),
     "edst.exploration_decay": (Other(0.5, 0.2), 0.0),
     "edst.global_drop_fraction": (Other(0.5, 0.6), 1.5),

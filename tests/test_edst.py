@@ -10,7 +10,7 @@ import pytest
 from ensembles import api
 from ensembles import data as data_lib
 
-from ensembles import config as config_lib, sparse
+from ensembles import config as config_lib, context, sparse
 from ensembles.errors import ConfigError
 from ensembles.methods import edst_ensemble, sparse_common
 from ensembles.models import build_model
@@ -39,6 +39,22 @@ def test_phase_schedule():
   lr = edst_ensemble.edst_lr_schedule(e, 3, 10)
   got = [float(lr(t)) for t in (0, 19, 20, 24, 25, 29, 30, 35, 49)]
   assert got == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.01, 0.001, 0.001])
+
+
+def test_exploration_lr_zero_follows_training_lr(tiny_dataset):
+  """edst.exploration_lr = 0: the exploration trains at training.lr (the study's lr for every method)."""
+  cfg = _cfg()
+  cfg.edst.exploration_lr, cfg.training.lr = 0.0, 0.05
+  config_lib.validate(cfg)
+  options = edst_ensemble.EDSTOptions(**cfg.edst)
+  lr = edst_ensemble.edst_lr_schedule(options, 3, 10, base_lr=0.05)
+  assert [float(lr(t)) for t in (0, 19, 20, 25)] == pytest.approx([0.05, 0.05, 0.01, 0.001])
+  with pytest.raises(ValueError, match="exploration_lr"):
+    edst_ensemble.edst_lr_schedule(options, 3, 10)
+  model = build_model("mlp", tiny_dataset.num_classes, {"hidden": (8,)})
+  phase = edst_ensemble.ticket_phase(context.build(cfg, model, tiny_dataset, None),
+                                     api.get_method("edst_ensemble").read_options(cfg))
+  assert float(phase.phase_args["schedule"](0)) == pytest.approx(0.05)
 
 
 def test_exploration_milestones_and_warmup():

@@ -89,6 +89,28 @@ def test_sample_weights_scale_the_loss(tiny_dataset):
   np.testing.assert_allclose(doubled["loss"], 2 * plain["loss"], rtol=1e-5)
 
 
+def test_normalized_weighted_loss_divides_by_the_batch_weights(tiny_dataset):
+  """training.weighted_loss = normalized: Σ w·CE / Σ w within the batch, so uniform weights of any
+  scale give the plain loss and a batch's loss is a weighted mean of its examples' losses."""
+  _, tx, state, _, idx = _setup(tiny_dataset, "lenet", crop=0, flip=False)
+  name, kwargs = MODELS["lenet"]
+  model = build_model(name, tiny_dataset.num_classes, kwargs)
+  images, labels = jnp.asarray(tiny_dataset.x_train), jnp.asarray(tiny_dataset.y_train)
+  n = len(tiny_dataset.y_train)
+  normalized = train.make_train_step(model, tx, execution="vmap", mean=tiny_dataset.mean, std=tiny_dataset.std,
+                                     weighted_loss="normalized")
+  plain_step = train.make_train_step(model, tx, execution="vmap", mean=tiny_dataset.mean, std=tiny_dataset.std)
+  _, plain = plain_step(_copy(state), images, labels, idx[:, 0])
+  _, doubled = normalized(_copy(state).replace(extra={"sample_weights": jnp.full((3, n), 2.0)}), images, labels,
+                          idx[:, 0])
+  np.testing.assert_allclose(doubled["loss"], plain["loss"], rtol=1e-5)
+  w = jnp.asarray(np.random.default_rng(0).uniform(0.1, 5.0, (3, n)), jnp.float32)
+  _, mean_loss = plain_step(_copy(state).replace(extra={"sample_weights": jnp.array(w)}), images, labels, idx[:, 0])
+  _, norm_loss = normalized(_copy(state).replace(extra={"sample_weights": jnp.array(w)}), images, labels, idx[:, 0])
+  batch_w = np.take_along_axis(np.asarray(w), np.asarray(idx[:, 0]), axis=1)  # [M, B]
+  np.testing.assert_allclose(norm_loss["loss"], mean_loss["loss"] * batch_w.shape[1] / batch_w.sum(1), rtol=1e-4)
+
+
 def test_weighted_cross_entropy_equals_plain_with_unit_weights():
   logits = jax.random.normal(jax.random.PRNGKey(0), (5, 4))
   labels = jnp.array([0, 3, 1, 2, 2])

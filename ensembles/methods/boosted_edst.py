@@ -18,13 +18,13 @@ from ensembles.context import Run
 from ensembles.errors import require
 from ensembles.methods import edst_ensemble
 from ensembles.methods.base import Method, Trained, register
-from ensembles.methods.cbnn import CBNNOptions
+from ensembles.methods.cbnn import BoostingRuleOptions
 from ensembles.methods.edst_ensemble import EDSTOptions
 from ensembles.methods.sparse_common import SparseOptions
 
 
 @dataclasses.dataclass(frozen=True)
-class BoostingOptions(CBNNOptions):
+class BoostingOptions(BoostingRuleOptions):
   """The ``boosting`` block: CBNN's rule, clip, weight cap and combination (same defaults)."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from ensembles import boosting
 from ensembles import metrics as metrics_lib
+from ensembles import train as train_lib
 from ensembles import trainer
 from ensembles.collected import at_segment_ends
 from ensembles.context import Run
@@ -31,18 +32,49 @@ from ensembles.options import choice, number, option
 
 
 @dataclasses.dataclass(frozen=True)
-class CBNNOptions:
-  """The ``cbnn`` block; every default is our decision (the paper's formulas are not available to us)."""
+class BoostingRuleOptions:
+  """How checkpoints reweight the samples and combine (CBNN, Snapshot Boosting, boosted EDST); every
+  default is our decision (the paper's formulas are not available to us)."""
 
   rule: str = choice("samme", boosting.RULES)      # samme | samme_r (Zhu et al., 2009)
   eps: float = number(1e-3, 0, 0.5, "()")          # weighted error clipped into [eps, 1 - 1/K - eps]
   max_weight_ratio: float = option(2.0, "0 (no cap) or >= 1",  # r: max(w)/mean(w) <= r (2.0 chosen on
                                    lambda v: is_number(v) and (v == 0 or v >= 1))  # validation, README)
   combine: str = choice("mean", metrics_lib.COMBINE_RULES)  # mean (α-weighted probabilities) | vote
+  shrinkage: float = number(1.0, 0, 1, "(]")       # ν: w <- w·exp(ν·α·[wrong]) (AdaBoost's learning rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class CBNNOptions(BoostingRuleOptions):
+  """The ``cbnn`` block: the boosting rule's fields, and where the checkpoints are taken."""
+
+  segment_decay_fraction: float = number(0.0, 0, 1, "[)")  # ours: lr x segment_decay over the last f of each
+  segment_decay: float = number(0.1, 0, 1, "(]")           #   segment, so each checkpoint is taken near its
+                                                           #   segment's convergence (0 = off)
 
 
 def train(run: Run, options) -> list[Trained]:
-  return boosted_checkpoints(run, options.cbnn, "cbnn")
+  return boosted_checkpoints(run, options.cbnn, "cbnn", checkpoint_schedule(run, options.cbnn))
+
+
+def checkpoint_schedule(run: Run, c: CBNNOptions):
+  """The configured lr schedule, or with ``segment_decay_fraction`` f > 0 (ours, not the paper's),
+  that schedule times ``segment_decay`` over the last f of each of the M equal segments:
+  lr(t) · (segment_decay if t mod L >= (1 − f)·L else 1), L = total steps / M -- each checkpoint
+  taken after a short low-lr stretch, without restarting the lr (no cyclic schedule). None: the
+  configured schedule unchanged."""
+  if c.segment_decay_fraction == 0:
+    return None
+  total = run.total_steps
+  base = train_lib.learning_rate_schedule(run.config.training, total, run.steps_per_epoch)
+  length = total / run.num_members
+  start_decay = (1.0 - c.segment_decay_fraction) * length
+
+  def schedule(step):
+    in_segment = jnp.mod(jnp.asarray(step, jnp.float32), length)
+    return base(step) * jnp.where(in_segment >= start_decay, c.segment_decay, 1.0)
+
+  return schedule
 
 
 def make_boost(run: Run, c: CBNNOptions):
@@ -71,7 +103,7 @@ def make_boost(run: Run, c: CBNNOptions):
 def make_reweight(c: CBNNOptions):
   """The jitted ``reweight(weights [S, N], probs [S, N, K], labels [N]) -> (weights, α [S], error
   [S])``: `boosting.reweight` with the options ``c`` for each seed's network."""
-  one = lambda w, p, y: boosting.reweight(w, p, y, c.rule, c.eps, c.max_weight_ratio or None)
+  one = lambda w, p, y: boosting.reweight(w, p, y, c.rule, c.eps, c.max_weight_ratio or None, c.shrinkage)
   return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
 
 
@@ -93,7 +125,7 @@ def boosted_programs(run: Run, c: CBNNOptions, plan, schedule=None) -> None:
 
 
 def programs(run: Run, options, plan) -> None:
-  boosted_programs(run, options.cbnn, plan)
+  boosted_programs(run, options.cbnn, plan, checkpoint_schedule(run, options.cbnn))
 
 
 def boosted_checkpoints(run: Run, c: CBNNOptions, name: str, schedule=None) -> Trained:

@@ -37,7 +37,7 @@ from ensembles import metrics as metrics_lib
 from ensembles import sparse
 from ensembles import trainer
 from ensembles.context import Run
-from ensembles.errors import is_int, require
+from ensembles.errors import is_int, is_number, require
 from ensembles.methods import cbnn, sparse_common
 from ensembles.methods.base import Method, Trained, register
 from ensembles.methods.sparse_common import SparseOptions
@@ -56,7 +56,8 @@ class EDSTOptions:
 
   exploration_epochs: int = integer(6, 1)          # t_ex
   refinement_epochs: int = integer(4, 1)           # t_re, per ticket
-  exploration_lr: float = number(0.1, 0, float("inf"), "()")
+  exploration_lr: float = option(0.1, "a number > 0, or 0 (= training.lr)",  # 0: the lr every other method
+                                 lambda v: is_number(v) and v >= 0)            #   of a study trains at
   exploration_milestones: tuple = option(  # exploration epochs at which its lr is multiplied by exploration_decay
       (), "a tuple of increasing integer epochs >= 1", lambda v: isinstance(v, (tuple, list)) and all(
           is_int(x) and x >= 1 for x in v) and list(v) == sorted(set(v)))  # ImageNet recipe: (30, 60, 90)
@@ -133,15 +134,20 @@ def phase_boundaries(e: EDSTOptions, num_tickets: int, steps_per_epoch: int) -> 
   return [(ex + k * re, ex + (k + 1) * re) for k in range(num_tickets)]
 
 
-def edst_lr_schedule(e: EDSTOptions, num_tickets: int, steps_per_epoch: int, warmup_epochs: float = 0.0) -> optax.Schedule:
-  """exploration_lr during exploration (multiplied by exploration_decay at each of
-  exploration_milestones, in epochs); in each refinement phase refine_lr, then refine_lr ·
-  refine_decay from mid-phase. With ``warmup_epochs`` (training.warmup_epochs) > 0 the lr rises
-  linearly from 0 over the first warm-up steps: lr(t) · min(1, t / T_warmup)."""
+def edst_lr_schedule(e: EDSTOptions, num_tickets: int, steps_per_epoch: int, warmup_epochs: float = 0.0,
+                     base_lr: float | None = None) -> optax.Schedule:
+  """exploration_lr (where it is 0: ``base_lr``, the config's training.lr) during exploration
+  (multiplied by exploration_decay at each of exploration_milestones, in epochs); in each
+  refinement phase refine_lr, then refine_lr · refine_decay from mid-phase. With ``warmup_epochs``
+  (training.warmup_epochs) > 0 the lr rises linearly from 0 over the first warm-up steps:
+  lr(t) · min(1, t / T_warmup)."""
+  exploration_lr = e.exploration_lr or base_lr
+  if not exploration_lr:
+    raise ValueError("edst.exploration_lr = 0 follows training.lr: pass base_lr.")
   phases = phase_boundaries(e, num_tickets, steps_per_epoch)
   milestones = [m * steps_per_epoch for m in e.exploration_milestones]
   boundaries = jnp.array(milestones + [b for start, end in phases for b in (start, (start + end) // 2)])
-  values = jnp.array([e.exploration_lr * e.exploration_decay ** k for k in range(len(milestones) + 1)] +
+  values = jnp.array([exploration_lr * e.exploration_decay ** k for k in range(len(milestones) + 1)] +
                      [v for _ in phases for v in (e.refine_lr, e.refine_lr * e.refine_decay)])
   warmup = int(round(warmup_epochs * steps_per_epoch))
 
@@ -160,7 +166,7 @@ def ticket_phase(run: Run, options) -> Run:
   """The one sparse network of the EDST run, on the EDST lr schedule (`edst_lr_schedule`)."""
   return run.phase(num_members=1, sparse_training=True,
                    schedule=edst_lr_schedule(options.edst, run.num_members, run.steps_per_epoch,
-                                             run.config.training.warmup_epochs))
+                                             run.config.training.warmup_epochs, run.config.training.lr))
 
 
 def ticket_topology(run: Run, options, plan: sparse.SparsityPlan) -> sparse.Topology:
@@ -190,7 +196,7 @@ def programs(run: Run, options, plan, boost: Any = None) -> None:
 
 
 def train_tickets(run: Run, options, boost: Any = None) -> list[Trained]:
-  """The EDST run; with ``boost`` (`cbnn.CBNNOptions`-like: rule, eps, max_weight_ratio, combine)
+  """The EDST run; with ``boost`` (`cbnn.BoostingRuleOptions`: rule, eps, max_weight_ratio, combine, shrinkage)
   each ticket's training-set predictions also reweight the samples before the next phase and give
   the ticket its α (`boosting.reweight`), and the tickets combine with their α."""
   s, e, m = options.sparse, options.edst, run.num_members

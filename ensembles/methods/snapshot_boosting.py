@@ -9,7 +9,7 @@ combination of snapshots are not reproduced):
      training-set predictions, with the snapshot's α (`boosting.reweight`, as CBNN:
      `cbnn.boosted_checkpoints`);
   3. prediction: the α-weighted mean of the snapshots' probabilities.
-Fields of the ``snapshot_boosting`` block: the ``cbnn`` block's (`CBNNOptions`), same defaults.
+Fields of the ``snapshot_boosting`` block: the boosting rule's (`cbnn.BoostingRuleOptions`), CBNN's defaults.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ import dataclasses
 from ensembles.context import Run
 from ensembles.errors import require
 from ensembles.methods.base import Method, Trained, register
-from ensembles.methods.cbnn import CBNNOptions, boosted_checkpoints, boosted_programs
+from ensembles.methods.cbnn import BoostingRuleOptions, boosted_checkpoints, boosted_programs
 from ensembles.methods.snapshot_ensemble import cyclic_cosine
 
 
 @dataclasses.dataclass(frozen=True)
-class SnapshotBoostingOptions(CBNNOptions):
+class SnapshotBoostingOptions(BoostingRuleOptions):
   """The ``snapshot_boosting`` block: the boosting rule, clip, weight cap and combination of CBNN."""
 
 
