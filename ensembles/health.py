@@ -164,7 +164,8 @@ class Monitor:
     if new and self.on_unhealthy == "stop":
       raise UnhealthyRunError("Unhealthy run (training.on_unhealthy='stop'): " + "; ".join(f["message"] for f in new)
                               + ".")
-    for flag in new:
+    import jax  # pylint: disable=g-import-not-at-top  (the signal functions above need no JAX)
+    for flag in new if jax.process_index() == 0 else ():  # every host finds the same flags; one prints them
       print(f"warning: unhealthy run: {flag['message']} (training.on_unhealthy='warn': training goes on).",
             file=sys.stderr)
     return new
