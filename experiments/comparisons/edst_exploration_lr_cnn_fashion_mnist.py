@@ -4,7 +4,7 @@ one epoch of linear warm-up; each on the balanced and the long-tailed (ρ = 100)
 seeds. The choice reads the validation split (5,000 images held out of the training split, balanced),
 never the test set. No OoD or corruption evaluation (not what is chosen here).
 
-  python -m experiments.compare --comparison experiments/comparisons/cnn_edst_exploration_lr_fashion_mnist.py \\
+  python -m experiments.compare --comparison experiments/comparisons/edst_exploration_lr_cnn_fashion_mnist.py \\
       --workdir runs/edst_exploration_lr
 """
 from experiments.comparisons import cnn_fashion_mnist as cnn
