@@ -238,8 +238,8 @@ def health_report(run: context.Run, seed: int, results: dict, data: data_lib.Dat
   those of its members' test predictions (`health.final_check`), each also printed on stderr."""
   report = health_lib.final_check(run.health.report(int(seed)), int(seed), results.get("test"), data.y_test,
                                   run.health.options)
-  if jax.process_index() == 0:
-    for flag in report["flags"][len(run.health.report(int(seed))["flags"]):]:
+  if jax.process_index() == 0:  # training's flags were printed as they came; the test set's now
+    for flag in (f for f in report["flags"] if f["phase"] == "test"):
       print(f"warning: unhealthy run: {flag['message']}.", file=sys.stderr)
   return report
 
