@@ -58,7 +58,8 @@ def partitioned_kernels(params: PyTree, share_input_output: bool, layer_order: S
     paths = [p for p in paths if p not in shared]
   if not paths:
     raise ValueError("subnetwork.share_input_output leaves no layer to partition: the model has only "
-                     f"{len(sparse.prunable_shapes(params, prunable))} prunable layers.")
+                     f"{len(sparse.prunable_shapes(params, prunable))} prunable layers (set "
+                     "subnetwork.share_input_output=False to partition them all, or use a deeper model).")
   return paths
 
 

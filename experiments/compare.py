@@ -232,6 +232,13 @@ def comparison_plots(all_results: list[dict], workdir: str) -> list[str]:
   return paths
 
 
+def evaluated(all_results: list[dict], key: str) -> list[dict]:
+  """The results of the labels that have ``key`` ("ood", "corruption") in some seed's results: an
+  ablation row whose config skips that evaluation stays out of its table."""
+  labels = {r["label"] for r in all_results if r.get(key)}
+  return [r for r in all_results if r["label"] in labels]
+
+
 def report_text(comparison: dict, all_results: list[dict], command: str) -> str:
   """The Markdown report: the summary table, then OoD and corruption tables where evaluated."""
   text = (f"# {comparison.get('title', 'Comparison')}\n\n{comparison.get('description', '')}\n\n"
@@ -241,12 +248,12 @@ def report_text(comparison: dict, all_results: list[dict], command: str) -> str:
   if fields:
     text += ("\n## OoD detection\n\nOoD test sets against the in-distribution test set (OoD = positive; "
              "scores: msp = 1 − max p̄, entropy H(p̄), mutual information H(p̄) − mean H(p_m)).\n\n"
-             + mean_std_table(all_results, fields))
+             + mean_std_table(evaluated(all_results, "ood"), fields))
   if any("corruption" in r for r in all_results):
     c = next(r["corruption"] for r in all_results if "corruption" in r)
     text += (f"\n## Corruption robustness\n\n{len(c['types'])} corruption types x severities {c['severities']}, "
              f"{c['num_examples']} test images per set; means over all sets; clean = the same images "
-             "uncorrupted.\n\n" + mean_std_table(all_results, CORRUPTION_FIELDS))
+             "uncorrupted.\n\n" + mean_std_table(evaluated(all_results, "corruption"), CORRUPTION_FIELDS))
   text += unhealthy_section(all_results)
   text += ("\nPlots: `reliability.png` (bins pooled over seeds), `metrics_vs_flops.png`"
            + (", `corruption.png`" if any("corruption" in r for r in all_results) else "") + ".\n")

@@ -96,6 +96,10 @@ def method_config(module, hidden=(32,), **overrides):
     for p in path:
       node = node[p]
     node[last] = tuple(value) if isinstance(value, list) else value
+  if ("subnetwork" in c and c.model.name == "mlp" and len(c.model.hidden) < 2
+      and "subnetwork.share_input_output" not in overrides):
+    # one hidden layer: keeping the input and output layers whole (the default) leaves none to partition
+    c.subnetwork.share_input_output = False
   return c
 
 

@@ -56,6 +56,8 @@ FIELDS = {
     "edst_ensemble": {"edst": {"exploration_epochs": 2, "refinement_epochs": 2}, "update_every": 5},
     "boosted_edst": {"edst": {"exploration_epochs": 2, "refinement_epochs": 2}, "update_every": 5},
     "dst_ensemble": {"epochs": 6, "update_every": 5},
+    # FeatureNet has two layers: keeping input and output whole (the default) would leave none to split
+    "subnetwork_ensemble": {"subnetwork": {"share_input_output": False}},
 }
 EDST_BUDGET = ("edst_ensemble", "boosted_edst")  # epochs follow from the phases
 EXPECTED_MEMBERS = {"single": 1, "deep_ensemble": 4, "mc_dropout": 10, "swa": 1, "batch_ensemble": 4}
@@ -234,7 +236,9 @@ def test_every_method_through_the_cli_on_fashion_mnist(method, tmp_path):
                              "--config.training.epochs=6", "--config.sparse.update_every=4"],
             "fge": ["--config.training.epochs=3", "--config.fge.pretrain_fraction=0.5"],
             # M = 3 members need room: 128 hidden units (the later flag wins), 6 epochs
-            "mimo": ["--config.training.epochs=6", "--config.model.hidden=(128,)"]}
+            "mimo": ["--config.training.epochs=6", "--config.model.hidden=(128,)"],
+            # the default keeps the input and output layers whole: a hidden layer between them to partition
+            "subnetwork_ensemble": ["--config.training.epochs=6", "--config.model.hidden=(32, 32)"]}
   flags = epochs.get(method, ["--config.training.epochs=3"])
   out = subprocess.run(
       [sys.executable, "-m", "experiments.train", f"--config=experiments/configs/{method}.py",

@@ -48,6 +48,11 @@ def test_comparison_trains_once_and_reports(tmp_path, monkeypatch):
   assert all(os.path.getsize(tmp_path / "family" / name) > 10_000 for name in written if name.endswith(".png"))
   assert json.load(open(tmp_path / "family" / "report.json")) == again
   assert not (tmp_path / "report.md").exists()
+  # an ablation row without OoD or corruption evaluation is in the summary, not in those two tables
+  quick = [{k: v for k, v in r.items() if k not in ("ood", "corruption")} | {"label": "quick"} for r in again[:2]]
+  text = compare.report_text(comparison, again + quick, "cmd")
+  head, ood = text.split("## OoD detection")
+  assert "| quick | 1 | 2 |" in head and "| quick |" not in ood and "| dst | 2 | 2 |" in ood.split("## Corruption")[1]
 
 
 def test_seeds_as_members_equal_seeds_one_after_another(tmp_path, monkeypatch):

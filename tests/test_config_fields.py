@@ -114,6 +114,7 @@ FIELDS = {
     "edst.global_drop_fraction": (Other(0.5, 0.6), 1.5),
     "edst.reference_epochs": (Other(5, 6), 0),
     "edst.refine_decay": (Other(0.5, 0.6), 1.5),
+    "edst.warmup_epochs": (Other(0.0, 2.0), -1.0),
     "edst.refine_lr": (Other(0.02, 0.03), 0.0),
     "edst.refine_stop_fraction": (Other(0.75, 0.8), 1.5),
     "edst.refinement_epochs": (lambda c: {"edst.refinement_epochs": 2, "training.epochs":

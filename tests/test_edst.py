@@ -44,7 +44,7 @@ def test_phase_schedule():
 def test_exploration_lr_zero_follows_training_lr(tiny_dataset):
   """edst.exploration_lr = 0: the exploration trains at training.lr (the study's lr for every method)."""
   cfg = _cfg()
-  cfg.edst.exploration_lr, cfg.training.lr = 0.0, 0.05
+  cfg.edst.exploration_lr, cfg.training.lr, cfg.edst.warmup_epochs = 0.0, 0.05, 0.0
   config_lib.validate(cfg)
   options = edst_ensemble.EDSTOptions(**cfg.edst)
   lr = edst_ensemble.edst_lr_schedule(options, 3, 10, base_lr=0.05)
@@ -55,6 +55,28 @@ def test_exploration_lr_zero_follows_training_lr(tiny_dataset):
   phase = edst_ensemble.ticket_phase(context.build(cfg, model, tiny_dataset, None),
                                      api.get_method("edst_ensemble").read_options(cfg))
   assert float(phase.phase_args["schedule"](0)) == pytest.approx(0.05)
+
+
+def test_default_warmup_is_one_epoch_or_training_warmup_if_longer(tiny_dataset):
+  """EDST's own warm-up (edst.warmup_epochs = 1, chosen on validation): the lr rises linearly from 0
+  over the first epoch; a longer training.warmup_epochs wins; 0 and 0 give none."""
+  model = build_model("mlp", tiny_dataset.num_classes, {"hidden": (8,)})
+
+  def lr_at(cfg, steps):
+    config_lib.validate(cfg)
+    run = context.build(cfg, model, tiny_dataset, None)
+    schedule = edst_ensemble.ticket_phase(run, api.get_method("edst_ensemble").read_options(cfg)).phase_args["schedule"]
+    return run.steps_per_epoch, [float(schedule(t)) for t in steps]
+
+  cfg = _cfg()
+  n, _ = lr_at(cfg, [0])
+  assert n >= 2
+  assert cfg.edst.exploration_epochs == 2  # exploration: steps [0, 2n)
+  assert lr_at(cfg, [0, n // 2, n, 2 * n - 1])[1] == pytest.approx([0.0, 0.1 * (n // 2) / n, 0.1, 0.1])
+  cfg.training.warmup_epochs = 2.0
+  assert lr_at(cfg, [n, 2 * n - 1])[1] == pytest.approx([0.05, 0.1 * (2 * n - 1) / (2 * n)])
+  cfg.training.warmup_epochs, cfg.edst.warmup_epochs = 0.0, 0.0
+  assert lr_at(cfg, [0])[1] == pytest.approx([0.1])
 
 
 def test_exploration_milestones_and_warmup():
@@ -127,6 +149,9 @@ def test_edst_end_to_end_tickets_differ_and_resume(tmp_path, monkeypatch):
 
   monkeypatch.setattr(sparse_common, "make_topology_update", counted)
   cfg = _cfg()
+  # the official schedule (no warm-up): with 4 steps per epoch the default one-epoch warm-up leaves the
+  # 16 validation images at chance in epoch 1, a health flag (test_default_warmup_... tests the default)
+  cfg.edst.warmup_epochs = 0.0
   config_lib.validate(cfg)
   results = api.run_config(cfg, str(tmp_path))
   # one compiled update serves the regular updates (gradient growth, p <= 0.5) and the global

@@ -107,8 +107,9 @@ CASES = {
     # A random partition: gloo adds a gradient's parts across processes in another order than XLA:CPU
     # within one (the parents differ by ~1e-8), and a magnitude partition turns that into other
     # owners for a few near-tied weights (measured: children 0.3% apart in test accuracy).
+    # Two hidden layers (the later flag wins): the default keeps the input and output layers whole.
     "subnetwork_ensemble": ("subnetwork_ensemble", ["--config.num_members=2", "--config.mesh.data=4",
-                                                    "--config.subnetwork.score=random"]),
+                                                    "--config.subnetwork.score=random", "--config.model.hidden=(64, 64)"]),
 }
 
 

@@ -24,8 +24,9 @@ def _cfg(**subnetwork):
   return c
 
 
-@pytest.mark.parametrize("granularity,share", [("weight", False), ("unit", True)])
+@pytest.mark.parametrize("granularity,share", [("weight", None), ("weight", False), ("unit", True)])
 def test_children_disjoint_zero_and_different(tmp_path, monkeypatch, granularity, share):
+  """share None: the default, which keeps the input and output layers whole at weight level."""
   dataset = make_dataset(n_train=128, n_val=16, n_test=32)
   monkeypatch.setattr(data_lib, "load_dataset", lambda _: dataset)
   finals = []
@@ -37,7 +38,7 @@ def test_children_disjoint_zero_and_different(tmp_path, monkeypatch, granularity
     return out
 
   monkeypatch.setattr(trainer, "fit", fit)
-  cfg = _cfg(granularity=granularity, share_input_output=share)
+  cfg = _cfg(granularity=granularity, **({} if share is None else {"share_input_output": share}))
   config_lib.validate(cfg)
   results = api.run_config(cfg, str(tmp_path))
   parent, children = finals
@@ -45,6 +46,9 @@ def test_children_disjoint_zero_and_different(tmp_path, monkeypatch, granularity
   masks = children.opt_state.masks
   kernel_masks = np.asarray(masks["Dense_1"]["kernel"])
   np.testing.assert_array_equal(kernel_masks.sum(0), 1)  # pairwise disjoint, covering
+  for layer in ("Dense_0", "Dense_2"):  # input and output layers: whole in every child, or partitioned
+    outer = np.asarray(masks[layer]["kernel"])
+    assert outer.all() if share is not False else (outer.sum(0) == 1).all()
   for p, m in zip(jax.tree.leaves(children.params), jax.tree.leaves(masks)):
     assert bool((np.asarray(p)[~np.asarray(m)] == 0).all())  # masked weights stayed zero
   k = np.asarray(children.params["Dense_1"]["kernel"])

@@ -52,12 +52,15 @@ class EDSTOptions:
   """The ``edst`` block. Official CIFAR schedule: 150 exploration + 3 x 100 refinement epochs (450)
   against 250 for a single dense model; the defaults scale it by the same ratios to a 10-epoch
   single-model budget: 6 + 3 x 4 = 18 epochs. Exploration lr 0.1 constant, refinement lr 0.01 with
-  x0.1 at mid-phase, q = 0.8: the official values."""
+  x0.1 at mid-phase, q = 0.8: the official values. Ours: one epoch of linear lr warm-up (warmup_epochs;
+  the official schedule has none, and the paper-scale recipes set it to 0)."""
 
   exploration_epochs: int = integer(6, 1)          # t_ex
   refinement_epochs: int = integer(4, 1)           # t_re, per ticket
   exploration_lr: float = option(0.1, "a number > 0, or 0 (= training.lr)",  # 0: the lr every other method
                                  lambda v: is_number(v) and v >= 0)            #   of a study trains at
+  warmup_epochs: float = number(1.0, 0, float("inf"), "[)")  # ours (validation, README): the lr rises linearly
+                                                    #   over max(this, training.warmup_epochs) epochs; 0: none
   exploration_milestones: tuple = option(  # exploration epochs at which its lr is multiplied by exploration_decay
       (), "a tuple of increasing integer epochs >= 1", lambda v: isinstance(v, (tuple, list)) and all(
           is_int(x) and x >= 1 for x in v) and list(v) == sorted(set(v)))  # ImageNet recipe: (30, 60, 90)
@@ -166,7 +169,15 @@ def ticket_phase(run: Run, options) -> Run:
   """The one sparse network of the EDST run, on the EDST lr schedule (`edst_lr_schedule`)."""
   return run.phase(num_members=1, sparse_training=True,
                    schedule=edst_lr_schedule(options.edst, run.num_members, run.steps_per_epoch,
-                                             run.config.training.warmup_epochs, run.config.training.lr))
+                                             warmup_epochs(options.edst, run.config.training.warmup_epochs),
+                                             run.config.training.lr))
+
+
+def warmup_epochs(e: EDSTOptions, training_warmup_epochs: float) -> float:
+  """EDST's lr warm-up in epochs: the larger of ``edst.warmup_epochs`` (ours, 1 by default: without it
+  the official exploration lr 0.1 made a LeNet without normalisation collapse after the first topology
+  update, README) and ``training.warmup_epochs`` (every method's)."""
+  return max(e.warmup_epochs, training_warmup_epochs)
 
 
 def ticket_topology(run: Run, options, plan: sparse.SparsityPlan) -> sparse.Topology:

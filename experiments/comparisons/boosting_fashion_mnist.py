@@ -30,5 +30,8 @@ def get_comparison():
           ("snapshot_boosting_lt100", "experiments/configs/snapshot_boosting.py", LT),
           ("fge_lt100", "experiments/configs/fge.py", LT),
           ("swa_lt100", "experiments/configs/swa.py", LT),
+          # control: CBNN's run with every sample weight 1 (its checkpoints combined by α)
+          ("checkpoint_ensemble", "experiments/configs/cbnn.py", {"cbnn.max_weight_ratio": 1.0}),
+          ("checkpoint_ensemble_lt100", "experiments/configs/cbnn.py", {**LT, "cbnn.max_weight_ratio": 1.0}),
       ],
   }

@@ -28,6 +28,8 @@ def get_comparison():
        # warm-up, as for BatchEnsemble: without it seed 1 died at step 50 (loss stuck at ln 10, README)
        cnn.run("treenet", "treenet", {"treenet.shared_layers": 2, "training.warmup_epochs": 1.0}),
        cnn.BATCH_ENSEMBLE, cnn.MIMO,
+       # ablation (README): MIMO at the library's defaults, ρ = 0 and r = 1 (the study's first setting)
+       cnn.run("mimo_r1", "mimo", cnn.QUICK),
        # ablation (README): EDST with room to prune. At S = 0.8, ERK leaves conv2 at 37% density and the
        # classifier at 16.5%; at S = 0.5 both convolutions stay dense and the classifier keeps 47%
        cnn.run("edst_s50", "edst_ensemble", {"sparse.sparsity": 0.5})])

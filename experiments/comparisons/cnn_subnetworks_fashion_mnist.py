@@ -14,11 +14,18 @@ from experiments.comparisons import cnn_fashion_mnist as cnn
 def get_comparison():
   return cnn.comparison(
       "subnetworks", "Subnetwork ensembles at CNN scale on Fashion-MNIST (LeNet 6-16-500, crop + flip, M = 3)",
-      "Subnetwork ensembles: parent 5 epochs, children 5 epochs (our recipe); unit granularity (channels "
-      "and classifier units) shares the input and output layers, weight granularity partitions every layer. "
+      "Subnetwork ensembles: parent 5 epochs, children 5 epochs (our recipe); both granularities (weights; "
+      "channels and classifier units) keep the input and output layers whole in every child. Ablations: "
+      "`_split` partitions every layer; `_pf30` a 3-epoch parent and 7-epoch children; `_children10` "
+      "a 5-epoch parent and 10-epoch children (15 epochs in all). "
       "MC dropout: dropout 0.2 after the classifier layer, 10 test-time passes.",
       [cnn.SINGLE, cnn.DEEP_ENSEMBLE,
        cnn.run("subnetwork_weight", "subnetwork_ensemble"),
-       cnn.run("subnetwork_unit", "subnetwork_ensemble",
-               {"subnetwork.granularity": "unit", "subnetwork.share_input_output": True}),
-       cnn.MC_DROPOUT, cnn.BATCH_ENSEMBLE, cnn.MIMO])
+       cnn.run("subnetwork_unit", "subnetwork_ensemble", {"subnetwork.granularity": "unit"}),
+       cnn.MC_DROPOUT, cnn.BATCH_ENSEMBLE, cnn.MIMO,
+       # ablations (README), weight level: every layer partitioned (the default before issue 35); the
+       # parent's share of the budget; children trained twice as long (a larger budget)
+       cnn.run("subnetwork_weight_split", "subnetwork_ensemble", {**cnn.QUICK, "subnetwork.share_input_output": False}),
+       cnn.run("subnetwork_weight_pf30", "subnetwork_ensemble", {**cnn.QUICK, "subnetwork.parent_fraction": 0.3}),
+       cnn.run("subnetwork_weight_children10", "subnetwork_ensemble",
+               {**cnn.QUICK, "training.epochs": 15, "subnetwork.parent_fraction": 1 / 3})])

@@ -30,6 +30,7 @@ def get_config():
   c.edst.exploration_epochs, c.edst.refinement_epochs = 150, 100
   c.edst.exploration_lr, c.edst.refine_lr, c.edst.refine_decay = 0.1, 0.01, 0.1
   c.edst.reference_epochs = 250
+  c.edst.warmup_epochs = 0.0  # the official schedule has none (our default of 1 epoch was chosen on the CNN study)
   c.sparse.sparsity, c.sparse.update_every, c.sparse.drop_fraction = 0.8, 1000, 0.5
   return c
 
