@@ -268,6 +268,26 @@ def train_method(config: ml_collections.ConfigDict, network: nn.Module, data: da
   return run, trained
 
 
+def config_differences(old: dict, new: dict) -> list[str]:
+  """The dotted fields in which two configs (as JSON dicts) differ, those in `RESUMABLE_FIELDS`
+  (which do not change a result) left out."""
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      if prefix + k in RESUMABLE_FIELDS:
+        continue
+      if isinstance(v, dict):
+        out.update(flat(v, prefix + k + "."))
+      else:
+        out[prefix + k] = v
+    return out
+  a, b = flat(old), flat(new)
+  return sorted(k for k in set(a) | set(b) if a.get(k, _MISSING) != b.get(k, _MISSING))
+
+
+_MISSING = object()
+
+
 def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes the config to WORKDIR/config.json, refusing a folder that holds a run of another config
   (fields in `RESUMABLE_FIELDS` may differ: they do not change the result). ``workdir`` may be a
@@ -275,14 +295,7 @@ def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   files.make_dirs(workdir)
   path = files.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json())
-  def same(c):
-    kept = {k: (dict(v) if isinstance(v, dict) else v) for k, v in c.items() if k not in RESUMABLE_FIELDS}
-    for dotted in (f for f in RESUMABLE_FIELDS if "." in f):
-      block, field = dotted.split(".")
-      if isinstance(kept.get(block), dict):
-        kept[block].pop(field, None)
-    return kept
-  if files.exists(path) and same(json.loads(files.read_text(path))) != same(current):
+  if files.exists(path) and config_differences(json.loads(files.read_text(path)), current):
     raise ValueError(f"{workdir} holds a run with a different config ({path}); resume with the same "
                      "config or choose a new workdir.")
   if jax.process_index() == 0:  # one writer across hosts

@@ -72,6 +72,21 @@ def make_config(config_file: str, overrides: dict, seed: int):
   return config
 
 
+def check_same_config(run_dir: str, config, label: str, seed) -> None:
+  """A finished run is reused only if it was trained with the config the comparison asks for now
+  (a changed default or override would otherwise show the old run's numbers under the new label).
+  Raises ValueError naming the fields that differ (`api.config_differences`)."""
+  path = os.path.join(run_dir, api.CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    differ = api.config_differences(json.load(f), json.loads(config.to_json()))
+  if differ:
+    shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+    raise ValueError(f"run {label!r}, seed {seed}: {run_dir} was trained with another config (fields {shown}); "
+                     f"delete {os.path.dirname(run_dir)} to retrain it, or use a new --workdir.")
+
+
 def _needs_evaluation(results: dict, config) -> bool:
   e = config.evaluation
   return bool((len(e.ood_datasets) and "ood" not in results) or (len(e.corruptions) and "corruption" not in results))
@@ -92,6 +107,7 @@ def run_comparison(comparison: dict, workdir: str) -> list[dict]:
       path = os.path.join(run_dir, "results.json")
       config = make_config(config_file, overrides, int(seed))
       if os.path.exists(path):
+        check_same_config(run_dir, config, label, seed)
         with open(path) as f:
           results = json.load(f)
         if _needs_evaluation(results, config):

@@ -37,6 +37,7 @@ from ensembles import hardware
 from ensembles import methods
 from ensembles import models as models_lib
 from ensembles import sparse
+from ensembles import subnetworks
 
 TRAIN_EXAMPLES, IMAGE_SHAPES = data_lib.TRAIN_EXAMPLES, data_lib.IMAGE_SHAPES
 
@@ -54,6 +55,17 @@ def trained_networks(config: Any) -> tuple[float, int]:
     parent = round(config.subnetwork.parent_fraction * epochs)
     return parent + m * (epochs - parent), m
   return epochs, 1  # single, mc_dropout, snapshot_ensemble, snapshot_boosting, cbnn, edst_ensemble, fge
+
+
+def subnetwork_child_forward(config: Any, model, shape: tuple) -> float:
+  """One child's forward FLOPs per example: each partitioned layer at 1/M of its weights, the input
+  and output layers whole where ``subnetwork.share_input_output`` (an estimate at unit level, where
+  a removed unit also silences the next layer's inputs: `flops.live_input_densities`)."""
+  costs = flops_lib.layer_costs(model, shape)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), train=False))
+  parts = subnetworks.partitioned_kernels(variables["params"], config.subnetwork.share_input_output,
+                                          [c.path for c in costs])
+  return flops_lib.forward_flops(costs, {path: 1.0 / config.num_members for path in parts})
 
 
 def estimate(config: Any, hardware_name: str = "TPU v4", chips: int = 8, mfu: float = 0.2,
@@ -92,11 +104,13 @@ def estimate(config: Any, hardware_name: str = "TPU v4", chips: int = 8, mfu: fl
       updates = int(network_epochs * steps_per_epoch // config.sparse.update_every)
   network_steps = network_epochs * steps_per_epoch
   sparse_flops = flops_lib.sparse_training_flops(forward, f_sparse, network_steps, t.batch_size, updates) + extra
-  if config.method == "subnetwork_ensemble":  # children hold disjoint 1/M shares of the weights: ~f/M each
+  if config.method == "subnetwork_ensemble":
     parent = round(config.subnetwork.parent_fraction * t.epochs)
     child_steps = config.num_members * (t.epochs - parent) * steps_per_epoch
-    sparse_flops = 3.0 * t.batch_size * (forward * parent * steps_per_epoch + forward / config.num_members * child_steps)
-  reference = config.edst.reference_epochs if config.method == "edst_ensemble" else t.epochs
+    child = subnetwork_child_forward(config, model, shape)
+    sparse_flops = 3.0 * t.batch_size * (forward * parent * steps_per_epoch + child * child_steps)
+  block = {"edst_ensemble": "edst", "subnetwork_ensemble": "subnetwork"}.get(config.method)
+  reference = (config[block].reference_epochs if block else 0) or t.epochs
   dense_flops = 3.0 * forward * reference * steps_per_epoch * t.batch_size
   return {"forward_gflops": forward / 1e9, "train_pflops": train_flops / 1e15,
           "paper_train_pflops": sparse_flops / 1e15, "paper_x_dense": sparse_flops / dense_flops,

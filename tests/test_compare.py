@@ -35,6 +35,11 @@ def test_comparison_trains_once_and_reports(tmp_path, monkeypatch):
   again = compare.run_comparison(comparison, str(tmp_path))  # reloaded, not retrained
   assert os.path.getmtime(tmp_path / "dst" / "seed_1" / "results.json") == mtime
   assert compare.summary_table(again) == table
+  # a finished run is not reused under a changed config (its old numbers would show under the label);
+  # evaluation fields may differ (a run lacking an evaluation is evaluated, not retrained)
+  changed = {**comparison, "runs": [("single", "experiments/configs/single.py", {**TINY, "training.lr": 0.123})]}
+  with pytest.raises(ValueError, match=r"run 'single', seed 0: .* another config \(fields training.lr\)"):
+    compare.run_comparison(changed, str(tmp_path))
   # the whole report: three tables and the plots
   text = compare.report_text(comparison, again, "python -m experiments.compare ...")
   assert "## OoD detection" in text and "| digits AUROC (entropy) |" in text

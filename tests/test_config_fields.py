@@ -193,6 +193,7 @@ FIELDS = {
     "subnetwork.parent_fraction": (Other(0.3, 0.4), 1.5),
     "subnetwork.score": (Other("random", "magnitude"), "gradient"),
     "subnetwork.share_input_output": (Other(True, False), "yes"),
+    "subnetwork.reference_epochs": (Other(5, 6), -1),
     "training.batch_size": (Other(64, 96), 0),
     "training.batch_split": (Other(2, 4), 3),  # must divide training.batch_size (128 in every config)
     "training.decay_factor": (Other(0.5, 0.2), 0.0),

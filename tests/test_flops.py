@@ -87,3 +87,14 @@ def test_unit_children_charged_at_their_real_compute(tmp_path, fake_data):
   assert f["inference_flops"] == pytest.approx(2 * f_child, rel=1e-9)
   hand = 4 * 32 * 3 * f_dense + 2 * 4 * 32 * 3 * f_child  # 1 parent epoch, 1 child epoch, 4 steps each
   assert f["train_flops"] == pytest.approx(hand, rel=1e-9)
+  assert f["train_x_dense"] == pytest.approx(hand / (2 * 4 * 32 * 3 * f_dense), rel=1e-9)  # x 2 dense epochs
+
+
+def test_subnetwork_reference_epochs_sets_the_dense_budget(tmp_path, fake_data):
+  """subnetwork.reference_epochs: training FLOPs x one dense model trained that many epochs (an
+  ablation with a larger budget than the single model's), not x its own training.epochs."""
+  _, own = _run(tmp_path / "own", "subnetwork_ensemble", (16, 16), num_members=2, **{"training.epochs": 4})
+  _, ref = _run(tmp_path / "ref", "subnetwork_ensemble", (16, 16), num_members=2,
+                **{"training.epochs": 4, "subnetwork.reference_epochs": 2})
+  assert ref["train_flops"] == pytest.approx(own["train_flops"], rel=1e-9)
+  assert ref["train_x_dense"] == pytest.approx(2 * own["train_x_dense"], rel=1e-9)

@@ -49,6 +49,19 @@ def test_estimate_of_a_single_dense_model_by_hand():
   assert 8.1 < r["forward_gflops"] < 8.3  # 4.09 GMACs
 
 
+def test_subnetwork_estimate_keeps_the_shared_layers_whole():
+  """Subnetwork children (MLP 784-512-512-10, M = 3, parent 5 + children 5 epochs): with the input
+  and output layers whole (the default) a child computes them in full and a third of the middle
+  layer; partitioning every layer gives a third of everything (one dense model in all)."""
+  config = estimate.load_config(os.path.join(ROOT, "experiments/configs/subnetwork_ensemble.py"))
+  config.training.compute_dtype = "bfloat16"
+  dense = 784 * 512 + 512 * 512 + 512 * 10
+  child = 784 * 512 + 512 * 512 / 3 + 512 * 10
+  assert estimate.estimate(config)["paper_x_dense"] == pytest.approx((5 + 3 * 5 * child / dense) / 10)
+  config.subnetwork.share_input_output = False
+  assert estimate.estimate(config)["paper_x_dense"] == pytest.approx(1.0)
+
+
 def test_estimate_sizes_the_network_a_method_trains():
   """MIMO's network reads M images and gives M·K logits: its forward FLOPs exceed the plain model's,
   by exactly the first and last layers' extra width (MLP 784-512-512-10, M = 3)."""

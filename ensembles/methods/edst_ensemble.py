@@ -142,8 +142,8 @@ def edst_lr_schedule(e: EDSTOptions, num_tickets: int, steps_per_epoch: int, war
   """exploration_lr (where it is 0: ``base_lr``, the config's training.lr) during exploration
   (multiplied by exploration_decay at each of exploration_milestones, in epochs); in each
   refinement phase refine_lr, then refine_lr · refine_decay from mid-phase. With ``warmup_epochs``
-  (training.warmup_epochs) > 0 the lr rises linearly from 0 over the first warm-up steps:
-  lr(t) · min(1, t / T_warmup)."""
+  > 0 (the run passes `warmup_epochs`(edst, training.warmup_epochs)) the lr rises linearly from 0
+  over the first warm-up steps: lr(t) · min(1, t / T_warmup)."""
   exploration_lr = e.exploration_lr or base_lr
   if not exploration_lr:
     raise ValueError("edst.exploration_lr = 0 follows training.lr: pass base_lr.")
@@ -312,6 +312,9 @@ def check(config, options) -> None:
   require(config.training.epochs == e.epochs(config.num_members), "training.epochs",
           f"equal to edst.exploration_epochs + num_members x edst.refinement_epochs = {e.exploration_epochs} + "
           f"{config.num_members} x {e.refinement_epochs} = {e.epochs(config.num_members)}", config.training.epochs)
+  require(e.warmup_epochs <= e.exploration_epochs, "edst.warmup_epochs",
+          f"at most edst.exploration_epochs = {e.exploration_epochs} (the warm-up is part of the exploration)",
+          e.warmup_epochs)
   require(all(m < e.exploration_epochs for m in e.exploration_milestones), "edst.exploration_milestones",
           f"epochs within exploration (< edst.exploration_epochs = {e.exploration_epochs})", e.exploration_milestones)
   if e.ticket == "best_val":

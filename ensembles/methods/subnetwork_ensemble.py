@@ -27,7 +27,7 @@ from ensembles import trainer
 from ensembles.context import Run, stacked_members
 from ensembles.errors import require
 from ensembles.methods.base import Method, Trained, register
-from ensembles.options import choice, flag, number
+from ensembles.options import choice, flag, integer, number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,7 @@ class SubnetworkOptions:
   score: str = choice("magnitude", subnetworks.SCORES)  # magnitude (|w| or a unit's L1 norm) | random
   share_input_output: bool = flag(True)  # first and last prunable layers kept whole by every child (as ERK
                                          #   keeps them dense; README: partitioning them cost 1.15 points)
+  reference_epochs: int = integer(0, 0)  # train FLOPs x dense: x one dense model of this many epochs (0: training.epochs)
 
 
 def split_epochs(epochs: int, options: SubnetworkOptions) -> tuple[int, int]:
@@ -111,8 +112,9 @@ def train(run: Run, options) -> list[Trained]:
       parent_run.seed_runs(), child_run.seed_runs(), parents, child_run.split_seeds(stacked_members(children)),
       child_run.split_seeds(sparse.masks_of(children.opt_state))):
     densities = child_densities(r_child, members, masks, layer_order)
-    parent_flops = r_parent.flops(1, info_p["steps"])
-    child_flops = r_child.flops(m, info_c["steps"], densities, "static")
+    reference = s.reference_epochs or None  # a budget larger than the single model's (ablations)
+    parent_flops = r_parent.flops(1, info_p["steps"], reference_epochs=reference)
+    child_flops = r_child.flops(m, info_c["steps"], densities, "static", reference_epochs=reference)
     flops = {**child_flops, "flops_rule": "dense parent + static children",
              "train_flops": parent_flops["train_flops"] + child_flops["train_flops"],
              "train_x_dense": parent_flops["train_x_dense"] + child_flops["train_x_dense"]}

@@ -28,4 +28,5 @@ def get_comparison():
        cnn.run("subnetwork_weight_split", "subnetwork_ensemble", {**cnn.QUICK, "subnetwork.share_input_output": False}),
        cnn.run("subnetwork_weight_pf30", "subnetwork_ensemble", {**cnn.QUICK, "subnetwork.parent_fraction": 0.3}),
        cnn.run("subnetwork_weight_children10", "subnetwork_ensemble",
-               {**cnn.QUICK, "training.epochs": 15, "subnetwork.parent_fraction": 1 / 3})])
+               {**cnn.QUICK, "training.epochs": 15, "subnetwork.parent_fraction": 1 / 3,
+                "subnetwork.reference_epochs": 10})])  # FLOPs x the single model's 10 epochs

@@ -1,5 +1,7 @@
 """Subnetwork ensemble (Ex uno plures, our recipe): a dense MLP parent trained for half of the
-10-epoch budget, split into M = 3 disjoint children that train for the other half (Fashion-MNIST).
+10-epoch budget, split into M = 3 children that train for the other half (Fashion-MNIST); the
+children's masks are disjoint in the hidden layer, and the input and output layers stay whole in
+every child (subnetwork.share_input_output).
 
   python -m experiments.train --config experiments/configs/subnetwork_ensemble.py --workdir runs/subnet
 

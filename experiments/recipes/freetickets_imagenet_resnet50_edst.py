@@ -40,7 +40,7 @@ def get_config():
   c.edst.exploration_milestones, c.edst.exploration_decay = (30, 60, 90), 0.1
   c.edst.global_drop_fraction = 0.8
   c.edst.reference_epochs = 100
-  c.edst.warmup_epochs = 0.0  # the official schedule has none (our default of 1 epoch was chosen on the CNN study)
+  c.edst.warmup_epochs = 0.0  # EDST's own warm-up off: the official 5 epochs are training.warmup_epochs (the longer wins)
   c.sparse.sparsity, c.sparse.update_every = 0.8, 4000
   return c
 
