@@ -16,9 +16,9 @@ Data (our choice, for the 2-hour limit): a fixed random half of the training spl
 half for every run and seed, `dataset.split_seed`), so 136k weights see 27.5k images, and 1,000
 test images per corrupted set (12 types x 5 severities). With the full training split and 2,000
 images per corrupted set, the FreeTickets comparison alone took 92 minutes (measured), the whole
-study about 2.5 hours (our estimate from that part); with this setup it took 5,111 s
-(85 minutes: 1,405 + 2,991 + 509 s and 206 s for the CBNN ablation, measured on 2026-12-07; 6,623 s
-on an earlier VM of this kind). The long-tailed (ρ = 100) sets
+study about 2.5 hours (our estimate from that part); with this setup it took 6,619 s
+(110 minutes: FreeTickets 3,600 + subnetworks 1,292 + boosting 1,727 s, measured on 2026-12-07 with
+issue 35's ablation and control rows; 5,111 s before them). The long-tailed (ρ = 100) sets
 are drawn from the same half. Validation (5,000) and test (10,000) sets are whole and balanced.
 
 Augmentation: random crop after zero padding by 2 pixels (CIFAR's 4 of 32, scaled to 28) and a random
