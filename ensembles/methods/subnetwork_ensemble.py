@@ -38,7 +38,7 @@ class SubnetworkOptions:
   granularity: str = choice("weight", subnetworks.GRANULARITIES)  # weight | unit (neurons / channels)
   score: str = choice("magnitude", subnetworks.SCORES)  # magnitude (|w| or a unit's L1 norm) | random
   share_input_output: bool = flag(True)  # first and last prunable layers kept whole by every child (as ERK
-                                         #   keeps them dense; README: partitioning them cost 1.15 points)
+                                         #   keeps them dense; README: partitioning them cost 1.44 points on the CNN study)
   reference_epochs: int = integer(0, 0)  # train FLOPs x dense: x one dense model of this many epochs (0: training.epochs)
 
 
