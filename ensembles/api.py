@@ -42,6 +42,7 @@ from ensembles import memory
 from ensembles import models as models_lib
 from ensembles import streaming
 from ensembles import train as train_lib
+from ensembles import workdir_lock
 from ensembles.ensemble import Ensemble
 from ensembles.errors import ConfigError
 from ensembles.methods import Method, Trained, get_method, register
@@ -179,12 +180,13 @@ def fit_config(config: ml_collections.ConfigDict, model: nn.Module, data: data_l
   if workdir is None:
     run, (trained,) = train_method(config, model, data, workdir)
   else:
-    claim_workdir(config, workdir)
-    try:
-      run, (trained,) = train_method(config, model, data, workdir)
-      save(run, trained.ensemble)
-    finally:  # a remote metrics log is written out whole, also when training stops with an error
-      files.close_all()
+    with workdir_lock.held(workdir):  # one live run per folder: a second is refused at once
+      claim_workdir(config, workdir)
+      try:
+        run, (trained,) = train_method(config, model, data, workdir)
+        save(run, trained.ensemble)
+      finally:  # a remote metrics log is written out whole, also when training stops with an error
+        files.close_all()
   results = summarize(run, trained, evaluate(run, trained.ensemble))
   results["health"] = health_report(run, config.seed, results, data)
   return Fitted(trained.ensemble, results, run.log.records, config)
@@ -212,6 +214,13 @@ def fit_config_seeds(config: ml_collections.ConfigDict, model: nn.Module, data: 
     c.seed = seed
     configs.append(c)
   model = network_for(config, model)
+  with workdir_lock.held(group_workdir, *(workdirs or ())):
+    return _fit_seeds_in(configs, model, data, seeds, workdirs, group_workdir)
+
+
+def _fit_seeds_in(configs, model, data, seeds, workdirs, group_workdir) -> list[Fitted]:
+  """`fit_config_seeds` once its folders are locked."""
+  config = configs[0]
   try:
     if group_workdir is not None:  # first: another seed list in the same folder is refused before any seed's
       claim_workdir(ml_collections.ConfigDict({**config.to_dict(), "seed": list(seeds)}), group_workdir)

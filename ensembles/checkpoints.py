@@ -8,7 +8,6 @@ Each checkpoint's meta also holds a fingerprint of the state (CRC32 of every lea
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 import zlib

@@ -31,6 +31,10 @@ class Preempted(RuntimeError):
   """SIGTERM arrived during training; the state of the last finished step was checkpointed."""
 
 
+class WorkdirInUseError(RuntimeError):
+  """Another live run holds the workdir (`ensembles.workdir_lock`)."""
+
+
 class CorruptCheckpointError(ValueError):
   """A checkpoint's contents do not match the fingerprint saved with it."""
 

@@ -34,6 +34,8 @@ from ensembles import api
 from ensembles import compilation_cache
 from ensembles import defaults
 from ensembles import files
+from ensembles import workdir_lock
+from ensembles.errors import WorkdirInUseError
 from ensembles.methods import get_method
 from experiments import plots, runner
 
@@ -312,9 +314,14 @@ def main(argv):
     comparison["seeds"] = [int(s) for s in _SEEDS.value]
   if _SEEDS_AS_MEMBERS.value is not None:
     comparison["seeds_as_members"] = _SEEDS_AS_MEMBERS.value
-  all_results = run_comparison(comparison, _WORKDIR.value)
-  command = " ".join(["python -m experiments.compare"] + sys.argv[1:])
-  print(write_report(comparison, all_results, _WORKDIR.value, command))
+  try:
+    with workdir_lock.held(_WORKDIR.value):  # one comparison per folder (each run also locks its own)
+      all_results = run_comparison(comparison, _WORKDIR.value)
+      command = " ".join(["python -m experiments.compare"] + sys.argv[1:])
+      print(write_report(comparison, all_results, _WORKDIR.value, command))
+  except WorkdirInUseError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,15 @@ from ensembles import config as config_lib
 from ensembles import defaults
 from ensembles import evaluation as evaluation_lib
 from ensembles import files
+from ensembles import workdir_lock
 from experiments import report
+
 
 def run(config, workdir: str) -> dict:
   """Validates ``config``, trains and evaluates its method in ``workdir``; returns the results."""
-  results = api.run_config(config, workdir)  # validates, checks the data sources, refuses another config's workdir
-  write_results(config, workdir, results)
+  with workdir_lock.held(workdir):  # the whole run, results included; another run in the folder is refused
+    results = api.run_config(config, workdir)  # validates, checks the data sources, refuses another config's workdir
+    write_results(config, workdir, results)
   return results
 
 
@@ -30,14 +33,15 @@ def run_seeds(config, seeds, workdirs, group_workdir: str) -> list[dict]:
   """`run` for each of ``seeds`` (config.seed replaced), trained together as members in
   ``group_workdir`` (`api.run_config_seeds`); each seed's folder of ``workdirs`` gets the files
   `run` writes. Returns each seed's results."""
-  all_results = api.run_config_seeds(config, seeds, workdirs, group_workdir)
-  if jax.process_index() == 0:  # every seed's results.json first: what marks a seed finished
-    for workdir, results in zip(workdirs, all_results):
-      files.write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
-  for seed, workdir, results in zip(seeds, workdirs, all_results):
-    seed_config = config.copy_and_resolve_references()
-    seed_config.seed = int(seed)
-    write_results(seed_config, workdir, results)
+  with workdir_lock.held(group_workdir, *workdirs):
+    all_results = api.run_config_seeds(config, seeds, workdirs, group_workdir)
+    if jax.process_index() == 0:  # every seed's results.json first: what marks a seed finished
+      for workdir, results in zip(workdirs, all_results):
+        files.write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
+    for seed, workdir, results in zip(seeds, workdirs, all_results):
+      seed_config = config.copy_and_resolve_references()
+      seed_config.seed = int(seed)
+      write_results(seed_config, workdir, results)
   return all_results
 
 

@@ -17,6 +17,7 @@ from ensembles import config as config_lib
 from ensembles import distributed
 from ensembles import files
 from ensembles import trainer
+from ensembles.errors import WorkdirInUseError
 from experiments import cli
 from experiments import report
 from experiments.runner import run
@@ -77,7 +78,7 @@ def main(argv):
   except trainer.Preempted as err:
     print(f"preempted: {err}", file=sys.stderr)
     sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process
-  except (config_lib.ConfigError, ValueError, FileNotFoundError, FloatingPointError) as err:
+  except (config_lib.ConfigError, ValueError, FileNotFoundError, FloatingPointError, WorkdirInUseError) as err:
     _fail(str(err))
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:  # one report across hosts

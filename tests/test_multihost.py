@@ -131,6 +131,23 @@ def test_deep_ensemble_on_two_hosts_equals_one_host_and_only_process_0_writes(tm
   assert steps == sorted(set(steps)), "two writers: the log holds some steps twice"
 
 
+def test_a_held_folder_refuses_every_host_of_a_run(tmp_path):
+  """Process 0 takes the folder's lock for the run (the others do not: the test above trains with
+  both in one folder); when another run holds it, every host stops with the holder's line."""
+  from test_workdir_lock import hold  # pylint: disable=g-import-not-at-top
+  holder = hold(tmp_path)
+  try:
+    outs = finish(start_processes("deep_ensemble", tmp_path, [], free_port()), timeout=300)
+  finally:
+    holder.communicate("")
+  line = f"is in use by another run (host {socket.gethostname()}, process {holder.pid}, since "
+  for i, (code, _, err) in enumerate(outs):
+    assert code == 2 and line in err, (i, err[-2000:])
+    assert len(err.strip().splitlines()) == 1, err
+  assert "refused on process 0" in outs[1][2] and "refused on process 0" not in outs[0][2]
+  assert sorted(os.listdir(tmp_path)) == []  # nothing written
+
+
 @requires_fashion_mnist
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in CASES if n != "deep_ensemble"])

@@ -54,6 +54,41 @@ def _with_generation_headers():
         methods[method] = with_headers
 
 
+def _with_create_precondition():
+  """Makes the emulator honour ``ifGenerationMatch=0`` on uploads, as real GCS does: the object is
+  created only if absent, else 412 Precondition Failed (gcsfs raises FileExistsError); check and
+  write are one step, as GCS guarantees. The workdir lock (`ensembles.workdir_lock`) relies on it."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from http import HTTPStatus  # pylint: disable=g-import-not-at-top
+  from gcp_storage_emulator import server as emulator_server  # pylint: disable=g-import-not-at-top
+  from gcp_storage_emulator.exceptions import NotFound  # pylint: disable=g-import-not-at-top
+  from gcp_storage_emulator.handlers import objects  # pylint: disable=g-import-not-at-top
+  insert = objects.insert
+  if getattr(insert, "honours_preconditions", False):
+    return
+  atomic = threading.Lock()
+
+  def conditional_insert(request, response, storage, *args, **kwargs):
+    if request.query.get("ifGenerationMatch") != ["0"]:
+      return insert(request, response, storage, *args, **kwargs)
+    data = request.data if isinstance(request.data, dict) else {}
+    name = (request.query.get("name") or [None])[0] or data.get("meta", {}).get("name") or data.get("name")
+    with atomic:
+      try:
+        storage.get_file_obj(request.params["bucket_name"], name)
+      except NotFound:
+        return insert(request, response, storage, *args, **kwargs)
+      response.status = HTTPStatus.PRECONDITION_FAILED
+      response.json({"error": {"code": 412, "message": "At least one of the pre-conditions you specified did not hold."}})
+
+  conditional_insert.honours_preconditions = True
+  objects.insert = conditional_insert
+  for _, methods in emulator_server.HANDLERS:
+    for method, handler in methods.items():
+      if handler is insert:
+        methods[method] = conditional_insert
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -66,6 +101,7 @@ def gcs():
   port = _free_port()
   logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # every 404 probe is logged as an error
   _with_generation_headers()
+  _with_create_precondition()
   server = create_server("localhost", port, in_memory=True, default_bucket=BUCKET)
   server.start()
   env = {"STORAGE_EMULATOR_HOST": f"http://localhost:{port}", "TENSORSTORE_GCS_HTTP_URL": f"http://localhost:{port}",
@@ -200,3 +236,71 @@ def test_cli_trains_in_a_gcs_workdir(gcs, tmp_path):
   results = json.loads(epath.Path(workdir, "results.json").read_text())
   assert results["num_members"] == 2 and 0.3 < results["test"]["ensemble"]["accuracy"] <= 1.0
   assert epath.Path(workdir, "checkpoints", "2").is_dir()
+
+
+def test_a_gcs_workdir_is_held_by_one_run(gcs, tmp_path, capsys):
+  """The lock object is created only if absent: of many concurrent takers exactly one wins; the
+  others are refused naming the holder; a release frees the folder."""
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  from ensembles import errors, workdir_lock  # pylint: disable=g-import-not-at-top
+  workdir = _url(tmp_path, "run")
+
+  def take(_):
+    try:
+      return workdir_lock.acquire(workdir)
+    except errors.WorkdirInUseError as err:
+      return err
+
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    outcomes = list(pool.map(take, range(4)))
+  locks = [o for o in outcomes if not isinstance(o, Exception)]
+  refusals = [o for o in outcomes if isinstance(o, Exception)]
+  assert len(locks) == 1 and len(refusals) == 3
+  assert f"{workdir} is in use by another run (host {socket.gethostname()}, process {os.getpid()}" in str(refusals[0])
+  locks[0].release()
+  assert not epath.Path(workdir, "run.lock").exists()
+  workdir_lock.acquire(workdir).release()  # free again
+  assert "takes it over" not in capsys.readouterr().err
+
+
+def _write_lock(workdir, **fields):
+  record = {"host": "other-host", "pid": 12345, "process_start": "1", "token": "old", "started": 0.0,
+            "heartbeat": 0.0, **fields}
+  epath.Path(workdir, "run.lock").write_text(json.dumps(record))
+
+
+def test_a_stale_gcs_lock_is_taken_over_with_a_message(gcs, tmp_path, capsys):
+  """Another host's lock whose heartbeat is older than STALE_SECONDS, and this host's lock whose
+  process has ended, are taken over; another host's fresh heartbeat refuses."""
+  import time  # pylint: disable=g-import-not-at-top
+  from ensembles import errors, workdir_lock  # pylint: disable=g-import-not-at-top
+  workdir = _url(tmp_path, "run")
+  _write_lock(workdir, heartbeat=time.time() - workdir_lock.STALE_SECONDS - 60)
+  workdir_lock.acquire(workdir).release()
+  err = capsys.readouterr().err
+  assert "lock (host other-host, process 12345" in err and "is stale: its last heartbeat was" in err
+  _write_lock(workdir, heartbeat=time.time() - 5)
+  with pytest.raises(errors.WorkdirInUseError, match=r"host other-host, process 12345, .*last heartbeat \d+ s ago"):
+    workdir_lock.acquire(workdir)
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+  _write_lock(workdir, host=socket.gethostname(), pid=int(dead.stdout), heartbeat=time.time())
+  workdir_lock.acquire(workdir).release()
+  assert f"process {int(dead.stdout)} on this host has ended; this run takes it over" in capsys.readouterr().err
+
+
+def test_a_gcs_lock_holder_beats_and_notices_a_take_over(gcs, tmp_path, capsys):
+  import time  # pylint: disable=g-import-not-at-top
+  from ensembles import workdir_lock  # pylint: disable=g-import-not-at-top
+  workdir = _url(tmp_path, "run")
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  lock = workdir_lock._ObjectStoreLock(workdir, heartbeat_seconds=0.2)  # pylint: disable=protected-access
+  first = json.loads(epath.Path(workdir, "run.lock").read_text())["heartbeat"]
+  deadline = time.time() + 20
+  while json.loads(epath.Path(workdir, "run.lock").read_text())["heartbeat"] == first and time.time() < deadline:
+    time.sleep(0.1)
+  assert json.loads(epath.Path(workdir, "run.lock").read_text())["heartbeat"] > first
+  _write_lock(workdir, token="another run's", heartbeat=time.time())  # taken over (e.g. judged stale)
+  lock._thread.join(20)  # pylint: disable=protected-access
+  assert "this run's lock was taken over (host other-host, process 12345" in capsys.readouterr().err
+  lock.release()
+  assert json.loads(epath.Path(workdir, "run.lock").read_text())["token"] == "another run's"  # not ours to delete
