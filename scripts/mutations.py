@@ -232,4 +232,14 @@ MUTATIONS = [
              "  parts = subnetworks.partitioned_kernels(variables[\"params\"], config.subnetwork.share_input_output,",
              "  parts = subnetworks.partitioned_kernels(variables[\"params\"], False,",
              ("tests/test_recipes.py::test_subnetwork_estimate_keeps_the_shared_layers_whole",)),
+    # --- one live run per workdir (issue 36) ---------------------------------------------------
+    Mutation("a second run on a held local folder is not refused", "ensembles/workdir_lock.py",
+             "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)",
+             ("tests/test_workdir_lock.py::test_fit_and_fit_seeds_on_a_held_folder_are_refused_before_training",)),
+    Mutation("every host of a multi-host run takes the lock", "ensembles/workdir_lock.py",
+             "  if jax.process_count() == 1:\n    return acquire(workdir)", "  if True:\n    return acquire(workdir)",
+             ("tests/test_multihost.py::test_a_held_folder_refuses_every_host_of_a_run",)),
+    Mutation("a stale object-store lock blocks forever", "ensembles/workdir_lock.py",
+             "  if age > stale_seconds:", "  if False:",
+             ("tests/test_remote_workdir.py::test_a_stale_gcs_lock_is_taken_over_with_a_message",)),
 ]
