@@ -16,9 +16,9 @@ from ensembles import members as members_lib
 from ensembles import methods
 from ensembles import models as models_lib
 from ensembles import train as train_lib
-from ensembles.models import layers
 from ensembles.errors import ConfigError, is_int, is_number  # noqa: F401  (ConfigError: re-exported)
 from ensembles.errors import require as _require
+from ensembles.models import layers
 
 
 CUSTOM_MODEL = "custom"  # model.name of a run on a user's own Flax module (no model block to check)

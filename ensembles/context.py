@@ -32,6 +32,7 @@ import optax
 
 from ensembles import data as data_lib
 from ensembles import ensemble as ensemble_lib
+from ensembles import collected
 from ensembles import files
 from ensembles import flops as flops_lib
 from ensembles import health as health_lib
@@ -40,7 +41,6 @@ from ensembles import sparse
 from ensembles import targets
 from ensembles import train as train_lib
 from ensembles.log import MetricsLog
-from ensembles import collected
 
 PyTree = Any
 

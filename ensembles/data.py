@@ -14,8 +14,8 @@ import gzip
 import math
 import os
 import struct
-import zlib
 import types
+import zlib
 from typing import Any
 
 import numpy as np

@@ -32,8 +32,8 @@ from ensembles import metrics as metrics_lib
 from ensembles import streaming
 from ensembles import train as train_lib
 from ensembles.context import Run
-from ensembles.models import multi_member
 from ensembles.errors import NonFiniteLossError, Preempted, UnhealthyRunError  # noqa: F401  (re-exported)
+from ensembles.models import multi_member
 
 
 def _preemption_flag() -> tuple[dict, Callable[[], None]]:

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import ensembles
-from ensembles.errors import ConfigError
-from ensembles import train as train_lib
 from ensembles import models
+from ensembles import train as train_lib
+from ensembles.errors import ConfigError
 from ensembles.models import LeNet, MLP, ResNet, batch_ensemble
 from ensembles.models.batch_ensemble import BatchEnsemble
 

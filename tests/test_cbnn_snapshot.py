@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from ensembles import api
-from ensembles.models import MLP
 from ensembles import checkpoints, config as config_lib
 from ensembles import collected
 from ensembles.methods import snapshot_ensemble
+from ensembles.models import MLP
 from experiments.configs import cbnn as cbnn_config
 from experiments.configs import snapshot_ensemble as snapshot_config
 from conftest import method_config

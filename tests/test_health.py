@@ -11,10 +11,10 @@ import types
 import numpy as np
 import pytest
 
-from conftest import requires_fashion_mnist
 from ensembles import api, defaults, health, train as train_lib
 from ensembles.errors import UnhealthyRunError
 from experiments import compare
+from conftest import requires_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = health.HealthOptions()

@@ -20,8 +20,8 @@ import pytest
 
 from ensembles import api
 from ensembles import checkpoints, config as config_lib, trainer
-from conftest import method_config
 from experiments import runner
+from conftest import method_config
 
 STEPS_PER_EPOCH, BATCH, N_TRAIN = 4, 32, 128
 

@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +7,6 @@ import pytest
 from ensembles import flops
 from ensembles.models import MODELS, build_model
 from ensembles.models.layers import Conv, max_pool_2x2, resolve_conv_impl
-import flax.linen as nn
 
 
 def _count(params):
