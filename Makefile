@@ -12,7 +12,7 @@ export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export MALLOC_TOP_PAD_ ?= 268435456
 
-.PHONY: install data compilers demo cnn-study test test-slow mutation-test mutmut benchmark clean
+.PHONY: install data compilers demo cnn-study check test test-slow test-min-versions mutation-test mutmut benchmark clean
 
 install: $(VENV)/.installed
 
@@ -50,8 +50,19 @@ $(COMPILERS)/.installed: $(VENV)/.installed scripts/install_compilers.py
 	$(PY) scripts/install_compilers.py $(COMPILERS)
 	touch $@
 
-test: data compilers
+# Lint (seconds): pyflakes' checks, import order, the two-space format (config: setup.cfg, .yapfignore)
+LINTED := ensembles experiments tests scripts benchmarks
+check: install
+	$(VENV)/bin/flake8 --config setup.cfg $(LINTED)
+	$(PY) scripts/check_imports.py $$(find $(LINTED) -name '*.py' | sort)
+	$(VENV)/bin/yapf --diff --recursive $(LINTED)
+
+test: check data compilers
 	$(PY) -m pytest -n 2 -q
+
+# The lowest versions setup.cfg declares, in their own environment (.venv-min), on a part of the suite
+test-min-versions: install
+	$(PY) scripts/check_min_versions.py
 
 test-slow: data compilers
 	$(PY) -m pytest -q -m slow

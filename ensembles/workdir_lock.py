@@ -51,8 +51,10 @@ def _process_start(pid: int) -> str | None:
 
 def _holder_record(token: str) -> dict:
   now = time.time()
-  return {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid()),
-          "token": token, "started": now, "heartbeat": now, "command": " ".join(sys.argv)[:500]}
+  return {
+      "host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid()), "token": token,
+      "started": now, "heartbeat": now, "command": " ".join(sys.argv)[:500]
+  }
 
 
 def _describe(holder: dict) -> str:
@@ -111,8 +113,9 @@ class _LocalLock:
       os.close(fd)
     previous = _parse(os.pread(fd, 65536, 0))
     if previous:
-      print(f"note: {workdir}: the previous run ({_describe(previous)}) ended without releasing its lock (killed?); "
-            "this run takes it over.", file=sys.stderr)
+      print(
+          f"note: {workdir}: the previous run ({_describe(previous)}) ended without releasing its lock (killed?); "
+          "this run takes it over.", file=sys.stderr)
     self.fd = fd
     record = json.dumps(_holder_record(uuid.uuid4().hex)).encode()
     os.ftruncate(fd, 0)
@@ -131,8 +134,7 @@ class _LocalLock:
 class _ObjectStoreLock:
   """The conditional-create lock object with a heartbeat (see the module docstring)."""
 
-  def __init__(self, workdir: str, heartbeat_seconds: float = HEARTBEAT_SECONDS,
-               stale_seconds: float = STALE_SECONDS):
+  def __init__(self, workdir: str, heartbeat_seconds: float = HEARTBEAT_SECONDS, stale_seconds: float = STALE_SECONDS):
     from etils import epath  # pylint: disable=g-import-not-at-top
     self.path = files.join(workdir, LOCK_FILE)
     self.fs = epath.backend.fsspec_backend.fs(self.path)
@@ -149,8 +151,9 @@ class _ObjectStoreLock:
         if gone is None:
           raise _in_use(workdir, holder, f", last heartbeat {time.time() - float(holder.get('heartbeat', 0)):.0f} s "
                         "ago") from None
-        print(f"note: {workdir}: the previous run's lock ({_describe(holder)}) is stale: {gone}; this run takes "
-              "it over.", file=sys.stderr)
+        print(
+            f"note: {workdir}: the previous run's lock ({_describe(holder)}) is stale: {gone}; this run takes "
+            "it over.", file=sys.stderr)
         with contextlib.suppress(FileNotFoundError):
           self.fs.rm_file(self.path)
     else:
@@ -171,8 +174,9 @@ class _ObjectStoreLock:
     while not self._stop.wait(seconds):
       holder = self._read()
       if holder is None or holder.get("token") != self.record["token"]:
-        print(f"warning: {self.path}: this run's lock was taken over ({_describe(holder or {})}); two runs may now "
-              "write this folder.", file=sys.stderr)
+        print(
+            f"warning: {self.path}: this run's lock was taken over ({_describe(holder or {})}); two runs may now "
+            "write this folder.", file=sys.stderr)
         return
       self.record["heartbeat"] = time.time()
       with contextlib.suppress(OSError):  # a failed beat is retried at the next one

@@ -39,8 +39,9 @@ def test_the_cli_on_a_held_folder_is_refused_at_once_in_one_line(tmp_path):
   workdir = tmp_path / "run"
   holder = hold(workdir)
   try:
-    out = subprocess.run([sys.executable, "-m", "experiments.train", "--config", "experiments/configs/default.py",
-                          f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    out = subprocess.run([
+        sys.executable, "-m", "experiments.train", "--config", "experiments/configs/default.py", f"--workdir={workdir}"
+    ], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "JAX_PLATFORMS": "cpu", "ENSEMBLES_COMPILATION_CACHE": "off"})
   finally:
     holder.communicate("")
@@ -75,8 +76,8 @@ def test_a_lock_left_by_a_killed_run_does_not_block_and_is_named(tmp_path, capsy
   assert json.loads((workdir / "run.lock").read_text())["pid"] == holder.pid  # left behind
   lock = workdir_lock.acquire(str(workdir))
   err = capsys.readouterr().err
-  assert (f"the previous run (host {socket.gethostname()}, process {holder.pid}, since" in err
-          and "ended without releasing its lock (killed?); this run takes it over." in err)
+  assert (f"the previous run (host {socket.gethostname()}, process {holder.pid}, since" in err and
+          "ended without releasing its lock (killed?); this run takes it over." in err)
   assert json.loads((workdir / "run.lock").read_text())["pid"] == os.getpid()
   lock.release()
   assert not (workdir / "run.lock").exists()
@@ -86,7 +87,8 @@ def test_a_finished_or_failed_run_releases_the_folder(tmp_path):
   workdir = str(tmp_path / "run")
   ensembles.fit("single", FeatureNet(), feature_data(), workdir, epochs=1, batch_size=96)
   assert not os.path.exists(os.path.join(workdir, "run.lock"))
-  with pytest.raises(ValueError, match="holds a run with a different config"):  # another config in the folder: refused inside the lock
+  with pytest.raises(
+      ValueError, match="holds a run with a different config"):  # another config in the folder: refused inside the lock
     ensembles.fit("single", FeatureNet(), feature_data(), workdir, epochs=2, batch_size=96)
   holder = hold(workdir)  # free for another process
   holder.communicate("")
