@@ -131,30 +131,35 @@ def user_config(method: str | Method, model: nn.Module, data: data_lib.Dataset |
   return cfg, dataset
 
 
-def run_config(config: ml_collections.ConfigDict, workdir: str | None, *, model: nn.Module | None = None,
-               data: data_lib.Dataset | None = None) -> dict:
-  """Validates ``config``, builds its model and dataset (unless given), trains and evaluates its
-  method; returns the results (the CLI's call)."""
+def prepare_run(config: ml_collections.ConfigDict, model: nn.Module | None = None,
+                data: data_lib.Dataset | None = None) -> tuple[nn.Module, data_lib.Dataset]:
+  """Validates ``config``, checks its data sources, loads its dataset and builds its model (unless
+  given); writes nothing, so a mistake leaves no folder behind. Returns (model, data)."""
   config_lib.validate(config, given_data=data is not None)
   if data is None:  # the training set first, then the evaluation's sets
     data_lib.check_training_source(config.dataset)
   evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
   data = data if data is not None else data_lib.load_dataset(config.dataset)
   model = model if model is not None else build_model(config, data)
+  return model, data
+
+
+def run_config(config: ml_collections.ConfigDict, workdir: str | None, *, model: nn.Module | None = None,
+               data: data_lib.Dataset | None = None) -> dict:
+  """Validates ``config``, builds its model and dataset (unless given; `prepare_run`), trains and
+  evaluates its method; returns the results (the CLI's call)."""
+  model, data = prepare_run(config, model, data)
   return fit_config(config, model, data, workdir).results
 
 
 def run_config_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], workdirs: Sequence[str],
-                     group_workdir: str) -> list[dict]:
+                     group_workdir: str, *, model: nn.Module | None = None,
+                     data: data_lib.Dataset | None = None) -> list[dict]:
   """`run_config` for each of ``seeds``, trained together as members (`fit_config_seeds`): the
   config's model and dataset built once; returns each seed's results. A training set streamed from
   disk (too large to hold in memory), or a step whose estimated memory (`memory.seeds_fit`) exceeds
   the device's, trains the seeds one after another instead."""
-  config_lib.validate(config)
-  data_lib.check_training_source(config.dataset)
-  evaluation_lib.check_sources(config.dataset.name, config.evaluation, config.dataset.data_dir)
-  data = data_lib.load_dataset(config.dataset)
-  model = build_model(config, data)
+  model, data = prepare_run(config, model, data)
   streamed = streaming.is_streamed(data.x_train)
   one_network = get_method(config.method).trains_one_network
   fits, words = memory.seeds_fit(context.build(config, network_for(config, model), data, None, seeds=seeds,

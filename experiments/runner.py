@@ -23,8 +23,9 @@ from experiments import report
 
 def run(config, workdir: str) -> dict:
   """Validates ``config``, trains and evaluates its method in ``workdir``; returns the results."""
-  with workdir_lock.held(workdir):  # the whole run, results included; another run in the folder is refused
-    results = api.run_config(config, workdir)  # validates, checks the data sources, refuses another config's workdir
+  model, data = api.prepare_run(config)  # validates, checks the data sources: a mistake writes nothing
+  with workdir_lock.held(workdir):  # training and results; another run in the folder is refused
+    results = api.run_config(config, workdir, model=model, data=data)  # refuses another config's workdir
     write_results(config, workdir, results)
   return results
 
@@ -33,8 +34,9 @@ def run_seeds(config, seeds, workdirs, group_workdir: str) -> list[dict]:
   """`run` for each of ``seeds`` (config.seed replaced), trained together as members in
   ``group_workdir`` (`api.run_config_seeds`); each seed's folder of ``workdirs`` gets the files
   `run` writes. Returns each seed's results."""
-  with workdir_lock.held(group_workdir, *workdirs):
-    all_results = api.run_config_seeds(config, seeds, workdirs, group_workdir)
+  model, data = api.prepare_run(config)
+  with workdir_lock.held(*workdirs):  # the group folder too, once the seeds train together (fit_config_seeds)
+    all_results = api.run_config_seeds(config, seeds, workdirs, group_workdir, model=model, data=data)
     if jax.process_index() == 0:  # every seed's results.json first: what marks a seed finished
       for workdir, results in zip(workdirs, all_results):
         files.write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))

@@ -131,6 +131,7 @@ def test_deep_ensemble_on_two_hosts_equals_one_host_and_only_process_0_writes(tm
   assert steps == sorted(set(steps)), "two writers: the log holds some steps twice"
 
 
+@requires_fashion_mnist
 def test_a_held_folder_refuses_every_host_of_a_run(tmp_path):
   """Process 0 takes the folder's lock for the run (the others do not: the test above trains with
   both in one folder); when another run holds it, every host stops with the holder's line."""

@@ -16,6 +16,7 @@ import pytest
 import ensembles
 from ensembles import workdir_lock
 from ensembles.errors import WorkdirInUseError
+from conftest import requires_fashion_mnist
 from test_api import FeatureNet, feature_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +36,7 @@ def in_use_line(workdir, proc) -> str:
   return f"{workdir} is in use by another run (host {socket.gethostname()}, process {proc.pid}, since "
 
 
+@requires_fashion_mnist  # the CLI checks the config and its data first (a mistake writes nothing)
 def test_the_cli_on_a_held_folder_is_refused_at_once_in_one_line(tmp_path):
   workdir = tmp_path / "run"
   holder = hold(workdir)
