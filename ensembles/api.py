@@ -153,13 +153,18 @@ def run_config(config: ml_collections.ConfigDict, workdir: str | None, *, model:
 
 
 def run_config_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], workdirs: Sequence[str],
-                     group_workdir: str, *, model: nn.Module | None = None,
-                     data: data_lib.Dataset | None = None) -> list[dict]:
-  """`run_config` for each of ``seeds``, trained together as members (`fit_config_seeds`): the
-  config's model and dataset built once; returns each seed's results. A training set streamed from
-  disk (too large to hold in memory), or a step whose estimated memory (`memory.seeds_fit`) exceeds
-  the device's, trains the seeds one after another instead."""
-  model, data = prepare_run(config, model, data)
+                     group_workdir: str) -> list[dict]:
+  """`run_config` for each of ``seeds`` (`prepare_run`, then `fit_config_seeds_or_in_turn`): the
+  config's model and dataset built once; returns each seed's results."""
+  model, data = prepare_run(config)
+  return fit_config_seeds_or_in_turn(config, model, data, seeds, workdirs, group_workdir)
+
+
+def fit_config_seeds_or_in_turn(config: ml_collections.ConfigDict, model: nn.Module, data: data_lib.Dataset,
+                                seeds: Sequence[int], workdirs: Sequence[str], group_workdir: str) -> list[dict]:
+  """The results of ``seeds`` trained together as members (`fit_config_seeds`); a training set
+  streamed from disk (too large to hold in memory), or a step whose estimated memory
+  (`memory.seeds_fit`) exceeds the device's, trains the seeds one after another instead."""
   streamed = streaming.is_streamed(data.x_train)
   one_network = get_method(config.method).trains_one_network
   fits, words = memory.seeds_fit(context.build(config, network_for(config, model), data, None, seeds=seeds,

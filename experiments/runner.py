@@ -25,7 +25,7 @@ def run(config, workdir: str) -> dict:
   """Validates ``config``, trains and evaluates its method in ``workdir``; returns the results."""
   model, data = api.prepare_run(config)  # validates, checks the data sources: a mistake writes nothing
   with workdir_lock.held(workdir):  # training and results; another run in the folder is refused
-    results = api.run_config(config, workdir, model=model, data=data)  # refuses another config's workdir
+    results = api.fit_config(config, model, data, workdir).results  # refuses another config's workdir
     write_results(config, workdir, results)
   return results
 
@@ -36,7 +36,7 @@ def run_seeds(config, seeds, workdirs, group_workdir: str) -> list[dict]:
   `run` writes. Returns each seed's results."""
   model, data = api.prepare_run(config)
   with workdir_lock.held(*workdirs):  # the group folder too, once the seeds train together (fit_config_seeds)
-    all_results = api.run_config_seeds(config, seeds, workdirs, group_workdir, model=model, data=data)
+    all_results = api.fit_config_seeds_or_in_turn(config, model, data, seeds, workdirs, group_workdir)
     if jax.process_index() == 0:  # every seed's results.json first: what marks a seed finished
       for workdir, results in zip(workdirs, all_results):
         files.write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
